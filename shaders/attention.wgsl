@@ -1,0 +1,74 @@
+// Causal attention of the block's queries over the KV cache, one workgroup per (head, token).
+// Token t at position pos0 + t sees keys 0..=pos0 + t. Keys are visited in tiles of WG with an
+// online softmax, so any context length works with a fixed amount of workgroup memory.
+// Grouped-query attention: query head h reads kv head h / (NH / NKV).
+// Constants: HD, NH, NKV, QKV (row stride of q|k|v), DPT (output dims per invocation, ceil(HD / WG)).
+#include "common.wgsl"
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> q: array<f32, HD>;
+var<workgroup> p: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let t = wid.y;
+    let kvh = h / (NH / NKV);
+    let n_keys = step.pos0 + t + 1u;
+    let scale = inverseSqrt(f32(HD));
+    for (var d = lid; d < HD; d += WG) {
+        q[d] = qkv[t * QKV + h * HD + d] * scale;
+    }
+    workgroupBarrier();
+
+    var m = -3.0e38;
+    var l = 0.0;
+    var acc: array<f32, DPT>;
+    for (var j0 = 0u; j0 < n_keys; j0 += WG) {
+        let count = min(WG, n_keys - j0);
+        var s = -3.0e38;
+        if (lid < count) {
+            let kb = ((j0 + lid) * NKV + kvh) * HD;
+            s = 0.0;
+            for (var d = 0u; d < HD; d++) {
+                s += q[d] * k_cache[kb + d];
+            }
+        }
+        p[lid] = s;
+        workgroupBarrier();
+        var m_new = m;
+        for (var i = 0u; i < count; i++) {
+            m_new = max(m_new, p[i]);
+        }
+        workgroupBarrier();
+        p[lid] = select(0.0, exp(s - m_new), lid < count);
+        workgroupBarrier();
+        let correction = exp(m - m_new);
+        l *= correction;
+        for (var k = 0u; k < DPT; k++) {
+            acc[k] *= correction;
+        }
+        for (var i = 0u; i < count; i++) {
+            let pi = p[i];
+            l += pi;
+            let vb = ((j0 + i) * NKV + kvh) * HD;
+            for (var k = 0u; k < DPT; k++) {
+                let d = lid + k * WG;
+                if (d < HD) {
+                    acc[k] += pi * v_cache[vb + d];
+                }
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    for (var k = 0u; k < DPT; k++) {
+        let d = lid + k * WG;
+        if (d < HD) {
+            out[t * NH * HD + h * HD + d] = acc[k] / l;
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The plain CPU implementation of the Llama forward pass, in f32 and written to be obviously
+//! right: the test oracle for every kernel, and `--device cpu` on machines without an adapter.
+
+use crate::checkpoint::{to_f32, Checkpoint, Files, Progress, Slot};
+use crate::config::Config;
+use crate::engine::{Call, Counters, Engine, Head, Input, Output, Pick};
+use crate::error::{Error, Result};
+
+#[derive(Default)]
+struct Layer {
+    input_norm: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    o: Vec<f32>,
+    post_norm: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
+    k_cache: Vec<f32>,
+    v_cache: Vec<f32>,
+}
+
+pub struct CpuModel {
+    config: Config,
+    embed: Vec<f32>,
+    /// `None` when tied to the embedding.
+    lm_head: Option<Vec<f32>>,
+    final_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    inv_freq: Vec<f32>,
+    max_context: usize,
+    max_rows: usize,
+    /// Hidden rows of the current block.
+    x: Vec<f32>,
+    exit_cache: Vec<f32>,
+    calls: u64,
+}
+
+/// y[t, r] = sum_k x[t, k] w[r, k]
+pub fn matmul(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
+    x.chunks(k)
+        .flat_map(|xt| {
+            w.chunks(k)
+                .map(move |wr| xt.iter().zip(wr).map(|(a, b)| a * b).sum::<f32>())
+        })
+        .collect()
+}
+
+/// The SwiGLU activation: silu(gate) * up.
+pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect()
+}
+
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let h = weight.len();
+    x.chunks(h)
+        .flat_map(|row| {
+            let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / h as f32 + eps).sqrt();
+            row.iter().zip(weight).map(move |(v, w)| v * inv * w)
+        })
+        .collect()
+}
+
+/// cos and sin of the rotary angle, with the angle rounded to f32 as transformers computes it.
+pub fn rope_cos_sin(pos: usize, inv_freq: f32) -> (f32, f32) {
+    let angle = (pos as f32 * inv_freq) as f64;
+    (angle.cos() as f32, angle.sin() as f32)
+}
+
+fn rotate(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
+    let half = head.len() / 2;
+    for i in 0..half {
+        let (c, s) = rope_cos_sin(pos, inv_freq[i]);
+        let (a, b) = (head[i], head[i + half]);
+        head[i] = a * c - b * s;
+        head[i + half] = b * c + a * s;
+    }
+}
+
+/// Causal attention of `n` query rows (`nh` heads each) at positions pos0.. over a KV cache laid
+/// out as [position][kv head][head_dim].
+pub fn attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> Vec<f32> {
+    let n = q.len() / (nh * hd);
+    let mut out = vec![0.0; q.len()];
+    let scale = 1.0 / (hd as f32).sqrt();
+    for t in 0..n {
+        for head in 0..nh {
+            let kvh = head / (nh / nkv);
+            let qh = &q[(t * nh + head) * hd..][..hd];
+            let scores: Vec<f32> = (0..pos0 + t + 1)
+                .map(|j| {
+                    let kj = &k_cache[(j * nkv + kvh) * hd..][..hd];
+                    qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f32 = weights.iter().sum();
+            let o = &mut out[(t * nh + head) * hd..][..hd];
+            for (j, w) in weights.iter().enumerate() {
+                let vj = &v_cache[(j * nkv + kvh) * hd..][..hd];
+                for d in 0..hd {
+                    o[d] += w / total * vj[d];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rotates every head of `rows` (each `heads` heads of `hd`) for positions pos0.. in place.
+pub fn rope(rows: &mut [f32], heads: usize, hd: usize, pos0: usize, inv_freq: &[f32]) {
+    for (t, row) in rows.chunks_mut(heads * hd).enumerate() {
+        for head in row.chunks_mut(hd) {
+            rotate(head, pos0 + t, inv_freq);
+        }
+    }
+}
+
+pub fn pick(logits: &[f32]) -> Pick {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    let top = logits[best];
+    Pick {
+        token: best as u32,
+        sum_exp: logits.iter().map(|v| (v - top).exp()).sum(),
+    }
+}
+
+impl CpuModel {
+    pub async fn load(
+        checkpoint: &Checkpoint,
+        files: &impl Files,
+        max_context: usize,
+        progress: impl FnMut(Progress),
+    ) -> Result<Self> {
+        let config = checkpoint.config.clone();
+        let max_context = max_context.min(config.max_position_embeddings);
+        let mut layers: Vec<Layer> = (0..config.num_hidden_layers)
+            .map(|_| Layer::default())
+            .collect();
+        let (mut embed, mut lm_head, mut final_norm) = (vec![], None, vec![]);
+        checkpoint
+            .load_weights(
+                files,
+                |spec, dtype, bytes| {
+                    let t = to_f32(dtype, bytes);
+                    match spec.slot {
+                        Slot::Embed => embed = t,
+                        Slot::LmHead => lm_head = Some(t),
+                        Slot::FinalNorm => final_norm = t,
+                        Slot::InputNorm(l) => layers[l].input_norm = t,
+                        Slot::PostNorm(l) => layers[l].post_norm = t,
+                        Slot::Q(l) => layers[l].q = t,
+                        Slot::K(l) => layers[l].k = t,
+                        Slot::V(l) => layers[l].v = t,
+                        Slot::O(l) => layers[l].o = t,
+                        Slot::Gate(l) => layers[l].gate = t,
+                        Slot::Up(l) => layers[l].up = t,
+                        Slot::Down(l) => layers[l].down = t,
+                    }
+                    Ok(())
+                },
+                progress,
+            )
+            .await?;
+        for layer in &mut layers {
+            layer.k_cache = vec![0.0; max_context * config.kv_dim()];
+            layer.v_cache = vec![0.0; max_context * config.kv_dim()];
+        }
+        Ok(Self {
+            inv_freq: config.rope_inv_freq(),
+            embed,
+            lm_head,
+            final_norm,
+            layers,
+            max_context,
+            max_rows: 64,
+            x: vec![],
+            exit_cache: vec![],
+            calls: 0,
+            config,
+        })
+    }
+
+    fn layer(&mut self, l: usize, pos0: usize) {
+        let c = &self.config;
+        let (h, hd, nh, nkv) = (
+            c.hidden_size,
+            c.head_dim,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+        );
+        let inv_freq = &self.inv_freq;
+        let layer = &mut self.layers[l];
+        let n = self.x.len() / h;
+
+        let xn = rms_norm(&self.x, &layer.input_norm, c.rms_norm_eps);
+        let mut q = matmul(&xn, &layer.q, h);
+        let mut k = matmul(&xn, &layer.k, h);
+        let v = matmul(&xn, &layer.v, h);
+        rope(&mut q, nh, hd, pos0, inv_freq);
+        rope(&mut k, nkv, hd, pos0, inv_freq);
+        for t in 0..n {
+            let at = (pos0 + t) * nkv * hd;
+            layer.k_cache[at..at + nkv * hd].copy_from_slice(&k[t * nkv * hd..(t + 1) * nkv * hd]);
+            layer.v_cache[at..at + nkv * hd].copy_from_slice(&v[t * nkv * hd..(t + 1) * nkv * hd]);
+        }
+
+        let attn = attention(&q, &layer.k_cache, &layer.v_cache, pos0, nh, nkv, hd);
+        for (x, o) in self.x.iter_mut().zip(matmul(&attn, &layer.o, nh * hd)) {
+            *x += o;
+        }
+
+        let xn = rms_norm(&self.x, &layer.post_norm, c.rms_norm_eps);
+        let gate = matmul(&xn, &layer.gate, h);
+        let up = matmul(&xn, &layer.up, h);
+        for (x, d) in self.x.iter_mut().zip(matmul(
+            &swiglu(&gate, &up),
+            &layer.down,
+            c.intermediate_size,
+        )) {
+            *x += d;
+        }
+    }
+
+    /// Exit-head logits of hidden rows.
+    fn logits(&self, rows: &[f32]) -> Vec<f32> {
+        let xn = rms_norm(rows, &self.final_norm, self.config.rms_norm_eps);
+        matmul(
+            &xn,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+            self.config.hidden_size,
+        )
+    }
+
+    fn last_row(&self) -> &[f32] {
+        &self.x[self.x.len() - self.config.hidden_size..]
+    }
+}
+
+impl Engine for CpuModel {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+    fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+    fn counters(&self) -> Counters {
+        Counters {
+            submits: self.calls,
+            dispatches: 0,
+        }
+    }
+
+    async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
+        self.calls += 1;
+        let h = self.config.hidden_size;
+        let v = self.config.vocab_size;
+        let mut outputs: Vec<Output> = Vec::with_capacity(calls.len());
+        for call in calls {
+            crate::engine::validate(call, &self.config, self.max_context, self.max_rows)?;
+        }
+        for call in calls {
+            let embed = |ids: &[u32], x: &mut Vec<f32>| {
+                x.clear();
+                for &id in ids {
+                    x.extend_from_slice(&self.embed[id as usize * h..][..h]);
+                }
+            };
+            let mut x = std::mem::take(&mut self.x);
+            match call.input {
+                Input::Tokens(ids) => embed(ids, &mut x),
+                Input::PreviousPick => {
+                    let token = match outputs.last().and_then(|o| o.picks.last()) {
+                        Some(p) => p.token,
+                        None => {
+                            return Err(Error::Invalid(
+                                "PreviousPick needs a previous call with a head".into(),
+                            ))
+                        }
+                    };
+                    embed(&[token], &mut x)
+                }
+                Input::ExitCache { rows } => x = self.exit_cache[..rows * h].to_vec(),
+            }
+            self.x = x;
+            let mut lens = vec![];
+            for l in call.layers.clone() {
+                self.layer(l, call.pos0);
+                if call.head == Head::Lens {
+                    lens.push(self.logits(self.last_row()));
+                }
+            }
+            if let Some(row) = call.save {
+                let end = (row * h + self.x.len()).max(self.exit_cache.len());
+                self.exit_cache.resize(end, 0.0);
+                self.exit_cache[row * h..row * h + self.x.len()].copy_from_slice(&self.x);
+            }
+            let rows: Vec<Vec<f32>> = match call.head {
+                Head::None | Head::Lens => vec![],
+                Head::Last => vec![self.logits(self.last_row())],
+                Head::All => self
+                    .logits(&self.x)
+                    .chunks(v)
+                    .map(<[f32]>::to_vec)
+                    .collect(),
+            };
+            outputs.push(Output {
+                picks: rows.iter().map(|r| pick(r)).collect(),
+                logits: if call.head == Head::Lens {
+                    lens
+                } else if call.logits {
+                    rows
+                } else {
+                    vec![]
+                },
+            });
+        }
+        Ok(outputs)
+    }
+}

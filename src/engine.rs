@@ -1,0 +1,170 @@
+//! The layer-range API that every generation strategy is written against, implemented by the GPU
+//! model and by the plain CPU reference.
+//!
+//! A `Call` runs decoder layers `[a, b)` over a block of positions and optionally applies the shared
+//! exit head (final norm + lm_head) to the result. Early exit is a call with `layers = 0..E`;
+//! self-speculative decoding drafts with `0..E`, keeps the hidden states entering layer E+1 in the
+//! exit-query cache, and verifies with `E..L` over those cached rows.
+
+use crate::config::Config;
+use crate::error::Result;
+use std::ops::Range;
+
+/// Where a call's rows come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// Embed these token ids.
+    Tokens(&'a [u32]),
+    /// Embed the token the previous call's head picked for its last row, without a trip to the
+    /// host: drafting chains tokens on the GPU.
+    PreviousPick,
+    /// The first `rows` rows of the exit-query cache (hidden states saved by earlier calls).
+    ExitCache { rows: usize },
+}
+
+/// What to do with the hidden states after the last layer of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    None,
+    /// Pick a token for the last row.
+    Last,
+    /// Pick a token for every row.
+    All,
+    /// Logits of the last row after every layer of the call (the logit lens).
+    Lens,
+}
+
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    pub input: Input<'a>,
+    /// Absolute position of the first row.
+    pub pos0: usize,
+    pub layers: Range<usize>,
+    /// Store the resulting hidden rows in the exit-query cache from this row on.
+    pub save: Option<usize>,
+    pub head: Head,
+    /// Also return the logits of the head's rows (for sampling on the host).
+    pub logits: bool,
+}
+
+impl<'a> Call<'a> {
+    /// A call over `input` at `pos0` through `layers` that picks a token for the last row.
+    pub fn new(input: Input<'a>, pos0: usize, layers: Range<usize>) -> Self {
+        Call {
+            input,
+            pos0,
+            layers,
+            save: None,
+            head: Head::Last,
+            logits: false,
+        }
+    }
+    pub fn head(self, head: Head) -> Self {
+        Call { head, ..self }
+    }
+    pub fn save(self, row: usize) -> Self {
+        Call {
+            save: Some(row),
+            ..self
+        }
+    }
+    pub fn logits(self, logits: bool) -> Self {
+        Call { logits, ..self }
+    }
+}
+
+/// A greedy pick: the argmax token and the softmax normaliser sum(exp(logit - max)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    pub token: u32,
+    pub sum_exp: f32,
+}
+
+impl Pick {
+    /// Probability of the picked token.
+    pub fn probability(&self) -> f32 {
+        1.0 / self.sum_exp
+    }
+}
+
+/// What a call returns: a pick per head row, and logits rows (one per head row when asked for,
+/// or one per layer for the logit lens).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Output {
+    pub picks: Vec<Pick>,
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// Counters for the cost model of a generation: how often we went to the GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub submits: u64,
+    pub dispatches: u64,
+}
+
+/// A model that runs layer ranges. Implemented by [`crate::gpu::GpuModel`] and [`crate::cpu::CpuModel`].
+#[allow(async_fn_in_trait)]
+pub trait Engine {
+    fn config(&self) -> &Config;
+    /// Positions the KV cache holds.
+    fn max_context(&self) -> usize;
+    /// Rows the exit-query cache holds (bounds speculation depth + 1).
+    fn max_rows(&self) -> usize;
+    fn counters(&self) -> Counters;
+    /// Runs the calls in order as one unit of work (one GPU submission); one output per call.
+    async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>>;
+}
+
+/// Rows a call feeds through its layers.
+pub fn rows(call: &Call<'_>) -> usize {
+    match call.input {
+        Input::Tokens(ids) => ids.len(),
+        Input::PreviousPick => 1,
+        Input::ExitCache { rows } => rows,
+    }
+}
+
+/// Checks a call against the model before any work is queued, so a bad request loses nothing.
+pub fn validate(
+    call: &Call<'_>,
+    config: &Config,
+    max_context: usize,
+    max_rows: usize,
+) -> Result<()> {
+    use crate::error::Error;
+    let n = rows(call);
+    if n == 0 {
+        return Err(Error::Invalid("a call needs at least one row".into()));
+    }
+    if call.layers.start > call.layers.end || call.layers.end > config.num_hidden_layers {
+        return Err(Error::Invalid(format!(
+            "layer range {:?} is outside the model's {} layers",
+            call.layers, config.num_hidden_layers
+        )));
+    }
+    if call.pos0 + n > max_context {
+        return Err(Error::ContextLength {
+            needed: call.pos0 + n,
+            limit: max_context,
+        });
+    }
+    if let Input::Tokens(ids) = call.input {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                config.vocab_size
+            )));
+        }
+    }
+    let cached = matches!(call.input, Input::ExitCache { .. })
+        || call.save.is_some()
+        || call.head == Head::All;
+    if cached && call.save.unwrap_or(0) + n > max_rows {
+        return Err(Error::Invalid(format!(
+            "{} rows from row {} exceed the exit-query cache / head block of {max_rows} rows",
+            n,
+            call.save.unwrap_or(0)
+        )));
+    }
+    Ok(())
+}

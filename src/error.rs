@@ -1,0 +1,75 @@
+//! One error type for the crate. Every variant says what was wrong and where, because the
+//! user usually holds a checkpoint we have never seen and needs to know which file or tensor to fix.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("config.json: {0}")]
+    Config(String),
+
+    #[error("unsupported config: {field} = {value} ({why})")]
+    Unsupported {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+
+    #[error("{file}: malformed safetensors: {why}")]
+    Safetensors { file: String, why: String },
+
+    #[error("missing tensor `{0}` in the checkpoint")]
+    MissingTensor(String),
+
+    #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+
+    #[error("tensor `{name}` has dtype {dtype}; only F32, F16 and BF16 are supported")]
+    TensorDtype { name: String, dtype: String },
+
+    #[error("{file}: {why}")]
+    File { file: String, why: String },
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("the prompt and generation need {needed} positions but the context holds {limit}")]
+    ContextLength { needed: usize, limit: usize },
+
+    #[error("no GPU adapter found{0}; try --device cpu")]
+    NoAdapter(String),
+
+    #[error("GPU device request failed: {0}")]
+    Device(String),
+
+    #[error(
+        "buffer `{name}` needs {needed} bytes but the adapter allows at most {limit} ({limit_name})"
+    )]
+    Limit {
+        name: String,
+        needed: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
+
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn file(file: impl Into<String>, why: impl std::fmt::Display) -> Self {
+        Error::File {
+            file: file.into(),
+            why: why.to_string(),
+        }
+    }
+}

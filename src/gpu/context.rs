@@ -1,0 +1,187 @@
+//! The wgpu device: adapter choice, limits, and error reporting that turns validation
+//! errors and device loss into `Error`s instead of panics (they must not cross the wasm boundary).
+
+use crate::error::{Error, Result};
+use std::sync::{Arc, Mutex};
+
+/// How to pick and configure the GPU.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Restrict to one backend (vulkan, gl, metal, dx12); all native backends when `None`.
+    pub backend: Option<wgpu::Backends>,
+    /// Pretend the device's storage binding limit is this small (bytes). Used to test that
+    /// big matrices are split into row blocks without needing a device that is actually small.
+    pub max_binding_override: Option<u64>,
+}
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    /// Largest storage buffer binding we allow ourselves (the limit, or the override).
+    pub max_binding: u64,
+    /// The first uncaptured validation error or the device-lost reason, reported on the next call.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+pub fn parse_backend(name: &str) -> Result<wgpu::Backends> {
+    Ok(match name {
+        "vulkan" => wgpu::Backends::VULKAN,
+        "gl" => wgpu::Backends::GL,
+        "metal" => wgpu::Backends::METAL,
+        "dx12" => wgpu::Backends::DX12,
+        other => {
+            return Err(Error::Invalid(format!(
+                "unknown backend `{other}` (vulkan, gl, metal, dx12)"
+            )))
+        }
+    })
+}
+
+impl GpuContext {
+    pub async fn new(options: &GpuOptions) -> Result<Self> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = options.backend.unwrap_or(if cfg!(target_arch = "wasm32") {
+            wgpu::Backends::BROWSER_WEBGPU
+        } else {
+            wgpu::Backends::PRIMARY | wgpu::Backends::GL
+        });
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| {
+                let which = options
+                    .backend
+                    .map(|b| format!(" for backend {b:?}"))
+                    .unwrap_or_default();
+                Error::NoAdapter(format!("{which} ({e})"))
+            })?;
+        let info = adapter.get_info();
+        // Ask for everything the adapter offers: larger bindings mean fewer row blocks.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("layerskip"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+
+        let failure = Arc::new(Mutex::new(None::<String>));
+        let slot = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            slot.lock().unwrap().get_or_insert_with(|| e.to_string());
+        }));
+        let slot = failure.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            slot.lock()
+                .unwrap()
+                .get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
+        });
+
+        let max_binding = options
+            .max_binding_override
+            .unwrap_or(u64::MAX)
+            .min(limits.max_storage_buffer_binding_size as u64)
+            .min(limits.max_buffer_size);
+        Ok(Self {
+            device,
+            queue,
+            info,
+            limits,
+            max_binding,
+            failure,
+        })
+    }
+
+    /// Returns the first GPU error seen since the device was made, if any.
+    pub fn check(&self) -> Result<()> {
+        match self.failure.lock().unwrap().clone() {
+            Some(message) => Err(Error::Gpu(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// A storage buffer, refused with a clear error when it exceeds the binding limit.
+    pub fn storage(
+        &self,
+        name: &str,
+        bytes: u64,
+        extra: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        if bytes > self.max_binding {
+            return Err(Error::Limit {
+                name: name.into(),
+                needed: bytes,
+                limit: self.max_binding,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(name),
+            // Bindings of zero size are invalid; round tiny buffers up to one word.
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | extra,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// Reads `len` bytes of `buffer` from `offset` (which must allow COPY_SRC) back to the host.
+    pub async fn read(
+        &self,
+        encoder: wgpu::CommandEncoder,
+        reads: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut encoder = encoder;
+        let total: u64 = reads.iter().map(|r| r.2.next_multiple_of(4)).sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut at = 0;
+        for &(buffer, offset, len) in reads {
+            let len4 = len.next_multiple_of(4);
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, at, len4);
+            at += len4;
+        }
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        let mapped = rx
+            .await
+            .map_err(|_| Error::Gpu("readback was cancelled".into()))?;
+        self.check()?;
+        mapped.map_err(|e| Error::Gpu(format!("mapping the readback buffer: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(format!("reading the readback buffer: {e}")))?;
+        let mut out = Vec::with_capacity(reads.len());
+        let mut at = 0usize;
+        for &(_, _, len) in reads {
+            out.push(view[at..at + len as usize].to_vec());
+            at += len.next_multiple_of(4) as usize;
+        }
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}

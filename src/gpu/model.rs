@@ -1,0 +1,743 @@
+//! The Llama model on the GPU: weights uploaded once, activations allocated once, and every layer an
+//! explicit list of ops over those buffers. `run` records a whole batch of calls (embedding, layer
+//! ranges, exit-query cache copies, exit heads) into one command encoder and one submit, and reads
+//! back only token picks (8 bytes a row) or, for the logit lens, the requested logits.
+
+use super::context::GpuContext;
+use super::kernels::{Access, Defines, Grid, Kernels, Op, Shader, STEP_STRIDE};
+use super::kv_cache::KvCache;
+use super::tensor::Matrix;
+use crate::checkpoint::{to_f32, Checkpoint, Files, Progress, Slot, WeightSpec};
+use crate::config::Config;
+use crate::engine::{self, Call, Counters, Engine, Head, Input, Output, Pick};
+use crate::error::{Error, Result};
+
+/// Rows one forward block holds: the most tokens a prefill chunk, a verification block or the
+/// exit-query cache carries. Longer prompts are fed in chunks of this size.
+pub const MAX_ROWS: usize = 32;
+/// Step-parameter slots, picks and chained tokens one `run` may use.
+const SLOTS: usize = 1024;
+const MAX_PICKS: usize = 256;
+
+struct LayerWeights {
+    input_norm: wgpu::Buffer,
+    post_norm: wgpu::Buffer,
+    qkv: Matrix,
+    o: Matrix,
+    gate_up: Matrix,
+    down: Matrix,
+}
+
+/// Activation buffers, each sized for MAX_ROWS rows.
+struct Activations {
+    step: wgpu::Buffer,
+    tokens: wgpu::Buffer,
+    x: wgpu::Buffer,
+    xn: wgpu::Buffer,
+    qkv: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    gate_up: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    picks: wgpu::Buffer,
+    /// Logits rows to read back: the logit lens, or head rows wanted for host-side sampling.
+    out_logits: wgpu::Buffer,
+    exit_cache: wgpu::Buffer,
+    rope: wgpu::Buffer,
+}
+
+pub struct GpuModel {
+    ctx: GpuContext,
+    config: Config,
+    max_context: usize,
+    weight_bytes: u64,
+    /// (weight matrices, row blocks they were split into).
+    row_blocks: (usize, usize),
+    kv: KvCache,
+    buf: Activations,
+    embed: Vec<Op>,
+    layers: Vec<Vec<Op>>,
+    head: Vec<Op>,
+    argmax: Op,
+    counters: Counters,
+}
+
+/// Parameters of one step slot; mirrors `struct Step` in shaders/common.wgsl.
+#[derive(Clone, Copy, Default)]
+struct Step {
+    n_tokens: u32,
+    pos0: u32,
+    row0: u32,
+    tok0: u32,
+    out0: u32,
+}
+
+/// Everything one `run` records before it submits.
+struct Recording {
+    encoder: wgpu::CommandEncoder,
+    steps: Vec<Step>,
+    dispatches: u64,
+}
+
+impl Recording {
+    fn slot(&mut self, step: Step) -> Result<u32> {
+        if self.steps.len() == SLOTS {
+            return Err(Error::Invalid(format!(
+                "more than {SLOTS} forward blocks in one run"
+            )));
+        }
+        self.steps.push(step);
+        Ok(((self.steps.len() - 1) as u64 * STEP_STRIDE) as u32)
+    }
+
+    fn pass(&mut self, ops: &[&Op], slot: u32, tokens: u32, max_dim: u32) {
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        for op in ops {
+            op.encode(&mut pass, slot, tokens, max_dim);
+        }
+        self.dispatches += ops.len() as u64;
+    }
+}
+
+fn f32_buffer(ctx: &GpuContext, name: &str, values: &[f32]) -> Result<wgpu::Buffer> {
+    let buffer = ctx.storage(name, (values.len() * 4) as u64, wgpu::BufferUsages::empty())?;
+    ctx.queue
+        .write_buffer(&buffer, 0, bytemuck::cast_slice(values));
+    Ok(buffer)
+}
+
+impl GpuModel {
+    /// Loads a checkpoint onto the GPU. `max_context` caps the KV cache (and the model's own
+    /// max_position_embeddings caps it further).
+    pub async fn load(
+        ctx: GpuContext,
+        checkpoint: &Checkpoint,
+        files: &impl Files,
+        max_context: usize,
+        progress: impl FnMut(Progress),
+    ) -> Result<Self> {
+        let config = checkpoint.config.clone();
+        let max_context = max_context.min(config.max_position_embeddings);
+        let (h, i, v) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
+        let qkv_dim = config.q_dim() + 2 * config.kv_dim();
+
+        // Allocate every weight first, in the dtype the checkpoint stores, so a device that is too
+        // small fails before anything is read.
+        let specs = crate::checkpoint::weight_specs(&config);
+        let dtype_of = |slot: Slot| -> Result<crate::checkpoint::DType> {
+            let spec: &WeightSpec = specs
+                .iter()
+                .find(|s| s.slot == slot)
+                .expect("slot is in the spec list");
+            Ok(checkpoint.entry(spec)?.1)
+        };
+        let same = |slots: &[Slot], what: &str| -> Result<crate::checkpoint::DType> {
+            let first = dtype_of(slots[0])?;
+            for &s in &slots[1..] {
+                if dtype_of(s)? != first {
+                    return Err(Error::Unsupported {
+                        field: "dtype",
+                        value: format!("mixed dtypes in {what}"),
+                        why: "fused projections need one dtype",
+                    });
+                }
+            }
+            Ok(first)
+        };
+        let embed = Matrix::new(&ctx, "embed_tokens", dtype_of(Slot::Embed)?, v, h)?;
+        let lm_head = match config.tie_word_embeddings {
+            true => None,
+            false => Some(Matrix::new(&ctx, "lm_head", dtype_of(Slot::LmHead)?, v, h)?),
+        };
+        let mut layers = vec![];
+        for l in 0..config.num_hidden_layers {
+            let qkv_type = same(
+                &[Slot::Q(l), Slot::K(l), Slot::V(l)],
+                &format!("q/k/v of layer {l}"),
+            )?;
+            let gu_type = same(
+                &[Slot::Gate(l), Slot::Up(l)],
+                &format!("gate/up of layer {l}"),
+            )?;
+            layers.push(LayerWeights {
+                input_norm: ctx.storage(
+                    "input_norm",
+                    (h * 4) as u64,
+                    wgpu::BufferUsages::empty(),
+                )?,
+                post_norm: ctx.storage("post_norm", (h * 4) as u64, wgpu::BufferUsages::empty())?,
+                qkv: Matrix::new(&ctx, &format!("layers.{l}.qkv"), qkv_type, qkv_dim, h)?,
+                o: Matrix::new(
+                    &ctx,
+                    &format!("layers.{l}.o_proj"),
+                    dtype_of(Slot::O(l))?,
+                    h,
+                    config.q_dim(),
+                )?,
+                gate_up: Matrix::new(&ctx, &format!("layers.{l}.gate_up"), gu_type, 2 * i, h)?,
+                down: Matrix::new(
+                    &ctx,
+                    &format!("layers.{l}.down_proj"),
+                    dtype_of(Slot::Down(l))?,
+                    h,
+                    i,
+                )?,
+            });
+        }
+        let final_norm = ctx.storage("final_norm", (h * 4) as u64, wgpu::BufferUsages::empty())?;
+
+        let queue = ctx.queue.clone();
+        checkpoint
+            .load_weights(
+                files,
+                |spec, dtype, bytes| {
+                    let norm = |buffer: &wgpu::Buffer| {
+                        queue.write_buffer(buffer, 0, bytemuck::cast_slice(&to_f32(dtype, bytes)))
+                    };
+                    match spec.slot {
+                        Slot::Embed => embed.write_rows(&queue, 0, bytes),
+                        Slot::LmHead => lm_head
+                            .as_ref()
+                            .expect("untied")
+                            .write_rows(&queue, 0, bytes),
+                        Slot::FinalNorm => norm(&final_norm),
+                        Slot::InputNorm(l) => norm(&layers[l].input_norm),
+                        Slot::PostNorm(l) => norm(&layers[l].post_norm),
+                        Slot::Q(l) => layers[l].qkv.write_rows(&queue, 0, bytes),
+                        Slot::K(l) => layers[l].qkv.write_rows(&queue, config.q_dim(), bytes),
+                        Slot::V(l) => layers[l].qkv.write_rows(
+                            &queue,
+                            config.q_dim() + config.kv_dim(),
+                            bytes,
+                        ),
+                        Slot::O(l) => layers[l].o.write_rows(&queue, 0, bytes),
+                        Slot::Gate(l) => layers[l].gate_up.write_rows(&queue, 0, bytes),
+                        Slot::Up(l) => layers[l].gate_up.write_rows(&queue, i, bytes),
+                        Slot::Down(l) => layers[l].down.write_rows(&queue, 0, bytes),
+                    }
+                    // Hand each tensor to the GPU now, so staging copies do not pile up on the host.
+                    queue.submit([]);
+                    Ok(())
+                },
+                progress,
+            )
+            .await?;
+        ctx.check()?;
+
+        let rope: Vec<f32> = (0..max_context)
+            .flat_map(|pos| {
+                config.rope_inv_freq().into_iter().flat_map(move |f| {
+                    let (c, s) = crate::cpu::rope_cos_sin(pos, f);
+                    [c, s]
+                })
+            })
+            .collect();
+        let act = |name: &str, floats: usize| {
+            ctx.storage(name, (floats * 4) as u64, wgpu::BufferUsages::COPY_SRC)
+        };
+        let buf = Activations {
+            step: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step"),
+                size: SLOTS as u64 * STEP_STRIDE,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            tokens: act("tokens", max_context + MAX_PICKS)?,
+            x: act("x", MAX_ROWS * h)?,
+            xn: act("xn", MAX_ROWS * h)?,
+            qkv: act("qkv", MAX_ROWS * qkv_dim)?,
+            attn: act("attn", MAX_ROWS * config.q_dim())?,
+            gate_up: act("gate_up", MAX_ROWS * 2 * i)?,
+            logits: act("logits", MAX_ROWS * v)?,
+            picks: act("picks", MAX_PICKS * 2)?,
+            out_logits: act("out_logits", (config.num_hidden_layers + MAX_ROWS) * v)?,
+            exit_cache: act("exit_cache", MAX_ROWS * h)?,
+            rope: f32_buffer(&ctx, "rope", &rope)?,
+        };
+        let kv = KvCache::new(&ctx, &config, max_context)?;
+
+        let mut k = Kernels::new(&ctx.device);
+        let (hd, nh, nkv) = (
+            config.head_dim,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+        );
+        let norm_defines = Defines::new().u32("H", h).f32("EPS", config.rms_norm_eps);
+        let attn_defines = Defines::new()
+            .u32("HD", hd)
+            .u32("NH", nh)
+            .u32("NKV", nkv)
+            .u32("QKV", qkv_dim);
+        let norm = |k: &mut Kernels, weight: &wgpu::Buffer| {
+            k.op(
+                Shader::RmsNorm,
+                &norm_defines,
+                &buf.step,
+                &[
+                    (Access::Read, &buf.x),
+                    (Access::Read, weight),
+                    (Access::Write, &buf.xn),
+                ],
+                Grid::PerToken(1),
+            )
+        };
+        let mut layer_ops = vec![];
+        for (l, w) in layers.iter().enumerate() {
+            let mut ops = vec![norm(&mut k, &w.input_norm)];
+            ops.extend(matmul_ops(
+                &mut k,
+                &buf.step,
+                &w.qkv,
+                &buf.xn,
+                &buf.qkv,
+                &[],
+            ));
+            ops.push(k.op(
+                Shader::Rope,
+                &attn_defines,
+                &buf.step,
+                &[
+                    (Access::Write, &buf.qkv),
+                    (Access::Read, &buf.rope),
+                    (Access::Write, &kv.keys[l]),
+                    (Access::Write, &kv.values[l]),
+                ],
+                Grid::Threads(((nh + nkv) * hd / 2) as u32),
+            ));
+            ops.push(k.op(
+                Shader::Attention,
+                &attn_defines.clone().u32("DPT", hd.div_ceil(64)),
+                &buf.step,
+                &[
+                    (Access::Read, &buf.qkv),
+                    (Access::Read, &kv.keys[l]),
+                    (Access::Read, &kv.values[l]),
+                    (Access::Write, &buf.attn),
+                ],
+                Grid::PerToken(nh as u32),
+            ));
+            ops.extend(matmul_ops(
+                &mut k,
+                &buf.step,
+                &w.o,
+                &buf.attn,
+                &buf.x,
+                &["ACCUMULATE"],
+            ));
+            ops.push(norm(&mut k, &w.post_norm));
+            ops.extend(matmul_ops(
+                &mut k,
+                &buf.step,
+                &w.gate_up,
+                &buf.xn,
+                &buf.gate_up,
+                &[],
+            ));
+            ops.extend(matmul_ops(
+                &mut k,
+                &buf.step,
+                &w.down,
+                &buf.gate_up,
+                &buf.x,
+                &["ACCUMULATE", "SWIGLU"],
+            ));
+            layer_ops.push(ops);
+        }
+        let head_matrix = lm_head.as_ref().unwrap_or(&embed);
+        let mut head = vec![norm(&mut k, &final_norm)];
+        head.extend(matmul_ops(
+            &mut k,
+            &buf.step,
+            head_matrix,
+            &buf.xn,
+            &buf.logits,
+            &[],
+        ));
+        let argmax = k.op(
+            Shader::Argmax,
+            &Defines::new().u32("V", v),
+            &buf.step,
+            &[(Access::Read, &buf.logits), (Access::Write, &buf.picks)],
+            Grid::PerToken(1),
+        );
+        let embed_ops = embed
+            .blocks
+            .iter()
+            .map(|b| {
+                k.op(
+                    Shader::Embed,
+                    &embed
+                        .format(Defines::new())
+                        .u32("H", h)
+                        .u32("ROW0", b.row0)
+                        .u32("ROWS", b.rows),
+                    &buf.step,
+                    &[
+                        (Access::Read, &buf.tokens),
+                        (Access::Read, &b.buffer),
+                        (Access::Write, &buf.x),
+                    ],
+                    Grid::Threads((h / 2) as u32),
+                )
+            })
+            .collect();
+
+        let weight_bytes = embed.bytes()
+            + lm_head.as_ref().map_or(0, Matrix::bytes)
+            + layers
+                .iter()
+                .map(|w| {
+                    w.qkv.bytes() + w.o.bytes() + w.gate_up.bytes() + w.down.bytes() + 8 * h as u64
+                })
+                .sum::<u64>()
+            + 4 * h as u64;
+        let matrices: Vec<&Matrix> = [&embed]
+            .into_iter()
+            .chain(lm_head.as_ref())
+            .chain(
+                layers
+                    .iter()
+                    .flat_map(|w| [&w.qkv, &w.o, &w.gate_up, &w.down]),
+            )
+            .collect();
+        let row_blocks = (
+            matrices.len(),
+            matrices.iter().map(|m| m.blocks.len()).sum(),
+        );
+        ctx.check()?;
+        Ok(Self {
+            ctx,
+            config,
+            max_context,
+            weight_bytes,
+            row_blocks,
+            kv,
+            buf,
+            embed: embed_ops,
+            layers: layer_ops,
+            head,
+            argmax,
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Bytes of weights on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Weight matrices and the row blocks they occupy (more blocks than matrices means some
+    /// were larger than the binding limit and were split).
+    pub fn row_blocks(&self) -> (usize, usize) {
+        self.row_blocks
+    }
+
+    /// Bytes of the KV cache on the GPU.
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv.bytes()
+    }
+
+    fn max_dim(&self) -> u32 {
+        self.ctx.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// Embeds and runs one block of rows through `layers`; for the logit lens, also applies the
+    /// exit head to the last row after each layer and copies its logits out.
+    fn record_block(
+        &self,
+        rec: &mut Recording,
+        step: Step,
+        embed: bool,
+        call: &Call<'_>,
+        lens: &mut usize,
+    ) -> Result<()> {
+        let slot = rec.slot(step)?;
+        let n = step.n_tokens;
+        let max_dim = self.max_dim();
+        let mut ops: Vec<&Op> = vec![];
+        if embed {
+            ops.extend(&self.embed);
+        }
+        if call.head != Head::Lens {
+            ops.extend(call.layers.clone().flat_map(|l| &self.layers[l]));
+            rec.pass(&ops, slot, n, max_dim);
+            return Ok(());
+        }
+        let head_slot = rec.slot(Step {
+            n_tokens: 1,
+            row0: n - 1,
+            ..step
+        })?;
+        let row_bytes = (self.config.vocab_size * 4) as u64;
+        for l in call.layers.clone() {
+            ops.extend(&self.layers[l]);
+            rec.pass(&ops, slot, n, max_dim);
+            ops.clear();
+            rec.pass(&self.head.iter().collect::<Vec<_>>(), head_slot, 1, max_dim);
+            rec.encoder.copy_buffer_to_buffer(
+                &self.buf.logits,
+                0,
+                &self.buf.out_logits,
+                *lens as u64 * row_bytes,
+                row_bytes,
+            );
+            *lens += 1;
+        }
+        Ok(())
+    }
+}
+
+fn matmul_ops(
+    k: &mut Kernels,
+    step: &wgpu::Buffer,
+    m: &Matrix,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    variant: &[&'static str],
+) -> Vec<Op> {
+    m.blocks
+        .iter()
+        .map(|b| {
+            let mut d = m
+                .format(Defines::new())
+                .u32("K", m.cols)
+                .u32("ROWS", b.rows)
+                .u32("ROW0", b.row0)
+                .u32("N", m.rows);
+            for flag in variant {
+                d = d.flag(flag);
+            }
+            k.op(
+                Shader::Matmul,
+                &d,
+                step,
+                &[
+                    (Access::Read, x),
+                    (Access::Read, &b.buffer),
+                    (Access::Write, y),
+                ],
+                Grid::Fixed(b.rows as u32),
+            )
+        })
+        .collect()
+}
+
+impl Engine for GpuModel {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+    fn max_rows(&self) -> usize {
+        MAX_ROWS
+    }
+    fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
+        self.ctx.check()?;
+        let h = self.config.hidden_size;
+        let row_bytes = (h * 4) as u64;
+        let mut rec = Recording {
+            encoder: self.ctx.device.create_command_encoder(&Default::default()),
+            steps: vec![],
+            dispatches: 0,
+        };
+        // Where each call's results land: (first pick, picks) and (first lens row, rows).
+        let mut results: Vec<(usize, usize, usize, usize)> = vec![];
+        let (mut tok, mut picks, mut lens) = (0usize, 0usize, 0usize);
+        let mut last_pick: Option<usize> = None;
+        // Validate everything before recording anything, so a bad request leaves no trace.
+        for call in calls {
+            engine::validate(call, &self.config, self.max_context, MAX_ROWS)?;
+        }
+        for call in calls {
+            let n = engine::rows(call);
+            let lens0 = lens;
+            match call.input {
+                Input::Tokens(ids) => {
+                    if tok + ids.len() > self.max_context + MAX_PICKS {
+                        return Err(Error::Invalid("too many tokens in one run".into()));
+                    }
+                    self.ctx.queue.write_buffer(
+                        &self.buf.tokens,
+                        (tok * 4) as u64,
+                        bytemuck::cast_slice(ids),
+                    );
+                    let chunks = ids.len().div_ceil(MAX_ROWS);
+                    for c in 0..chunks {
+                        let len = MAX_ROWS.min(ids.len() - c * MAX_ROWS);
+                        let step = Step {
+                            n_tokens: len as u32,
+                            pos0: (call.pos0 + c * MAX_ROWS) as u32,
+                            tok0: (tok + c * MAX_ROWS) as u32,
+                            ..Step::default()
+                        };
+                        // Only the last chunk is looked at by a logit lens.
+                        let chunk_call = Call {
+                            head: if c + 1 == chunks {
+                                call.head
+                            } else {
+                                Head::None
+                            },
+                            ..call.clone()
+                        };
+                        self.record_block(&mut rec, step, true, &chunk_call, &mut lens)?;
+                    }
+                    tok += ids.len();
+                }
+                Input::PreviousPick => {
+                    let from = last_pick.ok_or_else(|| {
+                        Error::Invalid("PreviousPick needs a previous call with a head".into())
+                    })?;
+                    rec.encoder.copy_buffer_to_buffer(
+                        &self.buf.picks,
+                        from as u64 * 8,
+                        &self.buf.tokens,
+                        tok as u64 * 4,
+                        4,
+                    );
+                    let step = Step {
+                        n_tokens: 1,
+                        pos0: call.pos0 as u32,
+                        tok0: tok as u32,
+                        ..Step::default()
+                    };
+                    self.record_block(&mut rec, step, true, call, &mut lens)?;
+                    tok += 1;
+                }
+                Input::ExitCache { rows } => {
+                    rec.encoder.copy_buffer_to_buffer(
+                        &self.buf.exit_cache,
+                        0,
+                        &self.buf.x,
+                        0,
+                        rows as u64 * row_bytes,
+                    );
+                    let step = Step {
+                        n_tokens: rows as u32,
+                        pos0: call.pos0 as u32,
+                        ..Step::default()
+                    };
+                    self.record_block(&mut rec, step, false, call, &mut lens)?;
+                }
+            }
+            // After the last chunk, x holds the final rows of the call.
+            let tail = (n - 1) % MAX_ROWS + 1;
+            if let Some(row) = call.save {
+                rec.encoder.copy_buffer_to_buffer(
+                    &self.buf.x,
+                    0,
+                    &self.buf.exit_cache,
+                    row as u64 * row_bytes,
+                    tail as u64 * row_bytes,
+                );
+            }
+            let head_rows = match call.head {
+                Head::Last => 1,
+                Head::All => tail,
+                Head::None | Head::Lens => 0,
+            };
+            if head_rows > 0 {
+                if picks + head_rows > MAX_PICKS {
+                    return Err(Error::Invalid(format!(
+                        "more than {MAX_PICKS} picks in one run"
+                    )));
+                }
+                let slot = rec.slot(Step {
+                    n_tokens: head_rows as u32,
+                    row0: (tail - head_rows) as u32,
+                    out0: picks as u32,
+                    ..Step::default()
+                })?;
+                let ops: Vec<&Op> = self.head.iter().chain([&self.argmax]).collect();
+                rec.pass(&ops, slot, head_rows as u32, self.max_dim());
+                last_pick = Some(picks + head_rows - 1);
+                if call.logits {
+                    if lens + head_rows > self.config.num_hidden_layers + MAX_ROWS {
+                        return Err(Error::Invalid(
+                            "too many logits rows requested in one run".into(),
+                        ));
+                    }
+                    let vocab_bytes = (self.config.vocab_size * 4) as u64;
+                    rec.encoder.copy_buffer_to_buffer(
+                        &self.buf.logits,
+                        0,
+                        &self.buf.out_logits,
+                        lens as u64 * vocab_bytes,
+                        head_rows as u64 * vocab_bytes,
+                    );
+                    lens += head_rows;
+                }
+            }
+            results.push((picks, head_rows, lens0, lens - lens0));
+            picks += head_rows;
+        }
+
+        let mut bytes = vec![0u8; rec.steps.len() * STEP_STRIDE as usize];
+        for (i, s) in rec.steps.iter().enumerate() {
+            let words = [s.n_tokens, s.pos0, s.row0, s.tok0, s.out0];
+            bytes[i * STEP_STRIDE as usize..][..20].copy_from_slice(bytemuck::cast_slice(&words));
+        }
+        self.ctx.queue.write_buffer(&self.buf.step, 0, &bytes);
+        self.counters.submits += 1;
+        self.counters.dispatches += rec.dispatches;
+
+        let vocab_bytes = (self.config.vocab_size * 4) as u64;
+        let mut reads = vec![];
+        if picks > 0 {
+            reads.push((&self.buf.picks, 0, picks as u64 * 8));
+        }
+        if lens > 0 {
+            reads.push((&self.buf.out_logits, 0, lens as u64 * vocab_bytes));
+        }
+        if reads.is_empty() {
+            self.ctx.queue.submit([rec.encoder.finish()]);
+            self.ctx.check()?;
+            return Ok(calls.iter().map(|_| Output::default()).collect());
+        }
+        let data = self.ctx.read(rec.encoder, &reads).await?;
+        // Readback bytes carry no alignment guarantee, so decode them rather than cast.
+        let words = |bytes: &[u8]| -> Vec<u32> {
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        };
+        let pick_words = if picks > 0 { words(&data[0]) } else { vec![] };
+        let lens_floats: Vec<f32> = if lens > 0 {
+            words(data.last().unwrap())
+                .into_iter()
+                .map(f32::from_bits)
+                .collect()
+        } else {
+            vec![]
+        };
+        let v = self.config.vocab_size;
+        Ok(results
+            .into_iter()
+            .map(|(p0, np, l0, nl)| Output {
+                picks: (p0..p0 + np)
+                    .map(|i| Pick {
+                        token: pick_words[2 * i],
+                        sum_exp: f32::from_bits(pick_words[2 * i + 1]),
+                    })
+                    .collect(),
+                logits: (l0..l0 + nl)
+                    .map(|r| lens_floats[r * v..(r + 1) * v].to_vec())
+                    .collect(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,217 @@
+//! The GPU model and the CPU reference against Hugging Face transformers' outputs, recorded by
+//! tools/make_fixtures.py into tests/fixtures/*/reference.json: tokenization, the exit head's
+//! logits after every layer, and greedy tokens for the full model and for every exit layer.
+
+mod common;
+
+use common::*;
+use layerskip::gpu::GpuOptions;
+use layerskip::{generate, Call, DirFiles, Engine, GenerateOptions, Head, Input, Model, Strategy};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Deserialize)]
+struct Reference {
+    prompts: Vec<PromptReference>,
+    tokenization: Vec<Tokenization>,
+}
+
+#[derive(Deserialize)]
+struct PromptReference {
+    text: String,
+    input_ids: Vec<u32>,
+    /// [layer][position][vocab]
+    exit_logits: Vec<Vec<Vec<f32>>>,
+    greedy: Greedy,
+    early_exit_greedy: BTreeMap<String, Vec<u32>>,
+}
+
+#[derive(Deserialize)]
+struct Greedy {
+    max_new_tokens: usize,
+    tokens: Vec<u32>,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct Tokenization {
+    text: String,
+    ids: Vec<u32>,
+}
+
+/// Largest tolerated |logit - HF logit|. Both fixtures compute in f32 (the bf16 one from bf16
+/// weights, as HF's float32 reference does), so the differences are summation order only.
+const TOLERANCE: f32 = 2e-4;
+const FIXTURES: [&str; 2] = ["llama2_tiny", "llama32_tiny"];
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json"))
+        .expect("fixture reference.json");
+    serde_json::from_str(&text).expect("reference.json parses")
+}
+
+fn load(name: &str, device: layerskip::Device) -> Model {
+    pollster::block_on(Model::load(&DirFiles(fixture(name)), &device, 128, |_| {}))
+        .expect("fixture loads")
+}
+
+fn devices() -> Vec<(&'static str, layerskip::Device)> {
+    vec![
+        ("gpu", layerskip::Device::Gpu(GpuOptions::default())),
+        ("cpu", layerskip::Device::Cpu),
+    ]
+}
+
+fn lens(model: &mut Model, ids: &[u32]) -> Vec<Vec<f32>> {
+    let layers = model.engine.config().num_hidden_layers;
+    let call = Call::new(Input::Tokens(ids), 0, 0..layers).head(Head::Lens);
+    pollster::block_on(model.engine.run(&[call]))
+        .unwrap()
+        .remove(0)
+        .logits
+}
+
+/// Checks the logit lens at the last position of every prompt; returns the worst error per layer.
+fn check_logits(name: &str, model: &mut Model, reference: &Reference) -> Vec<f32> {
+    let mut worst = vec![];
+    for p in &reference.prompts {
+        let got = lens(model, &p.input_ids);
+        assert_eq!(got.len(), p.exit_logits.len());
+        for (l, (g, r)) in got.iter().zip(&p.exit_logits).enumerate() {
+            let err = max_abs_diff(g, r.last().unwrap());
+            if worst.len() <= l {
+                worst.push(0.0f32);
+            }
+            worst[l] = worst[l].max(err);
+            assert!(
+                err < TOLERANCE,
+                "{name} {:?} layer {}: max logit error {err}",
+                p.text,
+                l + 1
+            );
+        }
+    }
+    worst
+}
+
+#[test]
+fn tokenizer_matches_hugging_face() {
+    for name in FIXTURES {
+        let r = reference(name);
+        let tokenizer = layerskip::Tokenizer::from_bytes(
+            &std::fs::read(fixture(name).join("tokenizer.json")).unwrap(),
+        )
+        .unwrap();
+        for (text, ids) in r
+            .prompts
+            .iter()
+            .map(|p| (&p.text, &p.input_ids))
+            .chain(r.tokenization.iter().map(|t| (&t.text, &t.ids)))
+        {
+            assert_eq!(&tokenizer.encode(text).unwrap(), ids, "{name}: {text:?}");
+        }
+    }
+}
+
+#[test]
+fn logits_match_hugging_face_at_every_exit_layer() {
+    for name in FIXTURES {
+        let r = reference(name);
+        for (device, d) in devices() {
+            let mut model = load(name, d);
+            let worst = check_logits(name, &mut model, &r);
+            println!("{name} {device}: max |logit - HF| per exit layer: {worst:?}");
+        }
+    }
+}
+
+#[test]
+fn greedy_tokens_match_hugging_face_for_full_model_and_every_exit() {
+    for name in FIXTURES {
+        let r = reference(name);
+        for (device, d) in devices() {
+            let mut model = load(name, d);
+            let layers = model.engine.config().num_hidden_layers;
+            for p in &r.prompts {
+                let mut run = |strategy| {
+                    let options = GenerateOptions {
+                        strategy,
+                        max_new_tokens: p.greedy.max_new_tokens,
+                        ignore_eos: true,
+                        eos_token_ids: model.eos_token_ids.clone(),
+                    };
+                    pollster::block_on(generate(
+                        &mut model.engine,
+                        &p.input_ids,
+                        &options,
+                        |_, _| true,
+                    ))
+                    .unwrap()
+                    .tokens
+                };
+                let tokens = run(Strategy::Autoregressive);
+                assert_eq!(tokens, p.greedy.tokens, "{name} {device} {:?}", p.text);
+                for e in 1..layers {
+                    let expected = &p.early_exit_greedy[&e.to_string()];
+                    assert_eq!(
+                        &run(Strategy::EarlyExit { exit_layer: e }),
+                        expected,
+                        "{name} {device} exit {e} {:?}",
+                        p.text
+                    );
+                }
+                assert_eq!(
+                    model.tokenizer.decode(&tokens).unwrap(),
+                    p.greedy.text,
+                    "{name} {device} text"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matrices_split_into_row_blocks_give_the_same_logits() {
+    // Small enough to split the embedding, lm_head, q|k|v and gate|up into several row blocks,
+    // large enough for the activation buffers.
+    for (name, limit) in [("llama2_tiny", 48 << 10), ("llama32_tiny", 59 << 10)] {
+        let r = reference(name);
+        let mut model = load(
+            name,
+            layerskip::Device::Gpu(GpuOptions {
+                max_binding_override: Some(limit),
+                ..GpuOptions::default()
+            }),
+        );
+        let (matrices, blocks) = match &model.engine {
+            layerskip::AnyEngine::Gpu(m) => m.row_blocks(),
+            layerskip::AnyEngine::Cpu(_) => unreachable!(),
+        };
+        assert!(
+            blocks >= matrices + 4,
+            "{name}: {matrices} matrices in only {blocks} blocks"
+        );
+        let worst = check_logits(name, &mut model, &r);
+        println!("{name} split into {blocks} blocks for {matrices} matrices at {limit} bytes: max |logit - HF| per exit layer: {worst:?}");
+    }
+}
+
+#[test]
+fn long_prompts_are_fed_in_chunks() {
+    // Longer than one 32-row block: the GPU feeds it in chunks, the CPU in one piece.
+    let mut rng = Rng::new(7);
+    for name in FIXTURES {
+        let mut gpu = load(name, layerskip::Device::Gpu(GpuOptions::default()));
+        let mut cpu = load(name, layerskip::Device::Cpu);
+        let vocab = gpu.engine.config().vocab_size as u64;
+        let ids: Vec<u32> = (0..75).map(|_| rng.below(vocab) as u32).collect();
+        for (l, (g, c)) in lens(&mut gpu, &ids)
+            .iter()
+            .zip(lens(&mut cpu, &ids))
+            .enumerate()
+        {
+            let err = max_abs_diff(g, &c);
+            assert!(err < TOLERANCE, "{name} layer {}: {err}", l + 1);
+        }
+    }
+}
