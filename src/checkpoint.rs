@@ -135,6 +135,9 @@ pub struct Checkpoint {
     pub config: Config,
     /// Stop ids: config.json's eos ids plus generation_config.json's.
     pub eos_token_ids: Vec<u32>,
+    /// generation_config.json's `assistant_early_exit`: the exit layer the checkpoint suggests
+    /// for self-speculative decoding (the Hugging Face LayerSkip convention).
+    pub default_exit_layer: Option<usize>,
     pub tensors: HashMap<String, TensorEntry>,
     /// Weight files in load order.
     pub files: Vec<String>,
@@ -230,10 +233,15 @@ impl Checkpoint {
         let config = Config::from_json(utf8("config.json", &config)?)?;
 
         let mut eos_token_ids = config.eos_token_ids.clone();
+        let mut default_exit_layer = None;
         if let Some(gen) = files.read("generation_config.json").await? {
             let v: serde_json::Value = serde_json::from_slice(&gen).map_err(|e| {
                 Error::file("generation_config.json", format!("not valid JSON: {e}"))
             })?;
+            default_exit_layer = v
+                .get("assistant_early_exit")
+                .and_then(serde_json::Value::as_u64)
+                .map(|e| e as usize);
             for id in crate::config::token_ids(v.get("eos_token_id"), "eos_token_id")? {
                 if !eos_token_ids.contains(&id) {
                     eos_token_ids.push(id);
@@ -274,6 +282,7 @@ impl Checkpoint {
         Ok(Self {
             config,
             eos_token_ids,
+            default_exit_layer,
             tensors,
             files: files_list,
         })

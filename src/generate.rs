@@ -1,10 +1,13 @@
 //! Generation strategies over the layer-range API: autoregressive (all layers), early exit
-//! (layers 1..E and the shared exit head).
+//! (layers 1..E and the shared exit head) and self-speculative decoding (draft with 1..E, verify
+//! with E+1..L over the exit-query cache, accept, roll back), greedy or sampled.
 
 use crate::clock::now_ms;
-use crate::engine::{Call, Engine, Input};
+use crate::engine::{Call, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
+use crate::sampler::{distribution, draw, residual, Rng, SamplingParams};
 use serde::Serialize;
+use std::ops::Range;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -12,6 +15,11 @@ pub enum Strategy {
     Autoregressive,
     /// Layers 1..=exit_layer for every token, then the shared exit head.
     EarlyExit { exit_layer: usize },
+    /// Draft `num_speculations` tokens with layers 1..=exit_layer, verify them with the rest.
+    SelfSpeculative {
+        exit_layer: usize,
+        num_speculations: usize,
+    },
 }
 
 impl Strategy {
@@ -19,6 +27,7 @@ impl Strategy {
         match self {
             Strategy::Autoregressive => "autoregressive",
             Strategy::EarlyExit { .. } => "early-exit",
+            Strategy::SelfSpeculative { .. } => "self-speculative",
         }
     }
 }
@@ -29,16 +38,47 @@ pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// Keep going through end-of-sequence tokens (exactly max_new_tokens are produced).
     pub ignore_eos: bool,
-    /// Token ids that end generation (the checkpoint's EOS ids plus any the user adds).
+    /// Token ids that end generation.
     pub eos_token_ids: Vec<u32>,
+    /// Sample instead of greedy decoding.
+    pub sampling: Option<SamplingParams>,
+    /// Self-speculative only: stop drafting once a draft's top probability falls below this.
+    pub draft_confidence: Option<f32>,
+}
+
+impl GenerateOptions {
+    pub fn greedy(strategy: Strategy, max_new_tokens: usize) -> Self {
+        GenerateOptions {
+            strategy,
+            max_new_tokens,
+            ignore_eos: false,
+            eos_token_ids: vec![],
+            sampling: None,
+            draft_confidence: None,
+        }
+    }
 }
 
 /// How a streamed token was produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
-    /// Produced by the model that decides the output, one token per step.
+    /// One token per forward step (autoregressive or early exit).
     Plain,
+    /// A draft the full model agreed with.
+    Accepted,
+    /// The full model's own token: a correction or the token after all accepted drafts.
+    Bonus,
+    /// A draft the full model rejected. Reported for display only; not part of the output.
+    Rejected,
+}
+
+/// What the token callback wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// End generation; the reason ends up in the stats.
+    Stop(&'static str),
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -51,6 +91,14 @@ pub struct Stats {
     pub time_to_first_token_ms: f64,
     /// Mean time per output token after the first.
     pub time_per_output_token_ms: f64,
+    /// Self-speculative rounds, drafted and accepted tokens, accepted / drafted.
+    pub rounds: usize,
+    pub drafted: usize,
+    pub accepted: usize,
+    pub acceptance_rate: f64,
+    /// Wall time spent drafting and verifying (self-speculative).
+    pub draft_ms: f64,
+    pub verify_ms: f64,
     pub submits: u64,
     pub dispatches: u64,
     pub submits_per_token: f64,
@@ -64,26 +112,267 @@ pub struct Generation {
     pub stats: Stats,
 }
 
-/// Validates the options against the model and returns the number of layers to run.
-fn exit_layers(strategy: Strategy, layers: usize) -> Result<usize> {
-    match strategy {
-        Strategy::Autoregressive => Ok(layers),
-        Strategy::EarlyExit { exit_layer } if (1..=layers).contains(&exit_layer) => Ok(exit_layer),
-        Strategy::EarlyExit { exit_layer } => Err(Error::Invalid(format!(
-            "exit layer {exit_layer} is outside 1..={layers}"
-        ))),
+/// State shared by the strategies: where tokens go, when to stop, how to choose a token.
+struct Decoder<'a, E, F> {
+    engine: &'a mut E,
+    options: &'a GenerateOptions,
+    on_token: F,
+    rng: Rng,
+    tokens: Vec<u32>,
+    stats: Stats,
+    first_token_at: Option<f64>,
+    done: bool,
+}
+
+impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
+    fn sampling(&self) -> bool {
+        self.options.sampling.is_some()
+    }
+
+    async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
+        self.engine.run(calls).await
+    }
+
+    /// The token for head row `row`, and (sampling) the distribution it was drawn from.
+    fn choose(&mut self, out: &Output, row: usize) -> (u32, Vec<f32>) {
+        match &self.options.sampling {
+            Some(params) => {
+                let p = distribution(&out.logits[row], params);
+                (draw(&p, &mut self.rng), p)
+            }
+            None => (out.picks[row].token, vec![]),
+        }
+    }
+
+    /// Appends a generated token; false once generation is over.
+    fn emit(&mut self, token: u32, kind: TokenKind) -> bool {
+        if self.done {
+            return false;
+        }
+        self.tokens.push(token);
+        self.first_token_at.get_or_insert_with(now_ms);
+        let reason = match (self.on_token)(token, kind) {
+            Flow::Stop(reason) => Some(reason),
+            Flow::Continue
+                if !self.options.ignore_eos && self.options.eos_token_ids.contains(&token) =>
+            {
+                Some("eos")
+            }
+            Flow::Continue if self.tokens.len() >= self.options.max_new_tokens => {
+                Some("max_new_tokens")
+            }
+            Flow::Continue => None,
+        };
+        if let Some(reason) = reason {
+            self.stats.stop_reason = reason.into();
+            self.done = true;
+        }
+        !self.done
+    }
+
+    fn remaining(&self) -> usize {
+        self.options.max_new_tokens - self.tokens.len()
+    }
+
+    /// One token per step through `layers` (all of them, or 0..E for early exit).
+    async fn plain(&mut self, prompt: &[u32], layers: Range<usize>) -> Result<()> {
+        let wants = self.sampling();
+        let out = self
+            .run(&[Call::new(Input::Tokens(prompt), 0, layers.clone()).logits(wants)])
+            .await?;
+        let (mut token, _) = self.choose(&out[0], 0);
+        let mut pos = prompt.len();
+        while self.emit(token, TokenKind::Plain) {
+            let out = self
+                .run(&[Call::new(Input::Tokens(&[token]), pos, layers.clone()).logits(wants)])
+                .await?;
+            pos += 1;
+            token = self.choose(&out[0], 0).0;
+        }
+        Ok(())
+    }
+
+    /// Drafts up to `depth` tokens after `last` (at `pos`) with layers 0..exit, saving each
+    /// position's hidden state in the exit-query cache. Greedy drafts chain on the GPU in one
+    /// submit; sampling and the confidence cut-off need the host after every step.
+    async fn draft(
+        &mut self,
+        last: u32,
+        pos: usize,
+        exit: usize,
+        depth: usize,
+    ) -> Result<(Vec<u32>, Vec<Vec<f32>>)> {
+        if !self.sampling() && self.options.draft_confidence.is_none() {
+            let first = [last];
+            let calls: Vec<Call> = (0..depth)
+                .map(|i| {
+                    let input = if i == 0 {
+                        Input::Tokens(&first)
+                    } else {
+                        Input::PreviousPick
+                    };
+                    Call::new(input, pos + i, 0..exit).save(i)
+                })
+                .collect();
+            let out = self.run(&calls).await?;
+            return Ok((out.iter().map(|o| o.picks[0].token).collect(), vec![]));
+        }
+        let (mut drafts, mut dists) = (vec![], vec![]);
+        let mut input = last;
+        for i in 0..depth {
+            let ids = [input];
+            let call = Call::new(Input::Tokens(&ids), pos + i, 0..exit)
+                .save(i)
+                .logits(self.sampling());
+            let out = self.run(&[call]).await?.remove(0);
+            let (token, dist) = self.choose(&out, 0);
+            let top = if dist.is_empty() {
+                out.picks[0].probability()
+            } else {
+                dist.iter().copied().fold(0.0, f32::max)
+            };
+            drafts.push(token);
+            dists.push(dist);
+            let eos = !self.options.ignore_eos && self.options.eos_token_ids.contains(&token);
+            if eos || self.options.draft_confidence.is_some_and(|min| top < min) {
+                break;
+            }
+            input = token;
+        }
+        Ok((drafts, dists))
+    }
+
+    /// Self-speculative decoding. The KV cache of layers 0..exit written while drafting is exactly
+    /// what the full model would write, so verification runs only layers exit..L over the cached
+    /// hidden states; rejected positions are simply overwritten later (the roll-back is `pos`).
+    async fn speculative(&mut self, prompt: &[u32], exit: usize, depth: usize) -> Result<()> {
+        let layers = self.engine.config().num_hidden_layers;
+        let wants = self.sampling();
+        let out = self
+            .run(&[Call::new(Input::Tokens(prompt), 0, 0..layers).logits(wants)])
+            .await?;
+        let (mut last, _) = self.choose(&out[0], 0);
+        let mut pos = prompt.len();
+        if !self.emit(last, TokenKind::Bonus) {
+            return Ok(());
+        }
+        loop {
+            // Clamp so a round (accepted drafts + bonus) never passes the token budget.
+            let depth = depth
+                .min(self.remaining() - 1)
+                .min(self.engine.max_rows() - 1);
+            if depth == 0 {
+                let out = self
+                    .run(&[Call::new(Input::Tokens(&[last]), pos, 0..layers).logits(wants)])
+                    .await?;
+                let token = self.choose(&out[0], 0).0;
+                if !self.emit(token, TokenKind::Bonus) {
+                    return Ok(());
+                }
+                (last, pos) = (token, pos + 1);
+                continue;
+            }
+            let t0 = now_ms();
+            let (drafts, q) = self.draft(last, pos, exit, depth).await?;
+            let t1 = now_ms();
+            let n = drafts.len();
+            let verify = [
+                // Finish the last draft through 0..exit, then verify all n + 1 rows in one pass.
+                Call::new(Input::Tokens(&drafts[n - 1..]), pos + n, 0..exit)
+                    .save(n)
+                    .head(Head::None),
+                Call::new(Input::ExitCache { rows: n + 1 }, pos, exit..layers)
+                    .head(Head::All)
+                    .logits(wants),
+            ];
+            let out = self.run(&verify).await?.remove(1);
+            self.stats.draft_ms += t1 - t0;
+            self.stats.verify_ms += now_ms() - t1;
+            self.stats.rounds += 1;
+            self.stats.drafted += n;
+
+            let mut accepted = 0;
+            let mut correction = None;
+            for (i, &x) in drafts.iter().enumerate() {
+                let agrees = match &self.options.sampling {
+                    None => (x == out.picks[i].token)
+                        .then_some(())
+                        .ok_or(out.picks[i].token),
+                    Some(params) => {
+                        let p = distribution(&out.logits[i], params);
+                        let ratio = p[x as usize] / q[i][x as usize];
+                        if self.rng.uniform() < ratio.min(1.0) {
+                            Ok(())
+                        } else {
+                            Err(draw(&residual(&p, &q[i]), &mut self.rng))
+                        }
+                    }
+                };
+                match agrees {
+                    Ok(()) => accepted += 1,
+                    Err(token) => {
+                        correction = Some(token);
+                        break;
+                    }
+                }
+            }
+            let bonus = match correction {
+                Some(token) => token,
+                None => self.choose(&out, n).0,
+            };
+            self.stats.accepted += accepted;
+            for &token in &drafts[..accepted] {
+                if !self.emit(token, TokenKind::Accepted) {
+                    return Ok(());
+                }
+            }
+            for &token in &drafts[accepted..] {
+                (self.on_token)(token, TokenKind::Rejected);
+            }
+            if !self.emit(bonus, TokenKind::Bonus) {
+                return Ok(());
+            }
+            (last, pos) = (bonus, pos + accepted + 1);
+        }
     }
 }
 
-/// Greedy generation. `on_token` sees every generated token as it is produced and returns
-/// `false` to stop early (cancellation).
+/// Generates after `prompt`. `on_token` sees every token as it is produced (and rejected drafts,
+/// marked as such) and can stop generation.
 pub async fn generate<E: Engine>(
     engine: &mut E,
     prompt: &[u32],
     options: &GenerateOptions,
-    mut on_token: impl FnMut(u32, TokenKind) -> bool,
+    on_token: impl FnMut(u32, TokenKind) -> Flow,
 ) -> Result<Generation> {
-    let exit = exit_layers(options.strategy, engine.config().num_hidden_layers)?;
+    let layers = engine.config().num_hidden_layers;
+    let exit_ok = |e: usize, max: usize| {
+        if (1..=max).contains(&e) {
+            Ok(e)
+        } else {
+            Err(Error::Invalid(format!(
+                "exit layer {e} is outside 1..={max}"
+            )))
+        }
+    };
+    match options.strategy {
+        Strategy::EarlyExit { exit_layer } => {
+            exit_ok(exit_layer, layers)?;
+        }
+        Strategy::SelfSpeculative {
+            exit_layer,
+            num_speculations,
+        } => {
+            exit_ok(exit_layer, layers - 1)?;
+            if num_speculations == 0 {
+                return Err(Error::Invalid("num_speculations must be at least 1".into()));
+            }
+        }
+        Strategy::Autoregressive => {}
+    }
+    if let Some(s) = &options.sampling {
+        s.validate()?;
+    }
     if prompt.is_empty() {
         return Err(Error::Invalid("the prompt encodes to no tokens".into()));
     }
@@ -94,39 +383,40 @@ pub async fn generate<E: Engine>(
             limit: engine.max_context(),
         });
     }
+
     let start = now_ms();
     let before = engine.counters();
-    let mut stats = Stats {
-        strategy: options.strategy.name().into(),
-        prompt_tokens: prompt.len(),
-        stop_reason: "max_new_tokens".into(),
-        ..Stats::default()
+    let mut d = Decoder {
+        engine,
+        options,
+        on_token,
+        rng: Rng::new(options.sampling.map_or(0, |s| s.seed)),
+        tokens: vec![],
+        stats: Stats {
+            strategy: options.strategy.name().into(),
+            prompt_tokens: prompt.len(),
+            stop_reason: "max_new_tokens".into(),
+            ..Stats::default()
+        },
+        first_token_at: None,
+        done: false,
     };
-    let mut tokens: Vec<u32> = vec![];
-    let mut first_token_at = start;
-    let mut input: Vec<u32> = prompt.to_vec();
-    let mut pos = 0;
-    while tokens.len() < options.max_new_tokens {
-        let call = Call::new(Input::Tokens(&input), pos, 0..exit);
-        let pick = engine.run(&[call]).await?.remove(0).picks[0];
-        pos += input.len();
-        if tokens.is_empty() {
-            first_token_at = now_ms();
+    if options.max_new_tokens > 0 {
+        match options.strategy {
+            Strategy::Autoregressive => d.plain(prompt, 0..layers).await?,
+            Strategy::EarlyExit { exit_layer } => d.plain(prompt, 0..exit_layer).await?,
+            Strategy::SelfSpeculative {
+                exit_layer,
+                num_speculations,
+            } => d.speculative(prompt, exit_layer, num_speculations).await?,
         }
-        tokens.push(pick.token);
-        if !on_token(pick.token, TokenKind::Plain) {
-            stats.stop_reason = "cancelled".into();
-            break;
-        }
-        if !options.ignore_eos && options.eos_token_ids.contains(&pick.token) {
-            stats.stop_reason = "eos".into();
-            break;
-        }
-        input = vec![pick.token];
     }
+
     let end = now_ms();
-    let counters = engine.counters();
+    let counters = d.engine.counters();
+    let (tokens, mut stats) = (d.tokens, d.stats);
     let n = tokens.len();
+    let first = d.first_token_at.unwrap_or(end);
     stats.generated_tokens = n;
     stats.elapsed_ms = end - start;
     stats.tokens_per_second = if end > start {
@@ -134,9 +424,14 @@ pub async fn generate<E: Engine>(
     } else {
         0.0
     };
-    stats.time_to_first_token_ms = first_token_at - start;
+    stats.time_to_first_token_ms = first - start;
     stats.time_per_output_token_ms = if n > 1 {
-        (end - first_token_at) / (n - 1) as f64
+        (end - first) / (n - 1) as f64
+    } else {
+        0.0
+    };
+    stats.acceptance_rate = if stats.drafted > 0 {
+        stats.accepted as f64 / stats.drafted as f64
     } else {
         0.0
     };

@@ -10,7 +10,10 @@ pub mod error;
 pub mod generate;
 pub mod gpu;
 pub mod model;
+pub mod sampler;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use checkpoint::DirFiles;
@@ -18,6 +21,7 @@ pub use checkpoint::{Files, MemoryFiles};
 pub use config::Config;
 pub use engine::{Call, Engine, Head, Input, Output, Pick};
 pub use error::{Error, Result};
-pub use generate::{generate, GenerateOptions, Generation, Stats, Strategy, TokenKind};
-pub use model::{AnyEngine, Device, Model};
+pub use generate::{generate, Flow, GenerateOptions, Generation, Stats, Strategy, TokenKind};
+pub use model::{AnyEngine, Completion, Device, Model, Streamed};
+pub use sampler::SamplingParams;
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -1,12 +1,15 @@
 //! The GPU model and the CPU reference against Hugging Face transformers' outputs, recorded by
 //! tools/make_fixtures.py into tests/fixtures/*/reference.json: tokenization, the exit head's
 //! logits after every layer, and greedy tokens for the full model and for every exit layer.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 
 use common::*;
 use layerskip::gpu::GpuOptions;
-use layerskip::{generate, Call, DirFiles, Engine, GenerateOptions, Head, Input, Model, Strategy};
+use layerskip::{
+    generate, Call, DirFiles, Engine, Flow, GenerateOptions, Head, Input, Model, Strategy,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -135,16 +138,14 @@ fn greedy_tokens_match_hugging_face_for_full_model_and_every_exit() {
             for p in &r.prompts {
                 let mut run = |strategy| {
                     let options = GenerateOptions {
-                        strategy,
-                        max_new_tokens: p.greedy.max_new_tokens,
                         ignore_eos: true,
-                        eos_token_ids: model.eos_token_ids.clone(),
+                        ..GenerateOptions::greedy(strategy, p.greedy.max_new_tokens)
                     };
                     pollster::block_on(generate(
                         &mut model.engine,
                         &p.input_ids,
                         &options,
-                        |_, _| true,
+                        |_, _| Flow::Continue,
                     ))
                     .unwrap()
                     .tokens

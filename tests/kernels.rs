@@ -1,5 +1,6 @@
 //! Each WGSL kernel run on its own against the plain CPU implementation, on sizes that are not
 //! multiples of the workgroup size (64) nor of the 4-token matmul tile.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 

@@ -1,0 +1,86 @@
+//! `layerskip generate`: streamed text, or one JSON object.
+
+use super::{load, DecodeArgs, ModelArgs, StrategyArg};
+use layerskip::{Result, TokenKind};
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, value_enum, default_value = "autoregressive")]
+    strategy: StrategyArg,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// End generation at this string (repeatable); the text is cut before it.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Colour accepted drafts green, rejected drafts red (struck through) and the full model's
+    /// own tokens plain. Only when stdout is a terminal.
+    #[arg(long)]
+    show_speculation: bool,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let mut model = load(&args.model)?;
+    let options = args.decode.options(&model, args.strategy)?;
+    let colour = args.show_speculation && std::io::stdout().is_terminal();
+    let mut stdout = std::io::stdout();
+    let completion = pollster::block_on(model.complete(&args.prompt, &options, &args.stop, |s| {
+        if args.json {
+            return true;
+        }
+        let text = match (colour, s.kind) {
+            (true, TokenKind::Accepted) => format!("\x1b[32m{}\x1b[0m", s.text),
+            (true, TokenKind::Rejected) => format!("\x1b[2;9;31m{}\x1b[0m", s.text),
+            (_, TokenKind::Rejected) => return true,
+            _ => s.text.to_string(),
+        };
+        let _ = write!(stdout, "{text}");
+        let _ = stdout.flush();
+        true
+    }))?;
+    if args.json {
+        let out = json!({
+            "prompt_tokens": completion.prompt_tokens,
+            "tokens": completion.tokens,
+            "text": completion.text,
+            "stats": completion.stats,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!();
+    let s = &completion.stats;
+    let speculation = if s.rounds > 0 {
+        format!(
+            ", {} rounds, acceptance {:.1}% ({} / {}), draft {:.0} ms, verify {:.0} ms",
+            s.rounds,
+            100.0 * s.acceptance_rate,
+            s.accepted,
+            s.drafted,
+            s.draft_ms,
+            s.verify_ms
+        )
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "[{}] {} tokens in {:.0} ms: {:.1} tokens/s, first token {:.0} ms, {:.1} dispatches/token, {:.2} submits/token{speculation}, stop: {}",
+        s.strategy,
+        s.generated_tokens,
+        s.elapsed_ms,
+        s.tokens_per_second,
+        s.time_to_first_token_ms,
+        s.dispatches_per_token,
+        s.submits_per_token,
+        s.stop_reason
+    );
+    Ok(())
+}

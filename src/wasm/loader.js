@@ -1,0 +1,96 @@
+// Fetches a Hugging Face checkpoint directory from a base URL into Blobs, following
+// model.safetensors.index.json shards. Weight files go through the Cache API, so a reload reads
+// them from disk instead of the network; browsers keep large Blobs on disk, so a multi-gigabyte
+// checkpoint never has to fit in wasm memory. Reports progress as (bytes done, bytes total).
+
+const CACHE = 'layerskip-weights-v1';
+
+async function fetchOk(url) {
+  const response = await fetch(url);
+  if (!response.ok) {
+    throw new Error(`${url}: HTTP ${response.status} ${response.statusText}`);
+  }
+  return response;
+}
+
+async function optional(url) {
+  const response = await fetch(url);
+  return response.ok ? await response.blob() : null;
+}
+
+// Reads a response body to the end, counting bytes, and returns it as a Blob.
+async function readCounting(response, onBytes) {
+  const reader = response.body.getReader();
+  const chunks = [];
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    onBytes(value.byteLength);
+  }
+  return new Blob(chunks);
+}
+
+export async function fetchModel(baseUrl, onProgress) {
+  const base = baseUrl.endsWith('/') ? baseUrl : baseUrl + '/';
+  const files = new Map();
+  files.set('config.json', await (await fetchOk(base + 'config.json')).blob());
+  files.set('tokenizer.json', await (await fetchOk(base + 'tokenizer.json')).blob());
+  for (const name of ['generation_config.json', 'model.safetensors.index.json']) {
+    const blob = await optional(base + name);
+    if (blob) files.set(name, blob);
+  }
+  let weights = ['model.safetensors'];
+  if (files.has('model.safetensors.index.json')) {
+    const index = JSON.parse(await files.get('model.safetensors.index.json').text());
+    weights = [...new Set(Object.values(index.weight_map))].sort();
+  }
+  const cache = typeof caches !== 'undefined' ? await caches.open(CACHE).catch(() => null) : null;
+  const cached = new Map();
+  const sizes = new Map();
+  for (const name of weights) {
+    const hit = cache ? await cache.match(base + name) : null;
+    if (hit) {
+      cached.set(name, await hit.blob());
+    } else {
+      const head = await fetch(base + name, { method: 'HEAD' }).catch(() => null);
+      sizes.set(name, Number(head && head.headers.get('content-length')) || 0);
+    }
+  }
+  const total = [...sizes.values()].reduce((a, b) => a + b, 0);
+  let done = 0;
+  for (const name of weights) {
+    if (cached.has(name)) {
+      files.set(name, cached.get(name));
+      continue;
+    }
+    const blob = await readCounting(await fetchOk(base + name), (n) => {
+      done += n;
+      if (onProgress) onProgress(done, Math.max(total, done));
+    });
+    if (cache) {
+      // A full quota only costs the cache, not the load.
+      await cache.put(base + name, new Response(blob)).catch((e) => console.warn(`not cached: ${name}: ${e}`));
+    }
+    files.set(name, blob);
+  }
+  return files;
+}
+
+// Turns a FileList (a folder picked or dropped), an array of Files, or an object / Map of
+// name -> Blob | ArrayBuffer | TypedArray into a Map of file name -> Blob.
+export function toBlobMap(input) {
+  const files = new Map();
+  const add = (name, value) => {
+    const base = name.split('/').pop();
+    files.set(base, value instanceof Blob ? value : new Blob([value]));
+  };
+  if (input instanceof Map) {
+    for (const [name, value] of input) add(name, value);
+  } else if (typeof input.length === 'number') {
+    for (const file of Array.from(input)) add(file.webkitRelativePath || file.name, file);
+  } else {
+    for (const [name, value] of Object.entries(input)) add(name, value);
+  }
+  return files;
+}

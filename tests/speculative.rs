@@ -1,0 +1,295 @@
+//! Self-speculative decoding: greedy output identical to autoregressive greedy (and so to Hugging
+//! Face's), sampling that keeps the full model's distribution, and the stopping rules.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use common::*;
+use layerskip::gpu::GpuOptions;
+use layerskip::sampler::distribution;
+use layerskip::{
+    generate, Call, Device, DirFiles, Engine, Flow, GenerateOptions, Input, Model, SamplingParams,
+    Strategy, TokenKind,
+};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+#[derive(Deserialize)]
+struct Reference {
+    prompts: Vec<PromptReference>,
+}
+
+#[derive(Deserialize)]
+struct PromptReference {
+    input_ids: Vec<u32>,
+    greedy: Greedy,
+}
+
+#[derive(Deserialize)]
+struct Greedy {
+    tokens: Vec<u32>,
+    text: String,
+}
+
+fn reference(name: &str) -> Reference {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
+        .unwrap()
+}
+
+fn load(name: &str, device: Device) -> Model {
+    pollster::block_on(Model::load(&DirFiles(fixture(name)), &device, 128, |_| {})).unwrap()
+}
+
+fn run(model: &mut Model, prompt: &[u32], options: &GenerateOptions) -> layerskip::Generation {
+    pollster::block_on(generate(&mut model.engine, prompt, options, |_, _| {
+        Flow::Continue
+    }))
+    .unwrap()
+}
+
+fn speculative(
+    exit_layer: usize,
+    num_speculations: usize,
+    max_new_tokens: usize,
+) -> GenerateOptions {
+    GenerateOptions {
+        ignore_eos: true,
+        ..GenerateOptions::greedy(
+            Strategy::SelfSpeculative {
+                exit_layer,
+                num_speculations,
+            },
+            max_new_tokens,
+        )
+    }
+}
+
+/// Every exit layer and depth 1..8 on the CPU reference, on every prompt; the GPU on a subset
+/// (software Vulkan is slow per dispatch), including the confidence cut-off.
+#[test]
+fn greedy_self_speculative_equals_hugging_face_greedy() {
+    for name in ["llama2_tiny", "llama32_tiny"] {
+        let r = reference(name);
+        for (device, depths, prompts) in [
+            (Device::Cpu, vec![1, 2, 3, 4, 5, 6, 7, 8], r.prompts.len()),
+            (Device::Gpu(GpuOptions::default()), vec![1, 3, 8], 1),
+        ] {
+            let mut model = load(name, device.clone());
+            let layers = model.engine.config().num_hidden_layers;
+            for p in &r.prompts[..prompts] {
+                for e in 1..layers {
+                    for &d in &depths {
+                        let g = run(
+                            &mut model,
+                            &p.input_ids,
+                            &speculative(e, d, p.greedy.tokens.len()),
+                        );
+                        assert_eq!(g.tokens, p.greedy.tokens, "{name} {device:?} E={e} D={d}");
+                        assert!(g.stats.rounds > 0 && g.stats.accepted <= g.stats.drafted);
+                        let confident = GenerateOptions {
+                            draft_confidence: Some(0.5),
+                            ..speculative(e, d, p.greedy.tokens.len())
+                        };
+                        assert_eq!(
+                            run(&mut model, &p.input_ids, &confident).tokens,
+                            p.greedy.tokens,
+                            "{name} E={e} D={d} confidence"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rounds_never_pass_the_token_budget_and_stop_at_eos() {
+    // llama2_tiny's greedy continuation of its first prompt has EOS (id 2) as the 4th token.
+    let r = reference("llama2_tiny");
+    let p = &r.prompts[0];
+    assert_eq!(p.greedy.tokens[3], 2);
+    let mut model = load("llama2_tiny", Device::Gpu(GpuOptions::default()));
+    for n in [1, 2, 5] {
+        let g = run(&mut model, &p.input_ids, &speculative(2, 8, n));
+        assert_eq!(g.tokens, p.greedy.tokens[..n], "budget {n}");
+    }
+    let options = GenerateOptions {
+        ignore_eos: false,
+        eos_token_ids: model.eos_token_ids.clone(),
+        ..speculative(1, 6, 12)
+    };
+    let g = run(&mut model, &p.input_ids, &options);
+    assert_eq!(g.tokens, p.greedy.tokens[..4]);
+    assert_eq!(g.stats.stop_reason, "eos");
+}
+
+#[test]
+fn stop_strings_cut_the_text() {
+    let r = reference("llama32_tiny");
+    let p = &r.prompts[3];
+    assert_eq!(p.greedy.text, "+Y\u{fffd}S\u{fffd}ulen%scl self\u{10}");
+    let mut model = load("llama32_tiny", Device::Gpu(GpuOptions::default()));
+    for strategy in [
+        Strategy::Autoregressive,
+        Strategy::SelfSpeculative {
+            exit_layer: 2,
+            num_speculations: 3,
+        },
+    ] {
+        let options = GenerateOptions::greedy(strategy, 12);
+        let mut streamed = String::new();
+        let c = pollster::block_on(model.complete("x", &options, &["len".to_string()], |s| {
+            if s.kind != TokenKind::Rejected {
+                streamed.push_str(s.text);
+            }
+            true
+        }))
+        .unwrap();
+        assert_eq!(c.text, "+Y\u{fffd}S\u{fffd}u", "{strategy:?}");
+        assert_eq!(
+            streamed, c.text,
+            "{strategy:?}: streamed text stops before the stop string"
+        );
+        assert_eq!(c.stats.stop_reason, "stop_string");
+    }
+}
+
+fn sampled(temperature: f32, seed: u64) -> SamplingParams {
+    SamplingParams {
+        temperature,
+        top_k: 8,
+        top_p: 1.0,
+        seed,
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_per_seed() {
+    let r = reference("llama32_tiny");
+    let prompt = &r.prompts[1].input_ids;
+    let mut model = load("llama32_tiny", Device::Gpu(GpuOptions::default()));
+    for strategy in [
+        Strategy::Autoregressive,
+        Strategy::EarlyExit { exit_layer: 2 },
+        Strategy::SelfSpeculative {
+            exit_layer: 2,
+            num_speculations: 3,
+        },
+    ] {
+        let options = |seed| GenerateOptions {
+            sampling: Some(sampled(1.5, seed)),
+            ignore_eos: true,
+            ..GenerateOptions::greedy(strategy, 10)
+        };
+        let a = run(&mut model, prompt, &options(7)).tokens;
+        assert_eq!(
+            a,
+            run(&mut model, prompt, &options(7)).tokens,
+            "{strategy:?}: same seed, same output"
+        );
+        assert!(
+            (8..12).any(|s| run(&mut model, prompt, &options(s)).tokens != a),
+            "{strategy:?}: seeds matter"
+        );
+    }
+}
+
+/// The exact distribution of the first `n` sampled tokens under autoregressive sampling with the
+/// full model, by enumerating every prefix (top-k keeps the tree small).
+fn exact_distribution(
+    model: &mut Model,
+    prompt: &[u32],
+    params: &SamplingParams,
+    n: usize,
+    layers: usize,
+) -> HashMap<Vec<u32>, f64> {
+    let mut frontier = vec![(vec![], 1.0f64)];
+    for _ in 0..n {
+        let mut next = vec![];
+        for (prefix, p) in frontier {
+            let ids: Vec<u32> = prompt.iter().chain(&prefix).copied().collect();
+            let out = pollster::block_on(
+                model
+                    .engine
+                    .run(&[Call::new(Input::Tokens(&ids), 0, 0..layers).logits(true)]),
+            )
+            .unwrap();
+            for (t, &q) in distribution(&out[0].logits[0], params).iter().enumerate() {
+                if q > 0.0 {
+                    let mut longer: Vec<u32> = prefix.clone();
+                    longer.push(t as u32);
+                    next.push((longer, p * q as f64));
+                }
+            }
+        }
+        frontier = next;
+    }
+    frontier.into_iter().collect()
+}
+
+/// Total variation distance between the empirical distribution of `samples` and `exact`, over the
+/// token at `index`.
+fn tv_at(samples: &[Vec<u32>], exact: &HashMap<Vec<u32>, f64>, index: usize) -> f64 {
+    let mut want: HashMap<u32, f64> = HashMap::new();
+    for (seq, p) in exact {
+        *want.entry(seq[index]).or_default() += p;
+    }
+    let mut got: HashMap<u32, f64> = HashMap::new();
+    for s in samples {
+        *got.entry(s[index]).or_default() += 1.0 / samples.len() as f64;
+    }
+    let keys: std::collections::HashSet<u32> = want.keys().chain(got.keys()).copied().collect();
+    keys.iter()
+        .map(|k| (want.get(k).unwrap_or(&0.0) - got.get(k).unwrap_or(&0.0)).abs())
+        .sum::<f64>()
+        / 2.0
+}
+
+#[test]
+fn speculative_sampling_keeps_the_full_models_distribution() {
+    let r = reference("llama32_tiny");
+    let prompt = &r.prompts[0].input_ids;
+    let mut model = load("llama32_tiny", Device::Cpu);
+    let layers = model.engine.config().num_hidden_layers;
+    let params = sampled(1.0, 0);
+    let exact = exact_distribution(&mut model, prompt, &params, 3, layers);
+    let runs = 3000;
+    let mut sample = |strategy| -> Vec<Vec<u32>> {
+        (0..runs)
+            .map(|seed| {
+                let options = GenerateOptions {
+                    sampling: Some(SamplingParams { seed, ..params }),
+                    ignore_eos: true,
+                    ..GenerateOptions::greedy(strategy, 3)
+                };
+                run(&mut model, prompt, &options).tokens
+            })
+            .collect()
+    };
+    let speculative = sample(Strategy::SelfSpeculative {
+        exit_layer: 1,
+        num_speculations: 2,
+    });
+    let autoregressive = sample(Strategy::Autoregressive);
+    // A wrong rule that keeps every draft would follow the early-exit model instead.
+    let drafts_only = sample(Strategy::EarlyExit { exit_layer: 1 });
+    // With 3000 samples over a few dozen tokens the sampling noise in TV is about 0.03-0.06.
+    const THRESHOLD: f64 = 0.1;
+    for index in 1..3 {
+        let (spec, ar, wrong) = (
+            tv_at(&speculative, &exact, index),
+            tv_at(&autoregressive, &exact, index),
+            tv_at(&drafts_only, &exact, index),
+        );
+        println!("token {index}: TV to the exact distribution: self-speculative {spec:.3}, autoregressive {ar:.3}, drafts only {wrong:.3}");
+        assert!(ar < THRESHOLD, "autoregressive sampling is off: {ar}");
+        assert!(
+            spec < THRESHOLD,
+            "self-speculative sampling does not match the full model: {spec}"
+        );
+        assert!(
+            wrong > 2.0 * THRESHOLD,
+            "the test could not tell a wrong rule apart: {wrong}"
+        );
+    }
+}
