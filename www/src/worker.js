@@ -1,0 +1,51 @@
+// The model lives here, off the main thread, so the page stays responsive while it loads and
+// generates. Messages in: load, loadFiles, generate, abort, logits. Messages out: progress,
+// loaded, token, done, lens, error.
+import init, { LayerSkip } from 'layerskip';
+
+let model = null;
+let controller = null;
+const ready = init();
+
+function post(message) {
+  self.postMessage(message);
+}
+
+async function handle(message) {
+  await ready;
+  const onProgress = (phase, done, total) => post({ type: 'progress', phase, done, total });
+  switch (message.type) {
+    case 'load':
+    case 'loadFiles': {
+      model = null;
+      model = message.type === 'load'
+        ? await LayerSkip.fromUrl(message.url, { onProgress })
+        : await LayerSkip.fromFiles(message.files, { onProgress });
+      post({ type: 'loaded', info: model.info() });
+      break;
+    }
+    case 'generate': {
+      if (!model) throw new Error('no model loaded');
+      controller = new AbortController();
+      const result = await model.generate(message.prompt, {
+        ...message.options,
+        signal: controller.signal,
+        onToken: (t) => post({ type: 'token', id: message.id, ...t }),
+      });
+      post({ type: 'done', id: message.id, result });
+      break;
+    }
+    case 'abort':
+      if (controller) controller.abort();
+      break;
+    case 'logits': {
+      if (!model) throw new Error('no model loaded');
+      post({ type: 'lens', lens: await model.logits(message.prompt, 5) });
+      break;
+    }
+  }
+}
+
+self.onmessage = (event) => {
+  handle(event.data).catch((e) => post({ type: 'error', id: event.data.id, message: String(e && e.message ? e.message : e) }));
+};
