@@ -183,6 +183,27 @@ def sample(model, tok_fast, prompt, n_new):
     return tok_fast.decode(seq[len(ids):]), seq, ref == seq
 
 
+def head_layer_equiv(path):
+    """Exit head (lm_head) weight count in units of one decoder layer's weight count."""
+    with open(os.path.join(path, "config.json")) as fh:
+        c = json.load(fh)
+    H, I, V = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    hd = c.get("head_dim") or H // c["num_attention_heads"]
+    q = c["num_attention_heads"] * hd
+    kv = c["num_key_value_heads"] * hd
+    layer = H * q + 2 * H * kv + q * H + 3 * H * I + 2 * H
+    return V * H / layer
+
+
+def est_speedup(row, L, h, n_tokens):
+    """Estimated greedy speedup under a weight-traffic cost model (batch 1 is memory bound, so a
+    pass over k positions costs about as much as over one): autoregressive = L + h per token;
+    a round = drafted * (E + h) (draft passes through layers 1..E + exit head) + L + h (the last
+    draft through layers 1..E, layers E+1..L over all positions, one exit head pass)."""
+    E = row["exit_layer"]
+    return n_tokens * (L + h) / (row["drafted"] * (E + h) + row["rounds"] * (L + h))
+
+
 def md_tables(res):
     names = list(res["models"].keys())
     out = ["| exit layer | " + " | ".join(f"{n} acc | {n} CE" for n in names) + " |",
@@ -195,13 +216,18 @@ def md_tables(res):
             cells.append(f"{100 * r['acc']:.2f}% | {r['ce']:.3f}")
         out.append(f"| {l + 1} | " + " | ".join(cells) + " |")
     out.append("")
-    out.append("| exit layer E | " + " | ".join(f"{n} acceptance | {n} tokens/round" for n in names) + " |")
-    out.append("|---:|" + "---:|---:|" * len(names))
+    out.append("| exit layer E | " + " | ".join(
+        f"{n} acceptance | {n} tokens/round | {n} est. speedup" for n in names) + " |")
+    out.append("|---:|" + "---:|---:|---:|" * len(names))
+    a = res["args"]
+    n_tok = a["prompts"] * a["new_tokens"]
     for i in range(L - 1):
         cells = []
         for n in names:
-            r = res["models"][n]["spec"][i]
-            cells.append(f"{100 * r['acceptance']:.1f}% | {r['tokens_per_round']:.2f}")
+            m = res["models"][n]
+            r = m["spec"][i]
+            sp = est_speedup(r, L, head_layer_equiv(m["path"]), n_tok)
+            cells.append(f"{100 * r['acceptance']:.1f}% | {r['tokens_per_round']:.2f} | {sp:.2f}x")
         out.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
