@@ -1,6 +1,7 @@
 //! Command-line interface: generate, logits (the logit lens), info, bench and sweep.
 
 mod bench;
+mod default_model;
 mod generate;
 mod inspect;
 
@@ -47,9 +48,10 @@ enum DeviceArg {
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Hugging Face checkpoint directory (config.json, tokenizer.json, *.safetensors).
+    /// Hugging Face checkpoint directory (config.json, tokenizer.json, *.safetensors). Without
+    /// it, the small LayerSkip model embedded in this binary.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "gpu")]
     device: DeviceArg,
     /// Restrict the GPU to one backend: vulkan, gl, metal or dx12.
@@ -144,29 +146,37 @@ pub fn load(args: &ModelArgs) -> Result<Model> {
             max_binding_override: None,
         }),
     };
-    if !args.model.is_dir() {
-        return Err(Error::Invalid(format!(
-            "model directory {} does not exist",
-            args.model.display()
-        )));
-    }
-    let files = DirFiles(args.model.clone());
     let show = std::io::stderr().is_terminal();
-    let model = pollster::block_on(Model::load(
-        &files,
-        &device,
-        args.max_context,
-        |p: Progress| {
-            if show && p.total > 0 {
-                eprint!(
-                    "\rloading weights: {:3}% ({:.1} / {:.1} MB)",
-                    p.done * 100 / p.total,
-                    p.done as f64 / 1e6,
-                    p.total as f64 / 1e6
-                );
-            }
-        },
-    ))?;
+    let progress = |p: Progress| {
+        if show && p.total > 0 {
+            eprint!(
+                "\rloading weights: {:3}% ({:.1} / {:.1} MB)",
+                p.done * 100 / p.total,
+                p.done as f64 / 1e6,
+                p.total as f64 / 1e6
+            );
+        }
+    };
+    let model = match &args.model {
+        Some(dir) if !dir.is_dir() => {
+            return Err(Error::Invalid(format!(
+                "model directory {} does not exist",
+                dir.display()
+            )))
+        }
+        Some(dir) => pollster::block_on(Model::load(
+            &DirFiles(dir.clone()),
+            &device,
+            args.max_context,
+            progress,
+        )),
+        None => pollster::block_on(Model::load(
+            &default_model::files(),
+            &device,
+            args.max_context,
+            progress,
+        )),
+    }?;
     if show {
         eprint!("\r\x1b[K");
     }

@@ -1,0 +1,216 @@
+//! The `layerskip` binary end to end on the committed fixtures: its JSON output agrees with
+//! Hugging Face, the embedded default model works without --model, and errors are clear.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+
+fn layerskip(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_layerskip"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn json(args: &[&str]) -> Value {
+    let (ok, stdout, stderr) = layerskip(args);
+    assert!(ok, "{args:?} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stdout}"))
+}
+
+fn reference(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn generate_and_logits_json_agree_with_hugging_face() {
+    for name in ["llama2_tiny", "llama32_tiny"] {
+        let dir = fixture(name);
+        let dir = dir.to_str().unwrap();
+        let r = reference(name);
+        let p = &r["prompts"][1];
+        let prompt = p["text"].as_str().unwrap();
+        for strategy in [["autoregressive", "1"], ["self-speculative", "2"]] {
+            let out = json(&[
+                "generate",
+                "--model",
+                dir,
+                "--prompt",
+                prompt,
+                "--max-new-tokens",
+                "12",
+                "--ignore-eos",
+                "--json",
+                "--strategy",
+                strategy[0],
+                "--exit-layer",
+                strategy[1],
+            ]);
+            assert_eq!(out["prompt_tokens"], p["input_ids"], "{name}");
+            assert_eq!(out["tokens"], p["greedy"]["tokens"], "{name} {strategy:?}");
+            assert_eq!(out["text"], p["greedy"]["text"], "{name} {strategy:?}");
+            assert!(out["stats"]["tokens_per_second"].as_f64().unwrap() > 0.0);
+        }
+        let out = json(&["logits", "--model", dir, "--prompt", prompt, "--json"]);
+        let exits = out["exits"].as_array().unwrap();
+        assert_eq!(
+            exits.len(),
+            r["num_hidden_layers"].as_u64().unwrap() as usize
+        );
+        for (l, exit) in exits.iter().enumerate() {
+            assert_eq!(exit["layer"], l + 1);
+            let got: Vec<f32> = exit["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let want: Vec<f32> = p["exit_logits"][l]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            assert!(max_abs_diff(&got, &want) < 2e-4, "{name} layer {}", l + 1);
+        }
+        let top = json(&[
+            "logits", "--model", dir, "--prompt", prompt, "--top", "3", "--json",
+        ]);
+        assert_eq!(top["exits"][0]["top"].as_array().unwrap().len(), 3);
+    }
+}
+
+#[test]
+fn the_embedded_default_model_needs_no_model_flag() {
+    let out = json(&[
+        "generate",
+        "--prompt",
+        "def fibonacci(n):",
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+        "--json",
+        "--strategy",
+        "self-speculative",
+    ]);
+    assert_eq!(out["tokens"].as_array().unwrap().len(), 8);
+    assert_eq!(out["stats"]["strategy"], "self-speculative");
+    let cpu = json(&[
+        "generate",
+        "--prompt",
+        "def fibonacci(n):",
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(
+        cpu["tokens"], out["tokens"],
+        "GPU self-speculative equals CPU autoregressive"
+    );
+}
+
+#[test]
+fn bench_reports_speedups_and_equality() {
+    let dir = fixture("llama32_tiny");
+    let out = json(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--exit-layer",
+        "2",
+        "--num-speculations",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--repetitions",
+        "1",
+        "--draft-confidence",
+        "0.5",
+        "--json",
+    ]);
+    assert_eq!(out["self_speculative_equals_autoregressive"], true);
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0]["speedup"], 1.0);
+    assert!(results[2]["acceptance_rate"].as_f64().is_some());
+}
+
+#[test]
+fn sweep_writes_a_csv_grid() {
+    let dir = fixture("llama2_tiny");
+    let csv = std::env::temp_dir().join(format!("layerskip-sweep-{}.csv", std::process::id()));
+    let (ok, stdout, stderr) = layerskip(&[
+        "sweep",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--exit-layers",
+        "1..2",
+        "--num-speculations",
+        "1,3",
+        "--max-new-tokens",
+        "6",
+        "--repetitions",
+        "1",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("best: exit layer"), "{stdout}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 5, "header and a 2 x 2 grid: {text}");
+    let _ = std::fs::remove_file(csv);
+}
+
+#[test]
+fn errors_are_clear() {
+    let (ok, _, stderr) =
+        layerskip(&["generate", "--model", "/nonexistent/model", "--prompt", "x"]);
+    assert!(
+        !ok && stderr.contains("model directory /nonexistent/model does not exist"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = layerskip(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--strategy",
+        "early-exit",
+        "--exit-layer",
+        "99",
+    ]);
+    assert!(
+        !ok && stderr.contains("exit layer 99 is outside 1..=8"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = layerskip(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--max-context",
+        "16",
+        "--max-new-tokens",
+        "64",
+    ]);
+    assert!(!ok && stderr.contains("context holds 16"), "{stderr}");
+}
