@@ -3,12 +3,12 @@
 // instead of the whole vocabulary. 1 / sum is the top token's probability.
 // Constants: V (vocabulary size).
 #include "common.wgsl"
+#include "reduce.wgsl"
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> picks: array<vec2<u32>>;
 
 var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_i: array<u32, WG>;
-var<workgroup> sums: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -42,15 +42,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var i = lid; i < V; i += WG) {
         s += exp(logits[base + i] - top);
     }
-    sums[lid] = s;
-    workgroupBarrier();
-    for (var span = WG / 2u; span > 0u; span >>= 1u) {
-        if (lid < span) {
-            sums[lid] += sums[lid + span];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, s);
     if (lid == 0u) {
-        picks[step.out0 + t] = vec2<u32>(best_i[0], bitcast<u32>(sums[0]));
+        picks[step.out0 + t] = vec2<u32>(best_i[0], bitcast<u32>(total));
     }
 }

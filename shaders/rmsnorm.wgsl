@@ -1,11 +1,10 @@
 // out[t] = x[row0 + t] / sqrt(mean(x^2) + EPS) * weight, one workgroup per token (grid y).
 // Constants: H (hidden size), EPS.
 #include "common.wgsl"
+#include "reduce.wgsl"
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-
-var<workgroup> sums: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -16,15 +15,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let v = x[src + i];
         s += v * v;
     }
-    sums[lid] = s;
-    workgroupBarrier();
-    for (var span = WG / 2u; span > 0u; span >>= 1u) {
-        if (lid < span) {
-            sums[lid] += sums[lid + span];
-        }
-        workgroupBarrier();
-    }
-    let inv = inverseSqrt(sums[0] / f32(H) + EPS);
+    let inv = inverseSqrt(workgroup_sum(lid, s) / f32(H) + EPS);
     for (var i = lid; i < H; i += WG) {
         out[t * H + i] = x[src + i] * inv * weight[i];
     }

@@ -184,33 +184,27 @@ fn sweep_writes_a_csv_grid() {
 
 #[test]
 fn errors_are_clear() {
-    let (ok, _, stderr) =
-        layerskip(&["generate", "--model", "/nonexistent/model", "--prompt", "x"]);
-    assert!(
-        !ok && stderr.contains("model directory /nonexistent/model does not exist"),
-        "{stderr}"
-    );
-    let (ok, _, stderr) = layerskip(&[
-        "generate",
-        "--prompt",
-        "x",
-        "--strategy",
-        "early-exit",
-        "--exit-layer",
-        "99",
-    ]);
-    assert!(
-        !ok && stderr.contains("exit layer 99 is outside 1..=8"),
-        "{stderr}"
-    );
-    let (ok, _, stderr) = layerskip(&[
-        "generate",
-        "--prompt",
-        "x",
-        "--max-context",
-        "16",
-        "--max-new-tokens",
-        "64",
-    ]);
-    assert!(!ok && stderr.contains("context holds 16"), "{stderr}");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--model", "/nonexistent/model"],
+            "model directory /nonexistent/model does not exist",
+        ),
+        (
+            &["--strategy", "early-exit", "--exit-layer", "99"],
+            "exit layer 99 is outside 1..=8",
+        ),
+        (
+            &["--max-context", "16", "--max-new-tokens", "64"],
+            "context holds 16",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let args: Vec<&str> = ["generate", "--prompt", "x"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        let (ok, _, stderr) = layerskip(&args);
+        assert!(!ok && stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }

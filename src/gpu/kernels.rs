@@ -32,6 +32,7 @@ fn source(name: &str) -> &'static str {
     match name {
         "common.wgsl" => include_str!("../../shaders/common.wgsl"),
         "weights.wgsl" => include_str!("../../shaders/weights.wgsl"),
+        "reduce.wgsl" => include_str!("../../shaders/reduce.wgsl"),
         "embed.wgsl" => include_str!("../../shaders/embed.wgsl"),
         "rmsnorm.wgsl" => include_str!("../../shaders/rmsnorm.wgsl"),
         "matmul.wgsl" => include_str!("../../shaders/matmul.wgsl"),
