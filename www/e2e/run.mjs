@@ -1,9 +1,10 @@
 // End-to-end test of the demo page: serves the built page (www/dist) on 127.0.0.1, drives
 // Debian's Chromium through it with playwright-core, loads the default model, generates greedily
-// with both strategies, checks the text equals the native CLI's greedy output for the same prompt,
+// with both strategies, checks both texts equal the native CLI's greedy output for the same prompt,
+// checks that a reload takes the weights from the Cache API,
 // and saves screenshots (desktop and phone size) next to the build.
 //
-// Needs: `npm run build` done, a release build of the CLI (target/release/layerskip), /usr/bin/chromium.
+// Needs: `npm run build` done, the CLI built (LAYERSKIP_BIN, default target/release/layerskip), /usr/bin/chromium.
 import { chromium } from 'playwright-core';
 import { execFileSync } from 'node:child_process';
 import { createReadStream, existsSync, statSync } from 'node:fs';
@@ -15,7 +16,7 @@ const www = join(dirname(fileURLToPath(import.meta.url)), '..');
 const root = join(www, '..');
 const dist = join(www, 'dist');
 const prompt = 'def fibonacci(n):';
-const maxTokens = 32;
+const maxTokens = 24;
 
 function fail(message) {
   console.error(`e2e: FAIL: ${message}`);
@@ -24,8 +25,9 @@ function fail(message) {
 
 // What the native binary produces for the same prompt: the reference the page must match.
 const cli = process.env.LAYERSKIP_BIN || join(root, 'target', 'release', 'layerskip');
-const native = JSON.parse(execFileSync(cli, ['generate', '--model', join(root, 'src', 'default_model'), '--prompt', prompt,
-  '--max-new-tokens', String(maxTokens), '--json'], { encoding: 'utf8' }));
+// No --model: the binary's embedded default model, the same files the page loads.
+const native = JSON.parse(execFileSync(cli, ['generate', '--prompt', prompt, '--max-new-tokens', String(maxTokens), '--json'],
+  { encoding: 'utf8' }));
 console.log(`native CLI greedy text: ${JSON.stringify(native.text)}`);
 
 const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json', '.svg': 'image/svg+xml' };
@@ -64,19 +66,16 @@ try {
   await page.fill('#prompt', prompt);
   await page.fill('#max-tokens', String(maxTokens));
   await page.fill('#temperature', '0');
-  for (const strategy of ['autoregressive', 'self-speculative']) {
-    await page.selectOption('#strategy', strategy);
-    await page.click('#generate');
-    await settle();
-    const text = await page.$eval('#output', (e) => e.dataset.text);
-    const stats = await page.$eval('#stats', (e) => e.textContent);
-    console.log(`${strategy}: ${stats}`);
-    if (text !== native.text) fail(`${strategy} text ${JSON.stringify(text)} differs from the native CLI's`);
-  }
+  // "Compare" generates autoregressively, then self-speculatively, on the same prompt.
   await page.click('#compare');
   await settle();
+  const [state2, message] = await page.$eval('#status', (e) => [e.dataset.state, e.textContent]);
+  if (state2 !== 'done') throw new Error(`generation failed: ${message}`);
+  console.log(`self-speculative: ${await page.$eval('#stats', (e) => e.textContent)}`);
   console.log(`compare: ${await page.$eval('#compare-result', (e) => e.textContent)}`);
-  if ((await page.$eval('#compare-result', (e) => e.dataset.same)) !== 'true') fail('greedy strategies gave different text');
+  const text = await page.$eval('#output', (e) => e.dataset.text);
+  if (text !== native.text) fail(`self-speculative text ${JSON.stringify(text)} differs from the native CLI's`);
+  if ((await page.$eval('#compare-result', (e) => e.dataset.same)) !== 'true') fail('autoregressive and self-speculative text differ');
   await page.click('#lens');
   await settle();
   const rows = await page.$$eval('#lens-table tr', (r) => r.length);
@@ -84,6 +83,16 @@ try {
   await page.screenshot({ path: join(dist, 'e2e-screenshot.png'), fullPage: true });
   await page.setViewportSize({ width: 390, height: 844 });
   await page.screenshot({ path: join(dist, 'e2e-phone.png'), fullPage: true });
+
+  // A reload must read the weights from the Cache API, not the network.
+  let weightRequests = 0;
+  page.on('request', (r) => { if (r.url().endsWith('.safetensors')) weightRequests += 1; });
+  await page.reload();
+  await settle();
+  if ((await page.$eval('#status', (e) => e.dataset.state)) !== 'ready') fail('the model did not load again after a reload');
+  if (weightRequests > 0) fail(`a reload fetched weights ${weightRequests} time(s) instead of using the cache`);
+  console.log(`reload: ${weightRequests} weight requests (served from the Cache API)`);
+
   console.log(`screenshots: ${join(dist, 'e2e-screenshot.png')} ${join(dist, 'e2e-phone.png')}`);
 } catch (e) {
   fail(e.message);
