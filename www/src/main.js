@@ -58,7 +58,8 @@ async function load(message, label) {
   status(`Loading ${label}…`);
   try {
     info = await request(message);
-    const a = info.adapter || {};
+    const g = info.gpu || {};
+    const a = { ...(info.adapter || {}), name: [g.vendor, g.architecture, g.description].filter(Boolean).join(' ') };
     $('model-info').textContent = `${label}: ${info.layers} layers, hidden ${info.hidden_size}, ${info.heads} heads (${info.kv_heads} kv), vocab ${info.vocab_size}, ${(info.parameters / 1e6).toFixed(1)}M parameters, ${info.dtype || '?'} · GPU: ${a.name || a.vendor || 'WebGPU'} (${a.backend})`;
     $('exit-layer').max = info.layers - 1;
     $('exit-layer').value = Math.min(info.default_exit_layer || Math.max(1, Math.floor(info.layers / 4)), info.layers - 1);

@@ -21,7 +21,10 @@ async function handle(message) {
       model = message.type === 'load'
         ? await LayerSkip.fromUrl(message.url, { onProgress })
         : await LayerSkip.fromFiles(message.files, { onProgress });
-      post({ type: 'loaded', info: model.info() });
+      // wgpu's web backend does not know the adapter's name; the browser does.
+      const adapter = await navigator.gpu.requestAdapter();
+      const gpu = adapter && adapter.info ? adapter.info : {};
+      post({ type: 'loaded', info: { ...model.info(), gpu: { vendor: gpu.vendor, architecture: gpu.architecture, description: gpu.description } } });
       break;
     }
     case 'generate': {
