@@ -96,30 +96,22 @@ fn generate_and_logits_json_agree_with_hugging_face() {
 
 #[test]
 fn the_embedded_default_model_needs_no_model_flag() {
-    let out = json(&[
-        "generate",
-        "--prompt",
-        "def fibonacci(n):",
-        "--max-new-tokens",
-        "8",
-        "--ignore-eos",
-        "--json",
-        "--strategy",
-        "self-speculative",
-    ]);
+    let run = |extra: &[&str]| {
+        let base = [
+            "generate",
+            "--prompt",
+            "def fibonacci(n):",
+            "--max-new-tokens",
+            "8",
+            "--ignore-eos",
+            "--json",
+        ];
+        json(&base.iter().chain(extra).copied().collect::<Vec<_>>())
+    };
+    let out = run(&["--strategy", "self-speculative"]);
     assert_eq!(out["tokens"].as_array().unwrap().len(), 8);
     assert_eq!(out["stats"]["strategy"], "self-speculative");
-    let cpu = json(&[
-        "generate",
-        "--prompt",
-        "def fibonacci(n):",
-        "--max-new-tokens",
-        "8",
-        "--ignore-eos",
-        "--json",
-        "--device",
-        "cpu",
-    ]);
+    let cpu = run(&["--device", "cpu"]);
     assert_eq!(
         cpu["tokens"], out["tokens"],
         "GPU self-speculative equals CPU autoregressive"

@@ -5,53 +5,17 @@
 
 mod common;
 
+use common::reference::Reference;
 use common::*;
 use layerskip::gpu::GpuOptions;
 use layerskip::{
     generate, Call, DirFiles, Engine, Flow, GenerateOptions, Head, Input, Model, Strategy,
 };
-use serde::Deserialize;
-use std::collections::BTreeMap;
-
-#[derive(Deserialize)]
-struct Reference {
-    prompts: Vec<PromptReference>,
-    tokenization: Vec<Tokenization>,
-}
-
-#[derive(Deserialize)]
-struct PromptReference {
-    text: String,
-    input_ids: Vec<u32>,
-    /// [layer][position][vocab]
-    exit_logits: Vec<Vec<Vec<f32>>>,
-    greedy: Greedy,
-    early_exit_greedy: BTreeMap<String, Vec<u32>>,
-}
-
-#[derive(Deserialize)]
-struct Greedy {
-    max_new_tokens: usize,
-    tokens: Vec<u32>,
-    text: String,
-}
-
-#[derive(Deserialize)]
-struct Tokenization {
-    text: String,
-    ids: Vec<u32>,
-}
 
 /// Largest tolerated |logit - HF logit|. Both fixtures compute in f32 (the bf16 one from bf16
 /// weights, as HF's float32 reference does), so the differences are summation order only.
 const TOLERANCE: f32 = 2e-4;
 const FIXTURES: [&str; 2] = ["llama2_tiny", "llama32_tiny"];
-
-fn reference(name: &str) -> Reference {
-    let text = std::fs::read_to_string(fixture(name).join("reference.json"))
-        .expect("fixture reference.json");
-    serde_json::from_str(&text).expect("reference.json parses")
-}
 
 fn load(name: &str, device: layerskip::Device) -> Model {
     pollster::block_on(Model::load(&DirFiles(fixture(name)), &device, 128, |_| {}))

@@ -11,30 +11,7 @@ use layerskip::{
     generate, Call, Device, DirFiles, Engine, Flow, GenerateOptions, Input, Model, SamplingParams,
     Strategy, TokenKind,
 };
-use serde::Deserialize;
 use std::collections::HashMap;
-
-#[derive(Deserialize)]
-struct Reference {
-    prompts: Vec<PromptReference>,
-}
-
-#[derive(Deserialize)]
-struct PromptReference {
-    input_ids: Vec<u32>,
-    greedy: Greedy,
-}
-
-#[derive(Deserialize)]
-struct Greedy {
-    tokens: Vec<u32>,
-    text: String,
-}
-
-fn reference(name: &str) -> Reference {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
-        .unwrap()
-}
 
 fn load(name: &str, device: Device) -> Model {
     pollster::block_on(Model::load(&DirFiles(fixture(name)), &device, 128, |_| {})).unwrap()

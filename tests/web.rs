@@ -8,9 +8,11 @@ use layerskip::{
     generate, Call, Device, Engine, Flow, GenerateOptions, Head, Input, MemoryFiles, Model,
     Strategy,
 };
-use serde::Deserialize;
 use std::borrow::Cow;
 use wasm_bindgen_test::*;
+
+#[path = "common/reference.rs"]
+mod reference;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -47,23 +49,6 @@ fn fixtures() -> Vec<(&'static str, MemoryFiles, &'static str)> {
     vec![("llama2_tiny", a, ra), ("llama32_tiny", b, rb)]
 }
 
-#[derive(Deserialize)]
-struct Reference {
-    prompts: Vec<PromptReference>,
-}
-
-#[derive(Deserialize)]
-struct PromptReference {
-    input_ids: Vec<u32>,
-    exit_logits: Vec<Vec<Vec<f32>>>,
-    greedy: Greedy,
-}
-
-#[derive(Deserialize)]
-struct Greedy {
-    tokens: Vec<u32>,
-}
-
 async fn load(files: &MemoryFiles) -> Model {
     Model::load(files, &Device::Gpu(GpuOptions::default()), 128, |_| {})
         .await
@@ -72,8 +57,8 @@ async fn load(files: &MemoryFiles) -> Model {
 
 #[wasm_bindgen_test]
 async fn logits_match_hugging_face_at_every_exit_layer() {
-    for (name, files, reference) in fixtures() {
-        let r: Reference = serde_json::from_str(reference).unwrap();
+    for (name, files, json) in fixtures() {
+        let r = reference::parse(json);
         let mut model = load(&files).await;
         let layers = model.engine.config().num_hidden_layers;
         let mut worst = vec![0.0f32; layers];
@@ -96,8 +81,8 @@ async fn logits_match_hugging_face_at_every_exit_layer() {
 
 #[wasm_bindgen_test]
 async fn greedy_self_speculative_equals_hugging_face_greedy() {
-    for (name, files, reference) in fixtures() {
-        let r: Reference = serde_json::from_str(reference).unwrap();
+    for (name, files, json) in fixtures() {
+        let r = reference::parse(json);
         let mut model = load(&files).await;
         let layers = model.engine.config().num_hidden_layers;
         let p = &r.prompts[0];

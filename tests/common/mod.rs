@@ -4,6 +4,8 @@
 use layerskip::gpu::{GpuContext, GpuOptions};
 use std::path::PathBuf;
 
+pub mod reference;
+
 pub fn gpu() -> GpuContext {
     gpu_with(GpuOptions::default())
 }
@@ -34,6 +36,14 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// A fixture's Hugging Face reference outputs.
+pub fn reference(name: &str) -> reference::Reference {
+    reference::parse(
+        &std::fs::read_to_string(fixture(name).join("reference.json"))
+            .expect("fixture reference.json"),
+    )
 }
 
 pub fn fixture(name: &str) -> PathBuf {
