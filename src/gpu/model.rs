@@ -446,6 +446,17 @@ impl GpuModel {
         self.kv.bytes()
     }
 
+    /// The readback buffer holds a logit lens (L rows) plus one block of head rows.
+    fn check_logit_rows(&self, rows: usize) -> Result<()> {
+        match rows <= self.config.num_hidden_layers + MAX_ROWS {
+            true => Ok(()),
+            false => Err(Error::Invalid(format!(
+                "{rows} logits rows requested in one run; at most {}",
+                self.config.num_hidden_layers + MAX_ROWS
+            ))),
+        }
+    }
+
     fn max_dim(&self) -> u32 {
         self.ctx.limits.max_compute_workgroups_per_dimension
     }
@@ -458,7 +469,7 @@ impl GpuModel {
         step: Step,
         embed: bool,
         call: &Call<'_>,
-        lens: &mut usize,
+        logit_rows: &mut usize,
     ) -> Result<()> {
         let slot = rec.slot(step)?;
         let n = step.n_tokens;
@@ -478,6 +489,7 @@ impl GpuModel {
             ..step
         })?;
         let row_bytes = (self.config.vocab_size * 4) as u64;
+        self.check_logit_rows(*logit_rows + call.layers.len())?;
         for l in call.layers.clone() {
             ops.extend(&self.layers[l]);
             rec.pass(&ops, slot, n, max_dim);
@@ -487,10 +499,10 @@ impl GpuModel {
                 &self.buf.logits,
                 0,
                 &self.buf.out_logits,
-                *lens as u64 * row_bytes,
+                *logit_rows as u64 * row_bytes,
                 row_bytes,
             );
-            *lens += 1;
+            *logit_rows += 1;
         }
         Ok(())
     }
@@ -554,9 +566,9 @@ impl Engine for GpuModel {
             steps: vec![],
             dispatches: 0,
         };
-        // Where each call's results land: (first pick, picks) and (first lens row, rows).
+        // Where each call's results land: (first pick, picks) and (first logits row, rows).
         let mut results: Vec<(usize, usize, usize, usize)> = vec![];
-        let (mut tok, mut picks, mut lens) = (0usize, 0usize, 0usize);
+        let (mut tok, mut picks, mut logit_rows) = (0usize, 0usize, 0usize);
         let mut last_pick: Option<usize> = None;
         // Validate everything before recording anything, so a bad request leaves no trace.
         for call in calls {
@@ -564,7 +576,7 @@ impl Engine for GpuModel {
         }
         for call in calls {
             let n = engine::rows(call);
-            let lens0 = lens;
+            let rows0 = logit_rows;
             match call.input {
                 Input::Tokens(ids) => {
                     if tok + ids.len() > self.max_context + MAX_PICKS {
@@ -593,7 +605,7 @@ impl Engine for GpuModel {
                             },
                             ..call.clone()
                         };
-                        self.record_block(&mut rec, step, true, &chunk_call, &mut lens)?;
+                        self.record_block(&mut rec, step, true, &chunk_call, &mut logit_rows)?;
                     }
                     tok += ids.len();
                 }
@@ -614,7 +626,7 @@ impl Engine for GpuModel {
                         tok0: tok as u32,
                         ..Step::default()
                     };
-                    self.record_block(&mut rec, step, true, call, &mut lens)?;
+                    self.record_block(&mut rec, step, true, call, &mut logit_rows)?;
                     tok += 1;
                 }
                 Input::ExitCache { rows } => {
@@ -630,7 +642,7 @@ impl Engine for GpuModel {
                         pos0: call.pos0 as u32,
                         ..Step::default()
                     };
-                    self.record_block(&mut rec, step, false, call, &mut lens)?;
+                    self.record_block(&mut rec, step, false, call, &mut logit_rows)?;
                 }
             }
             // After the last chunk, x holds the final rows of the call.
@@ -665,23 +677,19 @@ impl Engine for GpuModel {
                 rec.pass(&ops, slot, head_rows as u32, self.max_dim());
                 last_pick = Some(picks + head_rows - 1);
                 if call.logits {
-                    if lens + head_rows > self.config.num_hidden_layers + MAX_ROWS {
-                        return Err(Error::Invalid(
-                            "too many logits rows requested in one run".into(),
-                        ));
-                    }
+                    self.check_logit_rows(logit_rows + head_rows)?;
                     let vocab_bytes = (self.config.vocab_size * 4) as u64;
                     rec.encoder.copy_buffer_to_buffer(
                         &self.buf.logits,
                         0,
                         &self.buf.out_logits,
-                        lens as u64 * vocab_bytes,
+                        logit_rows as u64 * vocab_bytes,
                         head_rows as u64 * vocab_bytes,
                     );
-                    lens += head_rows;
+                    logit_rows += head_rows;
                 }
             }
-            results.push((picks, head_rows, lens0, lens - lens0));
+            results.push((picks, head_rows, rows0, logit_rows - rows0));
             picks += head_rows;
         }
 
@@ -699,8 +707,8 @@ impl Engine for GpuModel {
         if picks > 0 {
             reads.push((&self.buf.picks, 0, picks as u64 * 8));
         }
-        if lens > 0 {
-            reads.push((&self.buf.out_logits, 0, lens as u64 * vocab_bytes));
+        if logit_rows > 0 {
+            reads.push((&self.buf.out_logits, 0, logit_rows as u64 * vocab_bytes));
         }
         if reads.is_empty() {
             self.ctx.queue.submit([rec.encoder.finish()]);
@@ -716,7 +724,7 @@ impl Engine for GpuModel {
                 .collect()
         };
         let pick_words = if picks > 0 { words(&data[0]) } else { vec![] };
-        let lens_floats: Vec<f32> = if lens > 0 {
+        let logit_floats: Vec<f32> = if logit_rows > 0 {
             words(data.last().unwrap())
                 .into_iter()
                 .map(f32::from_bits)
@@ -735,7 +743,7 @@ impl Engine for GpuModel {
                     })
                     .collect(),
                 logits: (l0..l0 + nl)
-                    .map(|r| lens_floats[r * v..(r + 1) * v].to_vec())
+                    .map(|r| logit_floats[r * v..(r + 1) * v].to_vec())
                     .collect(),
             })
             .collect())
