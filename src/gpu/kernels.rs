@@ -307,45 +307,6 @@ impl Kernels {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn preprocessor_selects_variants_and_injects_constants() {
-        let src = preprocess(
-            Shader::Matmul,
-            &Defines::new()
-                .u32("K", 8)
-                .u32("ROWS", 3)
-                .u32("ROW0", 0)
-                .u32("N", 3)
-                .flag("BF16")
-                .flag("SWIGLU"),
-        );
-        assert!(src.starts_with("const K: u32 = 8u;\n"));
-        assert!(
-            src.contains("bitcast<f32>(v << 16u)"),
-            "BF16 loader included"
-        );
-        assert!(!src.contains("unpack2x16float"), "F16 loader excluded");
-        assert!(src.contains("g / (1.0 + exp(-g)) * u"), "SWIGLU input");
-        assert!(!src.contains("y[at] += "), "ACCUMULATE off");
-        assert!(!src.contains('#'), "no directives left");
-        assert!(src.contains("struct Step"), "common.wgsl included");
-        let src = preprocess(Shader::RmsNorm, &Defines::new().f32("EPS", 1e-5));
-        assert!(src.starts_with("const EPS: f32 = 1e-5f;\n"));
-    }
-
-    #[test]
-    fn grids_fold_past_the_dimension_limit() {
-        assert_eq!(Grid::Fixed(70000).dims(3, 65535), (65535, 2));
-        assert_eq!(Grid::Fixed(10).dims(3, 65535), (10, 1));
-        assert_eq!(Grid::PerToken(4).dims(3, 65535), (4, 3));
-        assert_eq!(Grid::Threads(100).dims(3, 65535), (5, 1));
-    }
-}
-
 /// Runs one kernel once over fresh copies of `buffers` and returns their contents afterwards.
 /// This is how each kernel is tested on its own against the CPU implementation.
 pub async fn run_once(
@@ -396,4 +357,43 @@ pub async fn run_once(
         .map(|(b, (_, bytes))| (b, 0, bytes.len() as u64))
         .collect();
     ctx.read(encoder, &reads).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocessor_selects_variants_and_injects_constants() {
+        let src = preprocess(
+            Shader::Matmul,
+            &Defines::new()
+                .u32("K", 8)
+                .u32("ROWS", 3)
+                .u32("ROW0", 0)
+                .u32("N", 3)
+                .flag("BF16")
+                .flag("SWIGLU"),
+        );
+        assert!(src.starts_with("const K: u32 = 8u;\n"));
+        assert!(
+            src.contains("bitcast<f32>(v << 16u)"),
+            "BF16 loader included"
+        );
+        assert!(!src.contains("unpack2x16float"), "F16 loader excluded");
+        assert!(src.contains("g / (1.0 + exp(-g)) * u"), "SWIGLU input");
+        assert!(!src.contains("y[at] += "), "ACCUMULATE off");
+        assert!(!src.contains('#'), "no directives left");
+        assert!(src.contains("struct Step"), "common.wgsl included");
+        let src = preprocess(Shader::RmsNorm, &Defines::new().f32("EPS", 1e-5));
+        assert!(src.starts_with("const EPS: f32 = 1e-5f;\n"));
+    }
+
+    #[test]
+    fn grids_fold_past_the_dimension_limit() {
+        assert_eq!(Grid::Fixed(70000).dims(3, 65535), (65535, 2));
+        assert_eq!(Grid::Fixed(10).dims(3, 65535), (10, 1));
+        assert_eq!(Grid::PerToken(4).dims(3, 65535), (4, 3));
+        assert_eq!(Grid::Threads(100).dims(3, 65535), (5, 1));
+    }
 }

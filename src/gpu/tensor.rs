@@ -33,7 +33,7 @@ impl Matrix {
         rows: usize,
         cols: usize,
     ) -> Result<Self> {
-        if cols % 2 != 0 {
+        if !cols.is_multiple_of(2) {
             return Err(Error::Unsupported {
                 field: "matrix width",
                 value: format!("{name}: {cols}"),

@@ -187,6 +187,9 @@ impl LayerSkip {
     /// Generates a continuation of `prompt`, streaming tokens to `options.onToken`. Resolves with
     /// the tokens, the text and the statistics; an aborted `options.signal` ends generation early
     /// (stop_reason "cancelled").
+    // The model stays borrowed across awaits on purpose: it is taken with try_borrow_mut, so a
+    // second concurrent request is refused as busy instead of panicking.
+    #[allow(clippy::await_holding_refcell_ref)]
     #[wasm_bindgen(unchecked_return_type = "Promise<GenerateResult>")]
     pub fn generate(
         &self,
@@ -258,6 +261,9 @@ impl LayerSkip {
 
     /// The logit lens: the exit head's top `top` tokens (default 5) at the last prompt position
     /// after every layer.
+    // The model stays borrowed across awaits on purpose: it is taken with try_borrow_mut, so a
+    // second concurrent request is refused as busy instead of panicking.
+    #[allow(clippy::await_holding_refcell_ref)]
     #[wasm_bindgen(unchecked_return_type = "Promise<LogitLens>")]
     pub fn logits(&self, prompt: String, top: Option<usize>) -> js_sys::Promise {
         let model = self.model.clone();
