@@ -133,6 +133,13 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         self.engine.run(calls).await
     }
 
+    /// Feeds `tokens` at `pos` through `layers` and chooses the next token.
+    async fn step(&mut self, tokens: &[u32], pos: usize, layers: Range<usize>) -> Result<u32> {
+        let call = Call::new(Input::Tokens(tokens), pos, layers).logits(self.sampling());
+        let out = self.run(&[call]).await?;
+        Ok(self.choose(&out[0], 0).0)
+    }
+
     /// The token for head row `row`, and (sampling) the distribution it was drawn from.
     fn choose(&mut self, out: &Output, row: usize) -> (u32, Vec<f32>) {
         match &self.options.sampling {
@@ -176,18 +183,11 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
 
     /// One token per step through `layers` (all of them, or 0..E for early exit).
     async fn plain(&mut self, prompt: &[u32], layers: Range<usize>) -> Result<()> {
-        let wants = self.sampling();
-        let out = self
-            .run(&[Call::new(Input::Tokens(prompt), 0, layers.clone()).logits(wants)])
-            .await?;
-        let (mut token, _) = self.choose(&out[0], 0);
+        let mut token = self.step(prompt, 0, layers.clone()).await?;
         let mut pos = prompt.len();
         while self.emit(token, TokenKind::Plain) {
-            let out = self
-                .run(&[Call::new(Input::Tokens(&[token]), pos, layers.clone()).logits(wants)])
-                .await?;
+            token = self.step(&[token], pos, layers.clone()).await?;
             pos += 1;
-            token = self.choose(&out[0], 0).0;
         }
         Ok(())
     }
@@ -248,10 +248,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
     async fn speculative(&mut self, prompt: &[u32], exit: usize, depth: usize) -> Result<()> {
         let layers = self.engine.config().num_hidden_layers;
         let wants = self.sampling();
-        let out = self
-            .run(&[Call::new(Input::Tokens(prompt), 0, 0..layers).logits(wants)])
-            .await?;
-        let (mut last, _) = self.choose(&out[0], 0);
+        let mut last = self.step(prompt, 0, 0..layers).await?;
         let mut pos = prompt.len();
         if !self.emit(last, TokenKind::Bonus) {
             return Ok(());
@@ -262,10 +259,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
                 .min(self.remaining() - 1)
                 .min(self.engine.max_rows() - 1);
             if depth == 0 {
-                let out = self
-                    .run(&[Call::new(Input::Tokens(&[last]), pos, 0..layers).logits(wants)])
-                    .await?;
-                let token = self.choose(&out[0], 0).0;
+                let token = self.step(&[last], pos, 0..layers).await?;
                 if !self.emit(token, TokenKind::Bonus) {
                     return Ok(());
                 }

@@ -65,6 +65,15 @@ pub struct Model {
 }
 
 impl Model {
+    /// The exit layer to use when the caller names none: the checkpoint's `assistant_early_exit`,
+    /// else a quarter of the layers.
+    pub fn exit_layer(&self, requested: Option<usize>) -> usize {
+        let layers = self.engine.config().num_hidden_layers;
+        requested
+            .or(self.default_exit_layer)
+            .unwrap_or((layers / 4).max(1))
+    }
+
     pub async fn load(
         files: &impl Files,
         device: &Device,

@@ -52,6 +52,22 @@ impl Rng {
     }
 }
 
+/// Indices of `values` from the largest down, ties to the lower index (torch's order).
+pub fn ranked(values: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order
+}
+
+/// The `k` largest values with their indices, largest first (the logit lens's top tokens).
+pub fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
+    ranked(values)
+        .into_iter()
+        .take(k)
+        .map(|i| (i, values[i]))
+        .collect()
+}
+
 /// The distribution a token is drawn from: softmax(logits / temperature) restricted to the
 /// top-k and top-p set and renormalised.
 pub fn distribution(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
@@ -63,8 +79,7 @@ pub fn distribution(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
     let total: f32 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if params.top_k > 0 || params.top_p < 1.0 {
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let order = ranked(&probs);
         let mut keep = if params.top_k > 0 {
             params.top_k.min(order.len())
         } else {

@@ -2,6 +2,7 @@
 
 use super::{load, ModelArgs};
 use clap::Args;
+use layerskip::sampler::top_k as top;
 use layerskip::{AnyEngine, Call, Engine, Error, Head, Input, Result};
 use serde_json::json;
 
@@ -29,11 +30,6 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
     let exits = pollster::block_on(model.engine.run(&[call]))?
         .remove(0)
         .logits;
-    let top = |logits: &[f32], k: usize| -> Vec<(usize, f32)> {
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
-        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        idx.into_iter().take(k).map(|i| (i, logits[i])).collect()
-    };
     if args.json {
         let exits: Vec<_> = exits
             .iter()

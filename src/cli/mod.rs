@@ -9,9 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use layerskip::checkpoint::Progress;
 use layerskip::gpu::context::parse_backend;
 use layerskip::gpu::GpuOptions;
-use layerskip::{
-    DirFiles, Engine, Error, GenerateOptions, Model, Result, SamplingParams, Strategy,
-};
+use layerskip::{DirFiles, Error, GenerateOptions, Model, Result, SamplingParams, Strategy};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -102,10 +100,7 @@ pub struct DecodeArgs {
 
 impl DecodeArgs {
     pub fn exit_layer(&self, model: &Model) -> usize {
-        let layers = model.engine.config().num_hidden_layers;
-        self.exit_layer
-            .or(model.default_exit_layer)
-            .unwrap_or((layers / 4).max(1))
+        model.exit_layer(self.exit_layer)
     }
 
     pub fn options(&self, model: &Model, strategy: StrategyArg) -> Result<GenerateOptions> {

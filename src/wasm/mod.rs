@@ -7,7 +7,7 @@ use crate::engine::{Call, Engine, Head, Input};
 use crate::generate::{GenerateOptions, Strategy, TokenKind};
 use crate::gpu::GpuOptions;
 use crate::model::{AnyEngine, Device, Model};
-use crate::sampler::SamplingParams;
+use crate::sampler::{top_k, SamplingParams};
 use files::BlobFiles;
 use serde::Deserialize;
 use serde_json::json;
@@ -204,11 +204,7 @@ impl LayerSkip {
             let mut model = model
                 .try_borrow_mut()
                 .map_err(|_| error("the model is busy with another request"))?;
-            let layers = model.engine.config().num_hidden_layers;
-            let exit_layer = o
-                .exit_layer
-                .or(model.default_exit_layer)
-                .unwrap_or((layers / 4).max(1));
+            let exit_layer = model.exit_layer(o.exit_layer);
             let strategy = match o.strategy.as_deref().unwrap_or("autoregressive") {
                 "autoregressive" => Strategy::Autoregressive,
                 "early-exit" => Strategy::EarlyExit { exit_layer },
@@ -289,11 +285,9 @@ impl LayerSkip {
                 .iter()
                 .enumerate()
                 .map(|(l, logits)| {
-                    let mut order: Vec<usize> = (0..logits.len()).collect();
-                    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-                    let top: Vec<_> = order[..k.min(order.len())]
-                        .iter()
-                        .map(|&i| json!([i, logits[i], model.tokenizer.token_text(i as u32)]))
+                    let top: Vec<_> = top_k(logits, k)
+                        .into_iter()
+                        .map(|(i, logit)| json!([i, logit, model.tokenizer.token_text(i as u32)]))
                         .collect();
                     json!({"layer": l + 1, "top": top})
                 })
