@@ -1,134 +1,19 @@
 //! A Hugging Face checkpoint as a set of named files: config.json, generation_config.json,
-//! tokenizer.json and safetensors weights (one file or shards listed in model.safetensors.index.json).
+//! tokenizer.json and safetensors weights (one file, or shards listed in
+//! model.safetensors.index.json).
 //!
-//! Weights are read one tensor at a time by byte range, never a whole file at once, so the host
-//! never holds more than the tensor being uploaded; the same code serves files on disk, bytes
-//! embedded in the binary and (through async reads) the browser.
+//! Opening a checkpoint reads and cross-checks everything but the weights: the config, every
+//! shard's header, that no tensor name appears twice (within a file or across shards), that the
+//! index's weight_map says where each tensor really is, and that the layers the checkpoint holds
+//! are the layers the config names. Only then are sizes derived from the config used.
 
-use crate::config::Config;
+use crate::config::{Config, GenerationConfig};
 use crate::error::{Error, Result};
-use std::borrow::Cow;
+use crate::files::{check_name, Files, MAX_JSON_BYTES};
+use crate::header::{self, TensorEntry};
 use std::collections::{BTreeMap, HashMap};
 
-/// Element type of a weight tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    F16,
-    BF16,
-}
-
-impl DType {
-    pub fn size(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-        }
-    }
-}
-
-/// Where checkpoint files come from. Reads are async so the browser can fetch them.
-#[allow(async_fn_in_trait)]
-pub trait Files {
-    /// A whole (small) file, or `None` when there is no such file.
-    async fn read(&self, name: &str) -> Result<Option<Cow<'_, [u8]>>>;
-    /// Size of a file in bytes.
-    async fn size(&self, name: &str) -> Result<u64>;
-    /// `len` bytes of a file from `start`.
-    async fn read_range(&self, name: &str, start: u64, len: usize) -> Result<Cow<'_, [u8]>>;
-}
-
-/// Files held in memory (the embedded default model, or buffers handed over by JavaScript).
-#[derive(Default)]
-pub struct MemoryFiles(pub HashMap<String, Cow<'static, [u8]>>);
-
-impl MemoryFiles {
-    fn get(&self, name: &str) -> Result<&[u8]> {
-        self.0
-            .get(name)
-            .map(|b| b.as_ref())
-            .ok_or_else(|| Error::file(name, "no such file"))
-    }
-}
-
-impl Files for MemoryFiles {
-    async fn read(&self, name: &str) -> Result<Option<Cow<'_, [u8]>>> {
-        Ok(self.0.get(name).map(|b| Cow::Borrowed(b.as_ref())))
-    }
-    async fn size(&self, name: &str) -> Result<u64> {
-        Ok(self.get(name)?.len() as u64)
-    }
-    async fn read_range(&self, name: &str, start: u64, len: usize) -> Result<Cow<'_, [u8]>> {
-        let bytes = self.get(name)?;
-        let start = start as usize;
-        bytes
-            .get(start..start + len)
-            .map(Cow::Borrowed)
-            .ok_or_else(|| {
-                Error::file(
-                    name,
-                    format!(
-                        "truncated: needs bytes {start}..{} but has {}",
-                        start + len,
-                        bytes.len()
-                    ),
-                )
-            })
-    }
-}
-
-/// A checkpoint directory on disk.
-#[cfg(not(target_arch = "wasm32"))]
-pub struct DirFiles(pub std::path::PathBuf);
-
-#[cfg(not(target_arch = "wasm32"))]
-impl Files for DirFiles {
-    async fn read(&self, name: &str) -> Result<Option<Cow<'_, [u8]>>> {
-        let path = self.0.join(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(Cow::Owned(bytes))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::file(path.display().to_string(), e)),
-        }
-    }
-    async fn size(&self, name: &str) -> Result<u64> {
-        let path = self.0.join(name);
-        std::fs::metadata(&path)
-            .map(|m| m.len())
-            .map_err(|e| Error::file(path.display().to_string(), e))
-    }
-    async fn read_range(&self, name: &str, start: u64, len: usize) -> Result<Cow<'_, [u8]>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let path = self.0.join(name);
-        let err = |e: std::io::Error| Error::file(path.display().to_string(), e);
-        let mut file = std::fs::File::open(&path).map_err(err)?;
-        file.seek(SeekFrom::Start(start)).map_err(err)?;
-        let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf).map_err(|e| {
-            Error::file(
-                path.display().to_string(),
-                format!(
-                    "truncated: cannot read bytes {start}..{} ({e})",
-                    start + len as u64
-                ),
-            )
-        })?;
-        Ok(Cow::Owned(buf))
-    }
-}
-
-/// Where one tensor's bytes are.
-#[derive(Debug, Clone)]
-pub struct TensorEntry {
-    pub file: String,
-    /// `None` for a dtype we cannot run (named in `dtype_name`), an error only if the tensor is needed.
-    pub dtype: Option<DType>,
-    pub dtype_name: String,
-    pub shape: Vec<usize>,
-    /// Absolute byte offset in the file.
-    pub start: u64,
-    pub len: usize,
-}
+pub const INDEX: &str = "model.safetensors.index.json";
 
 /// Everything about a checkpoint except the weight bytes themselves.
 pub struct Checkpoint {
@@ -143,149 +28,171 @@ pub struct Checkpoint {
     pub files: Vec<String>,
 }
 
-/// Parses a safetensors header (8-byte little-endian length, then JSON) of `file`, checking that
-/// every tensor's bytes lie inside the file and match its shape and dtype.
-async fn read_header(
-    files: &impl Files,
-    file: &str,
-    out: &mut HashMap<String, TensorEntry>,
-) -> Result<()> {
-    let bad = |why: String| Error::Safetensors {
-        file: file.into(),
-        why,
-    };
-    let size = files.size(file).await?;
-    if size < 8 {
-        return Err(bad(format!("only {size} bytes, too short for a header")));
+/// Reads a small JSON file as UTF-8 text, capped in size.
+pub async fn read_text(files: &impl Files, name: &str) -> Result<Option<String>> {
+    match files.read_capped(name, MAX_JSON_BYTES).await? {
+        None => Ok(None),
+        Some(bytes) => String::from_utf8(bytes.into_owned())
+            .map(Some)
+            .map_err(|e| Error::file(name, format!("not UTF-8: {e}"))),
     }
-    let n = u64::from_le_bytes(
-        files
-            .read_range(file, 0, 8)
-            .await?
-            .as_ref()
-            .try_into()
-            .unwrap(),
-    );
-    if n > 100 << 20 || 8 + n > size {
-        return Err(bad(format!(
-            "header length {n} does not fit in the file ({size} bytes)"
-        )));
-    }
-    let header = files.read_range(file, 8, n as usize).await?;
-    let json: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    for (name, value) in json {
-        if name == "__metadata__" {
-            continue;
-        }
-        let info: safetensors::tensor::TensorInfo =
-            serde_json::from_value(value).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-        let (begin, end) = info.data_offsets;
-        let numel: usize = info.shape.iter().product();
-        let dtype = match info.dtype {
-            safetensors::Dtype::F32 => Some(DType::F32),
-            safetensors::Dtype::F16 => Some(DType::F16),
-            safetensors::Dtype::BF16 => Some(DType::BF16),
-            _ => None,
-        };
-        let start = 8 + n + begin as u64;
-        if end < begin || start + (end - begin) as u64 > size {
-            return Err(bad(format!(
-                "tensor `{name}` needs bytes {start}..{} but the file has {size} (truncated?)",
-                8 + n + end as u64
-            )));
-        }
-        if let Some(dtype) = dtype {
-            if numel * dtype.size() != end - begin {
-                return Err(bad(format!(
-                    "tensor `{name}`: shape {:?} needs {} bytes but offsets span {}",
-                    info.shape,
-                    numel * dtype.size(),
-                    end - begin
-                )));
-            }
-        }
-        out.insert(
-            name,
-            TensorEntry {
-                file: file.into(),
-                dtype,
-                dtype_name: format!("{:?}", info.dtype),
-                shape: info.shape,
-                start,
-                len: end - begin,
-            },
-        );
-    }
-    Ok(())
 }
 
-fn utf8<'a>(name: &str, bytes: &'a [u8]) -> Result<&'a str> {
-    std::str::from_utf8(bytes).map_err(|e| Error::file(name, format!("not UTF-8: {e}")))
+/// The shard index: tensor name to shard file name, every file name checked to be a plain name.
+pub fn parse_index(text: &str) -> Result<BTreeMap<String, String>> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::file(INDEX, format!("not valid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::file(INDEX, "no `weight_map` object"))?;
+    let mut out = BTreeMap::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::file(
+                INDEX,
+                format!("weight_map[`{tensor}`] = {file} is not a file name"),
+            )
+        })?;
+        check_name(file).map_err(|e| Error::file(INDEX, format!("weight_map[`{tensor}`]: {e}")))?;
+        out.insert(tensor.clone(), file.to_string());
+    }
+    if out.is_empty() {
+        return Err(Error::file(INDEX, "`weight_map` lists no tensors"));
+    }
+    Ok(out)
+}
+
+/// The layer indices named by `model.layers.N.` tensors.
+fn layers_held(tensors: &HashMap<String, TensorEntry>) -> Option<usize> {
+    tensors
+        .keys()
+        .filter_map(|name| name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok())
+        .max()
 }
 
 impl Checkpoint {
     pub async fn open(files: &impl Files) -> Result<Self> {
-        let config = files
-            .read("config.json")
+        let config = read_text(files, "config.json")
             .await?
             .ok_or_else(|| Error::file("config.json", "missing"))?;
-        let config = Config::from_json(utf8("config.json", &config)?)?;
-
+        let config = Config::from_json(&config)?;
+        let generation = match read_text(files, "generation_config.json").await? {
+            Some(text) => GenerationConfig::from_json(&text)?,
+            None => GenerationConfig::default(),
+        };
+        if let Some(e) = generation.assistant_early_exit {
+            if e >= config.num_hidden_layers {
+                return Err(Error::Field {
+                    file: "generation_config.json".into(),
+                    field: "assistant_early_exit".into(),
+                    why: format!(
+                        "= {e} must be below the model's {} layers",
+                        config.num_hidden_layers
+                    ),
+                });
+            }
+        }
         let mut eos_token_ids = config.eos_token_ids.clone();
-        let mut default_exit_layer = None;
-        if let Some(gen) = files.read("generation_config.json").await? {
-            let v: serde_json::Value = serde_json::from_slice(&gen).map_err(|e| {
-                Error::file("generation_config.json", format!("not valid JSON: {e}"))
-            })?;
-            default_exit_layer = v
-                .get("assistant_early_exit")
-                .and_then(serde_json::Value::as_u64)
-                .map(|e| e as usize);
-            for id in crate::config::token_ids(v.get("eos_token_id"), "eos_token_id")? {
-                if !eos_token_ids.contains(&id) {
-                    eos_token_ids.push(id);
-                }
+        for id in generation.eos_token_ids {
+            if !eos_token_ids.contains(&id) {
+                eos_token_ids.push(id);
             }
         }
 
-        let index_name = "model.safetensors.index.json";
-        let files_list = match files.read(index_name).await? {
-            Some(index) => {
-                let v: serde_json::Value = serde_json::from_slice(&index)
-                    .map_err(|e| Error::file(index_name, format!("not valid JSON: {e}")))?;
-                let map = v
-                    .get("weight_map")
-                    .and_then(|m| m.as_object())
-                    .ok_or_else(|| Error::file(index_name, "no `weight_map` object"))?;
-                let mut list: Vec<String> = Vec::new();
-                for file in map.values() {
-                    let file = file.as_str().ok_or_else(|| {
-                        Error::file(
-                            index_name,
-                            format!("weight_map value {file} is not a file name"),
-                        )
-                    })?;
-                    if !list.iter().any(|f| f == file) {
-                        list.push(file.to_string());
+        let index = match read_text(files, INDEX).await? {
+            Some(text) => Some(parse_index(&text)?),
+            None => None,
+        };
+        let mut shards: Vec<String> = match &index {
+            Some(map) => map.values().cloned().collect(),
+            None => vec!["model.safetensors".into()],
+        };
+        shards.sort();
+        shards.dedup();
+
+        let mut tensors: HashMap<String, TensorEntry> = HashMap::new();
+        for file in &shards {
+            for (name, entry) in header::read(files, file).await? {
+                if let Some(other) = tensors.get(&name) {
+                    return Err(Error::file(
+                        file,
+                        format!("tensor `{name}` is also in {}", other.file),
+                    ));
+                }
+                tensors.insert(name, entry);
+            }
+        }
+        if let Some(map) = &index {
+            for (name, file) in map {
+                match tensors.get(name) {
+                    Some(entry) if &entry.file == file => {}
+                    Some(entry) => {
+                        return Err(Error::file(
+                            INDEX,
+                            format!("maps `{name}` to {file}, but it is in {}", entry.file),
+                        ))
+                    }
+                    None => {
+                        return Err(Error::file(
+                            INDEX,
+                            format!("maps `{name}` to {file}, which does not hold it"),
+                        ))
                     }
                 }
-                list.sort();
-                list
             }
-            None => vec!["model.safetensors".to_string()],
-        };
-        let mut tensors = HashMap::new();
-        for file in &files_list {
-            read_header(files, file, &mut tensors).await?;
+            if let Some((name, entry)) = tensors.iter().find(|(n, _)| !map.contains_key(*n)) {
+                return Err(Error::file(
+                    INDEX,
+                    format!("does not list `{name}`, which {} holds", entry.file),
+                ));
+            }
+        }
+        // Checked before anything is sized by the layer count.
+        let held = layers_held(&tensors).map_or(0, |l| l + 1);
+        if held != config.num_hidden_layers {
+            return Err(Error::Field {
+                file: "config.json".into(),
+                field: "num_hidden_layers".into(),
+                why: format!(
+                    "= {} but the checkpoint holds {held} layers (model.layers.0..{held})",
+                    config.num_hidden_layers
+                ),
+            });
         }
         Ok(Self {
             config,
             eos_token_ids,
-            default_exit_layer,
+            default_exit_layer: generation.assistant_early_exit,
             tensors,
-            files: files_list,
+            files: shards,
         })
+    }
+}
+
+/// Element type of a weight tensor as the file stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    fn of(dtype: safetensors::Dtype) -> Option<Self> {
+        match dtype {
+            safetensors::Dtype::F32 => Some(DType::F32),
+            safetensors::Dtype::F16 => Some(DType::F16),
+            safetensors::Dtype::BF16 => Some(DType::BF16),
+            _ => None,
+        }
     }
 }
 
@@ -398,15 +305,15 @@ impl Checkpoint {
                 expected: spec.shape.clone(),
             });
         }
-        let dtype = entry.dtype.ok_or_else(|| Error::TensorDtype {
+        let dtype = DType::of(entry.dtype).ok_or_else(|| Error::TensorDtype {
             name: spec.name.clone(),
-            dtype: entry.dtype_name.clone(),
+            dtype: entry.dtype.to_string(),
         })?;
         Ok((entry, dtype))
     }
 
     /// Checks every needed tensor first (so a bad checkpoint fails before anything is uploaded),
-    /// then hands them to `sink` one at a time, file by file.
+    /// then hands them to `sink` one at a time, file by file, each checked for NaN and infinity.
     pub async fn load_weights(
         &self,
         files: &impl Files,
@@ -416,7 +323,7 @@ impl Checkpoint {
         let specs = weight_specs(&self.config);
         let mut total = 0u64;
         for spec in &specs {
-            total += self.entry(spec)?.0.len as u64;
+            total += self.entry(spec)?.0.len;
         }
         let mut done = 0u64;
         progress(Progress { done, total });
@@ -426,13 +333,45 @@ impl Checkpoint {
                 if &entry.file != file {
                     continue;
                 }
-                let bytes = files.read_range(file, entry.start, entry.len).await?;
+                let len = usize::try_from(entry.len)
+                    .map_err(|_| Error::file(file, format!("tensor `{}` is too large", spec.name)))?;
+                let bytes = files.read_range(file, entry.start, len).await?;
+                check_finite(dtype, &bytes).map_err(|(index, value)| Error::NonFiniteWeight {
+                    name: spec.name.clone(),
+                    file: file.clone(),
+                    value,
+                    index,
+                })?;
                 sink(spec, dtype, &bytes)?;
-                done += entry.len as u64;
+                done += entry.len;
                 progress(Progress { done, total });
             }
         }
         Ok(())
+    }
+}
+
+/// The first NaN or infinity in little-endian values of `dtype`, as (element, value).
+pub fn check_finite(dtype: DType, bytes: &[u8]) -> std::result::Result<(), (usize, f32)> {
+    // Half formats are checked on their bits (an all-ones exponent), without converting.
+    let half = |mask: u16| {
+        bytes
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & mask == mask)
+    };
+    let at = match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+        DType::F16 => half(0x7c00),
+        DType::BF16 => half(0x7f80),
+    };
+    match at {
+        None => Ok(()),
+        Some(i) => {
+            let size = dtype.size();
+            Err((i, to_f32(dtype, &bytes[i * size..(i + 1) * size])[0]))
+        }
     }
 }
 
@@ -441,7 +380,7 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     match dtype {
         DType::F32 => bytes
             .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
         DType::BF16 => bytes
             .chunks_exact(2)
@@ -487,5 +426,17 @@ mod tests {
         let bf16 = [0x3f80u16, 0xc040];
         let bytes: Vec<u8> = bf16.iter().flat_map(|h| h.to_le_bytes()).collect();
         assert_eq!(to_f32(DType::BF16, &bytes), vec![1.0, -3.0]);
+    }
+
+    #[test]
+    fn non_finite_values_are_found_in_every_dtype() {
+        let f32s: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(check_finite(DType::F32, &f32s).unwrap_err().0, 1);
+        let f16s: Vec<u8> = [0x3c00u16, 0x7bff, 0xfc00].iter().flat_map(|h| h.to_le_bytes()).collect();
+        assert_eq!(check_finite(DType::F16, &f16s).unwrap_err(), (2, f32::NEG_INFINITY));
+        let bf16s: Vec<u8> = [0x7f7fu16, 0x7fc0].iter().flat_map(|h| h.to_le_bytes()).collect();
+        let (i, v) = check_finite(DType::BF16, &bf16s).unwrap_err();
+        assert!(i == 1 && v.is_nan());
+        assert!(check_finite(DType::F16, &f16s[..4]).is_ok());
     }
 }

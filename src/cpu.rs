@@ -1,7 +1,8 @@
 //! The plain CPU implementation of the Llama forward pass, in f32 and written to be obviously
 //! right: the test oracle for every kernel, and `--device cpu` on machines without an adapter.
 
-use crate::checkpoint::{to_f32, Checkpoint, Files, Progress, Slot};
+use crate::checkpoint::{to_f32, Checkpoint, Progress, Slot};
+use crate::files::Files;
 use crate::config::Config;
 use crate::engine::{Call, Counters, Engine, Head, Input, Output, Pick};
 use crate::error::{Error, Result};
@@ -152,6 +153,23 @@ impl CpuModel {
     ) -> Result<Self> {
         let config = checkpoint.config.clone();
         let max_context = max_context.min(config.max_position_embeddings);
+        // f32 copies of every weight and an f32 KV cache, checked before anything is allocated.
+        let mut budget = crate::plan::Budget::default();
+        budget.add("weights", &[config.parameter_count(), 4])?;
+        budget.add(
+            "KV cache",
+            &[
+                2,
+                config.num_hidden_layers as u64,
+                max_context as u64,
+                config.kv_dim() as u64,
+                4,
+            ],
+        )?;
+        budget.check_host("try a smaller --max-context")?;
+        let kv_len = max_context
+            .checked_mul(config.kv_dim())
+            .ok_or_else(|| Error::Invalid("the KV cache size overflows".into()))?;
         let mut layers: Vec<Layer> = (0..config.num_hidden_layers)
             .map(|_| Layer::default())
             .collect();
@@ -181,8 +199,8 @@ impl CpuModel {
             )
             .await?;
         for layer in &mut layers {
-            layer.k_cache = vec![0.0; max_context * config.kv_dim()];
-            layer.v_cache = vec![0.0; max_context * config.kv_dim()];
+            layer.k_cache = vec![0.0; kv_len];
+            layer.v_cache = vec![0.0; kv_len];
         }
         Ok(Self {
             inv_freq: config.rope_inv_freq(),
@@ -273,6 +291,14 @@ impl Engine for CpuModel {
     }
 
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
+        let outputs = self.run_calls(calls)?;
+        crate::engine::check_finite(calls, &outputs)?;
+        Ok(outputs)
+    }
+}
+
+impl CpuModel {
+    fn run_calls(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
         self.calls += 1;
         let h = self.config.hidden_size;
         let v = self.config.vocab_size;

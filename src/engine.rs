@@ -142,9 +142,10 @@ pub fn validate(
             call.layers, config.num_hidden_layers
         )));
     }
-    if call.pos0 + n > max_context {
+    let needed = call.pos0 as u128 + n as u128;
+    if needed > max_context as u128 {
         return Err(Error::ContextLength {
-            needed: call.pos0 + n,
+            needed,
             limit: max_context,
         });
     }
@@ -159,12 +160,36 @@ pub fn validate(
     let cached = matches!(call.input, Input::ExitCache { .. })
         || call.save.is_some()
         || call.head == Head::All;
-    if cached && call.save.unwrap_or(0) + n > max_rows {
+    if cached && call.save.unwrap_or(0).saturating_add(n) > max_rows {
         return Err(Error::Invalid(format!(
             "{} rows from row {} exceed the exit-query cache / head block of {max_rows} rows",
             n,
             call.save.unwrap_or(0)
         )));
+    }
+    Ok(())
+}
+
+/// Fails on the first non-finite logit a batch produced, naming the layer after which the exit
+/// head read the hidden state, so corrupt weights or overflowing activations are an error rather
+/// than a stream of token 0. A pick's normaliser sum(exp(l - max)) is at least 1 when every logit
+/// is finite (the maximum contributes exp(0)); NaN or infinity anywhere makes it NaN, 0 or inf.
+pub fn check_finite(calls: &[Call<'_>], outputs: &[Output]) -> Result<()> {
+    use crate::error::Error;
+    for (call, out) in calls.iter().zip(outputs) {
+        let last = call.layers.end;
+        if out.picks.iter().any(|p| !(p.sum_exp >= 1.0 && p.sum_exp.is_finite())) {
+            return Err(Error::NonFiniteLogits { layer: last });
+        }
+        for (i, row) in out.logits.iter().enumerate() {
+            if row.iter().any(|x| !x.is_finite()) {
+                let layer = match call.head {
+                    Head::Lens => call.layers.start + i + 1,
+                    _ => last,
+                };
+                return Err(Error::NonFiniteLogits { layer });
+            }
+        }
     }
     Ok(())
 }

@@ -5,8 +5,12 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("config.json: {0}")]
-    Config(String),
+    #[error("{file}: `{field}` {why}")]
+    Field {
+        file: String,
+        field: String,
+        why: String,
+    },
 
     #[error("unsupported config: {field} = {value} ({why})")]
     Unsupported {
@@ -38,7 +42,7 @@ pub enum Error {
     Tokenizer(String),
 
     #[error("the prompt and generation need {needed} positions but the context holds {limit}")]
-    ContextLength { needed: usize, limit: usize },
+    ContextLength { needed: u128, limit: usize },
 
     #[error("no GPU adapter found{0}; try --device cpu")]
     NoAdapter(String),
@@ -58,6 +62,27 @@ pub enum Error {
 
     #[error("GPU error: {0}")]
     Gpu(String),
+
+    #[error("the GPU device was lost ({0}); load the model again")]
+    DeviceLost(String),
+
+    #[error("tensor `{name}` in {file} holds a non-finite value ({value}) at element {index}")]
+    NonFiniteWeight {
+        name: String,
+        file: String,
+        value: f32,
+        index: usize,
+    },
+
+    #[error("the exit head produced non-finite logits after layer {layer} (the activations overflowed, or the weights are corrupt)")]
+    NonFiniteLogits { layer: usize },
+
+    #[error("the model needs {} of memory but only {} are available ({detail})", crate::plan::human(*needed), crate::plan::human(*available))]
+    OutOfMemory {
+        needed: u64,
+        available: u64,
+        detail: String,
+    },
 
     #[error("invalid argument: {0}")]
     Invalid(String),

@@ -6,8 +6,54 @@ use crate::clock::now_ms;
 use crate::engine::{Call, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
 use crate::sampler::{distribution, draw, residual, Rng, SamplingParams};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
+
+/// The strategies by name, as the CLI, JavaScript and the stats spell them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
+pub enum StrategyKind {
+    #[default]
+    Autoregressive,
+    EarlyExit,
+    SelfSpeculative,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The token budget is spent.
+    #[default]
+    MaxNewTokens,
+    /// An end-of-sequence token.
+    Eos,
+    /// A stop string (the text is cut before it).
+    StopString,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+/// The serde name of a unit variant ("self-speculative", "stop_string").
+fn serde_name(value: impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+impl std::fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_name(self))
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_name(self))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -23,11 +69,39 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> StrategyKind {
         match self {
-            Strategy::Autoregressive => "autoregressive",
-            Strategy::EarlyExit { .. } => "early-exit",
-            Strategy::SelfSpeculative { .. } => "self-speculative",
+            Strategy::Autoregressive => StrategyKind::Autoregressive,
+            Strategy::EarlyExit { .. } => StrategyKind::EarlyExit,
+            Strategy::SelfSpeculative { .. } => StrategyKind::SelfSpeculative,
+        }
+    }
+
+    /// Checks the exit layer and depth against a model of `layers` layers: early exit may use
+    /// any layer, self-speculation needs at least one layer left to verify with.
+    pub fn check(&self, layers: usize) -> Result<()> {
+        let exit_ok = |e: usize, max: usize| {
+            if (1..=max).contains(&e) {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "exit layer {e} is outside 1..={max}"
+                )))
+            }
+        };
+        match *self {
+            Strategy::Autoregressive => Ok(()),
+            Strategy::EarlyExit { exit_layer } => exit_ok(exit_layer, layers),
+            Strategy::SelfSpeculative {
+                exit_layer,
+                num_speculations,
+            } => {
+                exit_ok(exit_layer, layers.saturating_sub(1))?;
+                if num_speculations == 0 {
+                    return Err(Error::Invalid("num_speculations must be at least 1".into()));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -78,12 +152,12 @@ pub enum TokenKind {
 pub enum Flow {
     Continue,
     /// End generation; the reason ends up in the stats.
-    Stop(&'static str),
+    Stop(StopReason),
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
-    pub strategy: String,
+    pub strategy: StrategyKind,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     pub elapsed_ms: f64,
@@ -103,7 +177,7 @@ pub struct Stats {
     pub dispatches: u64,
     pub submits_per_token: f64,
     pub dispatches_per_token: f64,
-    pub stop_reason: String,
+    pub stop_reason: StopReason,
 }
 
 #[derive(Debug, Clone)]
@@ -163,15 +237,15 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             Flow::Continue
                 if !self.options.ignore_eos && self.options.eos_token_ids.contains(&token) =>
             {
-                Some("eos")
+                Some(StopReason::Eos)
             }
             Flow::Continue if self.tokens.len() >= self.options.max_new_tokens => {
-                Some("max_new_tokens")
+                Some(StopReason::MaxNewTokens)
             }
             Flow::Continue => None,
         };
         if let Some(reason) = reason {
-            self.stats.stop_reason = reason.into();
+            self.stats.stop_reason = reason;
             self.done = true;
         }
         !self.done
@@ -340,38 +414,22 @@ pub async fn generate<E: Engine>(
     on_token: impl FnMut(u32, TokenKind) -> Flow,
 ) -> Result<Generation> {
     let layers = engine.config().num_hidden_layers;
-    let exit_ok = |e: usize, max: usize| {
-        if (1..=max).contains(&e) {
-            Ok(e)
-        } else {
-            Err(Error::Invalid(format!(
-                "exit layer {e} is outside 1..={max}"
-            )))
-        }
-    };
-    match options.strategy {
-        Strategy::EarlyExit { exit_layer } => {
-            exit_ok(exit_layer, layers)?;
-        }
-        Strategy::SelfSpeculative {
-            exit_layer,
-            num_speculations,
-        } => {
-            exit_ok(exit_layer, layers - 1)?;
-            if num_speculations == 0 {
-                return Err(Error::Invalid("num_speculations must be at least 1".into()));
-            }
-        }
-        Strategy::Autoregressive => {}
-    }
+    options.strategy.check(layers)?;
     if let Some(s) = &options.sampling {
         s.validate()?;
+    }
+    if let Some(c) = options.draft_confidence {
+        if !(0.0..=1.0).contains(&c) {
+            return Err(Error::Invalid(format!(
+                "draft_confidence must be in [0, 1], got {c}"
+            )));
+        }
     }
     if prompt.is_empty() {
         return Err(Error::Invalid("the prompt encodes to no tokens".into()));
     }
-    let needed = prompt.len() + options.max_new_tokens;
-    if needed > engine.max_context() {
+    let needed = prompt.len() as u128 + options.max_new_tokens as u128;
+    if needed > engine.max_context() as u128 {
         return Err(Error::ContextLength {
             needed,
             limit: engine.max_context(),
@@ -387,9 +445,9 @@ pub async fn generate<E: Engine>(
         rng: Rng::new(options.sampling.map_or(0, |s| s.seed)),
         tokens: vec![],
         stats: Stats {
-            strategy: options.strategy.name().into(),
+            strategy: options.strategy.kind(),
             prompt_tokens: prompt.len(),
-            stop_reason: "max_new_tokens".into(),
+            stop_reason: StopReason::MaxNewTokens,
             ..Stats::default()
         },
         first_token_at: None,

@@ -7,21 +7,29 @@ pub mod config;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod files;
 pub mod generate;
 pub mod gpu;
+pub mod header;
 pub mod model;
+pub mod plan;
+pub mod request;
 pub mod sampler;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
-#[cfg(not(target_arch = "wasm32"))]
-pub use checkpoint::DirFiles;
-pub use checkpoint::{Files, MemoryFiles};
 pub use config::Config;
 pub use engine::{Call, Engine, Head, Input, Output, Pick};
 pub use error::{Error, Result};
-pub use generate::{generate, Flow, GenerateOptions, Generation, Stats, Strategy, TokenKind};
-pub use model::{AnyEngine, Completion, Device, Model, Streamed};
+#[cfg(not(target_arch = "wasm32"))]
+pub use files::DirFiles;
+pub use files::{Files, MemoryFiles};
+pub use generate::{
+    generate, Flow, GenerateOptions, Generation, Stats, StopReason, Strategy, StrategyKind,
+    TokenKind,
+};
+pub use model::{AnyEngine, Completion, Device, DeviceInfo, Model, ModelInfo, Streamed};
+pub use request::GenerateRequest;
 pub use sampler::SamplingParams;
 pub use tokenizer::{StreamDecoder, Tokenizer};

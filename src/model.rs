@@ -1,13 +1,16 @@
 //! A loaded model: the engine on the chosen device, its tokenizer and its stop ids.
 
-use crate::checkpoint::{Checkpoint, Files, Progress};
+use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
 use crate::cpu::CpuModel;
-use crate::engine::{Call, Counters, Engine, Output};
+use crate::engine::{Call, Counters, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
-use crate::generate::{generate, Flow, GenerateOptions, Stats, TokenKind};
+use crate::files::{Files, MAX_TOKENIZER_BYTES};
+use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
 use crate::gpu::{GpuContext, GpuModel, GpuOptions};
+use crate::request::GenerateRequest;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
+use serde::Serialize;
 
 /// Where the model runs.
 #[derive(Debug, Clone)]
@@ -55,23 +58,170 @@ impl Engine for AnyEngine {
     }
 }
 
+/// A model ready to generate. Front ends use its methods; `engine` is public for tests and
+/// research code that drive the layer-range API directly.
 pub struct Model {
     pub engine: AnyEngine,
     pub tokenizer: Tokenizer,
     /// End-of-sequence ids from config.json and generation_config.json.
     pub eos_token_ids: Vec<u32>,
     /// The checkpoint's suggested exit layer (generation_config.json `assistant_early_exit`).
-    pub default_exit_layer: Option<usize>,
+    checkpoint_exit_layer: Option<usize>,
+}
+
+/// What `info` reports: the config summary, where the model runs and what it occupies.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub tied_embeddings: bool,
+    pub rope_theta: f64,
+    pub rope_scaling: String,
+    pub parameters: u64,
+    pub dtype: Option<String>,
+    pub eos_token_ids: Vec<u32>,
+    pub default_exit_layer: usize,
+    pub max_context: usize,
+    pub device: DeviceInfo,
+}
+
+/// The device side of [`ModelInfo`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+pub enum DeviceInfo {
+    Gpu {
+        adapter: String,
+        vendor: u32,
+        graphics_backend: String,
+        device_type: String,
+        driver: String,
+        weight_bytes: u64,
+        kv_cache_bytes: u64,
+        matrices: usize,
+        row_blocks: usize,
+        max_storage_buffer_binding_size: u64,
+        max_buffer_size: u64,
+        max_compute_workgroups_per_dimension: u32,
+        max_compute_invocations_per_workgroup: u32,
+    },
+    Cpu {
+        implementation: String,
+    },
 }
 
 impl Model {
-    /// The exit layer to use when the caller names none: the checkpoint's `assistant_early_exit`,
+    pub fn config(&self) -> &Config {
+        self.engine.config()
+    }
+
+    /// The exit layer used when a request names none: the checkpoint's `assistant_early_exit`,
     /// else a quarter of the layers.
-    pub fn exit_layer(&self, requested: Option<usize>) -> usize {
-        let layers = self.engine.config().num_hidden_layers;
-        requested
-            .or(self.default_exit_layer)
+    pub fn default_exit_layer(&self) -> usize {
+        let layers = self.config().num_hidden_layers;
+        self.checkpoint_exit_layer
             .unwrap_or((layers / 4).max(1))
+    }
+
+    /// The most drafts one self-speculative round can verify.
+    pub fn max_draft_depth(&self) -> usize {
+        self.engine.max_rows() - 1
+    }
+
+    /// A request resolved against this model (default exit layer, layer bounds).
+    pub fn options(&self, request: &GenerateRequest) -> Result<GenerateOptions> {
+        request.options(self.config().num_hidden_layers, self.default_exit_layer())
+    }
+
+    /// Generates after `prompt` as `request` says: the entry point of every front end.
+    pub async fn generate(
+        &mut self,
+        prompt: &str,
+        request: &GenerateRequest,
+        on_token: impl FnMut(Streamed<'_>) -> bool,
+    ) -> Result<Completion> {
+        let options = self.options(request)?;
+        self.complete(prompt, &options, &request.stop, on_token).await
+    }
+
+    /// Generates after already tokenized `prompt` (benchmarks feed the same ids to every
+    /// strategy). EOS ids come from `options` only.
+    pub async fn generate_ids(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+    ) -> Result<Generation> {
+        generate(&mut self.engine, prompt, options, |_, _| Flow::Continue).await
+    }
+
+    /// The logit lens: the exit head's logits at the last prompt position after every layer.
+    /// Returns the prompt's ids and one row per layer.
+    pub async fn logit_lens(&mut self, prompt: &str) -> Result<(Vec<u32>, Vec<Vec<f32>>)> {
+        let ids = self.tokenizer.encode(prompt)?;
+        if ids.is_empty() {
+            return Err(Error::Invalid("the prompt encodes to no tokens".into()));
+        }
+        let layers = self.config().num_hidden_layers;
+        let call = Call::new(Input::Tokens(&ids), 0, 0..layers).head(Head::Lens);
+        let mut out = self.engine.run(&[call]).await?;
+        Ok((ids, out.remove(0).logits))
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        let c = self.config();
+        let device = match &self.engine {
+            AnyEngine::Gpu(m) => {
+                let ctx = m.context();
+                let (matrices, row_blocks) = m.row_blocks();
+                DeviceInfo::Gpu {
+                    adapter: ctx.info.name.clone(),
+                    vendor: ctx.info.vendor,
+                    graphics_backend: format!("{:?}", ctx.info.backend),
+                    device_type: format!("{:?}", ctx.info.device_type),
+                    driver: ctx.info.driver_info.clone(),
+                    weight_bytes: m.weight_bytes(),
+                    kv_cache_bytes: m.kv_bytes(),
+                    matrices,
+                    row_blocks,
+                    max_storage_buffer_binding_size: ctx.limits.max_storage_buffer_binding_size
+                        as u64,
+                    max_buffer_size: ctx.limits.max_buffer_size,
+                    max_compute_workgroups_per_dimension: ctx
+                        .limits
+                        .max_compute_workgroups_per_dimension,
+                    max_compute_invocations_per_workgroup: ctx
+                        .limits
+                        .max_compute_invocations_per_workgroup,
+                }
+            }
+            AnyEngine::Cpu(_) => DeviceInfo::Cpu {
+                implementation: "f32 reference".into(),
+            },
+        };
+        ModelInfo {
+            layers: c.num_hidden_layers,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            vocab_size: c.vocab_size,
+            max_position_embeddings: c.max_position_embeddings,
+            tied_embeddings: c.tie_word_embeddings,
+            rope_theta: c.rope_theta,
+            rope_scaling: format!("{:?}", c.rope_scaling),
+            parameters: c.parameter_count(),
+            dtype: c.dtype.clone(),
+            eos_token_ids: self.eos_token_ids.clone(),
+            default_exit_layer: self.default_exit_layer(),
+            max_context: self.engine.max_context(),
+            device,
+        }
     }
 
     pub async fn load(
@@ -82,7 +232,7 @@ impl Model {
     ) -> Result<Self> {
         let checkpoint = Checkpoint::open(files).await?;
         let tokenizer_json = files
-            .read("tokenizer.json")
+            .read_capped("tokenizer.json", MAX_TOKENIZER_BYTES)
             .await?
             .ok_or_else(|| Error::file("tokenizer.json", "missing"))?;
         let tokenizer = Tokenizer::from_bytes(&tokenizer_json)?;
@@ -108,7 +258,7 @@ impl Model {
             engine,
             tokenizer,
             eos_token_ids: checkpoint.eos_token_ids,
-            default_exit_layer: checkpoint.default_exit_layer,
+            checkpoint_exit_layer: checkpoint.default_exit_layer,
         })
     }
 }
@@ -223,7 +373,7 @@ impl Model {
                     Ok(piece) => piece.unwrap_or_default(),
                     Err(e) => {
                         failure = Some(e);
-                        return Flow::Stop("error");
+                        return Flow::Stop(StopReason::Cancelled);
                     }
                 },
             };
@@ -235,11 +385,11 @@ impl Model {
             });
             if found {
                 stopped = true;
-                Flow::Stop("stop_string")
+                Flow::Stop(StopReason::StopString)
             } else if go_on {
                 Flow::Continue
             } else {
-                Flow::Stop("cancelled")
+                Flow::Stop(StopReason::Cancelled)
             }
         })
         .await?;

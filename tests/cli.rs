@@ -179,7 +179,7 @@ fn errors_are_clear() {
     let cases: [(&[&str], &str); 3] = [
         (
             &["--model", "/nonexistent/model"],
-            "model directory /nonexistent/model does not exist",
+            "/nonexistent/model: no such model folder",
         ),
         (
             &["--strategy", "early-exit", "--exit-layer", "99"],

@@ -18,7 +18,7 @@ const TOLERANCE: f32 = 2e-4;
 const FIXTURES: [&str; 2] = ["llama2_tiny", "llama32_tiny"];
 
 fn load(name: &str, device: layerskip::Device) -> Model {
-    pollster::block_on(Model::load(&DirFiles(fixture(name)), &device, 128, |_| {}))
+    pollster::block_on(Model::load(&DirFiles::new(fixture(name)).unwrap(), &device, 128, |_| {}))
         .expect("fixture loads")
 }
 

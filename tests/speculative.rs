@@ -9,12 +9,12 @@ use layerskip::gpu::GpuOptions;
 use layerskip::sampler::distribution;
 use layerskip::{
     generate, Call, Device, DirFiles, Engine, Flow, GenerateOptions, Input, Model, SamplingParams,
-    Strategy, TokenKind,
+    StopReason, Strategy, TokenKind,
 };
 use std::collections::HashMap;
 
 fn load(name: &str, device: Device) -> Model {
-    pollster::block_on(Model::load(&DirFiles(fixture(name)), &device, 128, |_| {})).unwrap()
+    pollster::block_on(Model::load(&DirFiles::new(fixture(name)).unwrap(), &device, 128, |_| {})).unwrap()
 }
 
 fn run(model: &mut Model, prompt: &[u32], options: &GenerateOptions) -> layerskip::Generation {
@@ -97,7 +97,7 @@ fn rounds_never_pass_the_token_budget_and_stop_at_eos() {
     };
     let g = run(&mut model, &p.input_ids, &options);
     assert_eq!(g.tokens, p.greedy.tokens[..4]);
-    assert_eq!(g.stats.stop_reason, "eos");
+    assert_eq!(g.stats.stop_reason, StopReason::Eos);
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn stop_strings_cut_the_text() {
             streamed, c.text,
             "{strategy:?}: streamed text stops before the stop string"
         );
-        assert_eq!(c.stats.stop_reason, "stop_string");
+        assert_eq!(c.stats.stop_reason, StopReason::StopString);
     }
 }
 

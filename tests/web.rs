@@ -9,6 +9,8 @@ use layerskip::{
     Strategy,
 };
 use std::borrow::Cow;
+use wasm_bindgen::JsValue;
+use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
 #[path = "common/reference.rs"]
@@ -107,4 +109,79 @@ async fn greedy_self_speculative_equals_hugging_face_greedy() {
             }
         }
     }
+}
+
+/// The files of a fixture as a JS Map of name to Uint8Array, as a page would pass them.
+fn js_files(files: &MemoryFiles) -> js_sys::Map {
+    let map = js_sys::Map::new();
+    for (name, bytes) in &files.0 {
+        map.set(&name.as_str().into(), &js_sys::Uint8Array::from(bytes.as_ref()).into());
+    }
+    map
+}
+
+async fn call(object: &JsValue, method: &str, args: &[JsValue]) -> Result<JsValue, String> {
+    let f: js_sys::Function = js_sys::Reflect::get(object, &method.into()).unwrap().into();
+    let promise = f.apply(object, &args.iter().collect::<js_sys::Array>()).unwrap();
+    JsFuture::from(js_sys::Promise::from(promise))
+        .await
+        .map_err(|e| js_sys::Error::from(e).message().into())
+}
+
+fn object(json: &str) -> JsValue {
+    js_sys::JSON::parse(json).unwrap()
+}
+
+/// The JavaScript class checks options as the CLI does: bad values are refused by name instead
+/// of falling back to a default, and a hostile shard index is refused before anything is read.
+#[wasm_bindgen_test]
+async fn the_javascript_api_refuses_bad_options() {
+    let (_, files, _) = fixtures().remove(1);
+    let promise = layerskip::wasm::LayerSkip::from_files(js_files(&files).into(), JsValue::UNDEFINED);
+    let model = JsFuture::from(promise).await.expect("loads through the JS API");
+    let prompt: JsValue = "x".into();
+    let temperature = js_sys::Object::new();
+    js_sys::Reflect::set(&temperature, &"temperature".into(), &f64::NAN.into()).unwrap();
+    let cases: Vec<(JsValue, &str)> = vec![
+        (object(r#"{"temperature": -1}"#), "temperature must be a finite number >= 0"),
+        (temperature.into(), "`temperature` must be a finite number"),
+        (object(r#"{"topP": 2}"#), "top_p must be in (0, 1]"),
+        (object(r#"{"maxTokens": 3}"#), "unknown field `maxTokens`"),
+        (object(r#"{"strategy": "fast"}"#), "unknown variant `fast`"),
+        (object(r#"{"strategy": "self-speculative", "exitLayer": 5}"#), "exit layer 5 is outside 1..=4"),
+        (object(r#"{"numSpeculations": 0}"#), "num_speculations must be at least 1"),
+        (object(r#"{"seed": -1}"#), "invalid options"),
+    ];
+    for (options, expected) in cases {
+        let err = call(&model, "generate", &[prompt.clone(), options]).await.unwrap_err();
+        assert!(err.contains(expected), "{err}");
+    }
+    let ok = call(&model, "generate", &[prompt, object(r#"{"maxNewTokens": 2, "strategy": "self-speculative"}"#)]).await.unwrap();
+    let stats = js_sys::Reflect::get(&ok, &"stats".into()).unwrap();
+    assert_eq!(js_sys::Reflect::get(&stats, &"stop_reason".into()).unwrap(), "max_new_tokens");
+
+    let mut hostile = fixtures().remove(1).1;
+    hostile.0.insert(
+        "model.safetensors.index.json".into(),
+        Cow::Borrowed(br#"{"weight_map": {"lm_head.weight": "../model.safetensors"}}"#),
+    );
+    let promise = layerskip::wasm::LayerSkip::from_files(js_files(&hostile).into(), JsValue::UNDEFINED);
+    let err: String = js_sys::Error::from(JsFuture::from(promise).await.unwrap_err()).message().into();
+    assert!(err.contains("not a plain file name"), "{err}");
+}
+
+/// A panic (there should be none) rejects the promise in flight with its message instead of
+/// leaving the page waiting forever.
+#[wasm_bindgen_test]
+async fn a_panic_rejects_the_promise_in_flight() {
+    let promise = layerskip::wasm::guard::guarded(async {
+        if js_sys::Math::random() < 2.0 {
+            panic!("deliberate test panic");
+        }
+        Ok(JsValue::NULL)
+    });
+    let before = layerskip::wasm::guard::panics();
+    let err: String = js_sys::Error::from(JsFuture::from(promise).await.unwrap_err()).message().into();
+    assert!(err.contains("deliberate test panic") && err.contains("load it again"), "{err}");
+    assert_eq!(layerskip::wasm::guard::panics(), before + 1);
 }

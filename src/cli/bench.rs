@@ -1,8 +1,12 @@
 //! `layerskip bench` and `layerskip sweep`: speed and acceptance measured in one process, with the
 //! strategies interleaved after a warm-up so drift (clocks, caches) hits them all alike.
 
-use super::{load, DecodeArgs, ModelArgs, StrategyArg};
-use layerskip::{generate, Engine, Error, GenerateOptions, Generation, Model, Result, Strategy};
+use super::{load, ModelArgs};
+use layerskip::request::defaults;
+use layerskip::{
+    Error, GenerateOptions, GenerateRequest, Generation, Model, Result, StrategyKind,
+};
+use serde::Serialize;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -20,6 +24,13 @@ pub struct PromptArgs {
 }
 
 impl PromptArgs {
+    fn check(&self) -> Result<()> {
+        if self.repetitions == 0 {
+            return Err(Error::Invalid("--repetitions must be at least 1".into()));
+        }
+        Ok(())
+    }
+
     fn load(&self, model: &Model) -> Result<Vec<Vec<u32>>> {
         let texts = match (&self.prompt, &self.prompts) {
             (Some(p), _) => vec![p.clone()],
@@ -46,9 +57,20 @@ impl PromptArgs {
                     })
                     .collect::<Result<_>>()?
             }
-            (None, None) => unreachable!("clap requires --prompt or --prompts"),
+            (None, None) => vec![],
         };
-        texts.iter().map(|t| model.tokenizer.encode(t)).collect()
+        if texts.is_empty() {
+            return Err(Error::Invalid("no prompts to run (the prompts file is empty)".into()));
+        }
+        texts
+            .iter()
+            .map(|t| match model.tokenizer.encode(t)? {
+                ids if ids.is_empty() => Err(Error::Invalid(format!(
+                    "the prompt {t:?} encodes to no tokens"
+                ))),
+                ids => Ok(ids),
+            })
+            .collect()
     }
 }
 
@@ -58,8 +80,17 @@ pub struct BenchArgs {
     model: ModelArgs,
     #[command(flatten)]
     prompts: PromptArgs,
-    #[command(flatten)]
-    decode: DecodeArgs,
+    /// Layer whose output drafts and early exit read (1-based); defaults as for generate.
+    #[arg(long)]
+    exit_layer: Option<usize>,
+    /// Drafts per self-speculative round.
+    #[arg(long, default_value_t = defaults::NUM_SPECULATIONS)]
+    num_speculations: usize,
+    #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
+    max_new_tokens: usize,
+    /// Also run self-speculative decoding with this draft confidence cut-off.
+    #[arg(long)]
+    draft_confidence: Option<f32>,
     #[arg(long)]
     json: bool,
 }
@@ -83,18 +114,28 @@ pub struct SweepArgs {
     csv: Option<PathBuf>,
 }
 
-/// "A..B" (inclusive) or "a,b,c".
-fn parse_list(text: &str, what: &str) -> Result<Vec<usize>> {
+/// "A..B" (inclusive) or "a,b,c", every value in `1..=max`.
+fn parse_list(text: &str, what: &str, max: usize) -> Result<Vec<usize>> {
     let bad = || {
         Error::Invalid(format!(
-            "{what}: expected A..B or a list like 1,2,4, got {text:?}"
+            "{what}: expected A..B or a list like 1,2,4 of values in 1..={max}, got {text:?}"
         ))
     };
-    let num = |s: &str| s.trim().parse::<usize>().map_err(|_| bad());
-    match text.split_once("..") {
-        Some((a, b)) => Ok((num(a)?..=num(b.trim_start_matches('='))?).collect()),
-        None => text.split(',').map(num).collect(),
+    let num = |s: &str| {
+        s.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(bad)
+    };
+    let list: Vec<usize> = match text.split_once("..") {
+        Some((a, b)) => (num(a)?..=num(b.trim_start_matches('='))?).collect(),
+        None => text.split(',').map(num).collect::<Result<_>>()?,
+    };
+    if list.is_empty() {
+        return Err(bad());
     }
+    Ok(list)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -156,10 +197,7 @@ fn run_all(
     for rep in 0..=repetitions {
         for prompt in prompts {
             for (options, runs) in configs.iter().zip(&mut runs) {
-                let g =
-                    pollster::block_on(generate(&mut model.engine, prompt, options, |_, _| {
-                        layerskip::Flow::Continue
-                    }))?;
+                let g = pollster::block_on(model.generate_ids(prompt, options))?;
                 // Repetition 0 is the warm-up: pipelines compiled, caches filled, clocks up.
                 if rep > 0 {
                     runs.add(g);
@@ -170,69 +208,102 @@ fn run_all(
     Ok(runs)
 }
 
-fn greedy(strategy: Strategy, max_new_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
+/// Greedy, to a fixed length (EOS ignored), so every strategy produces the same number of tokens.
+fn greedy(model: &Model, request: GenerateRequest) -> Result<GenerateOptions> {
+    model.options(&GenerateRequest {
         ignore_eos: true,
-        ..GenerateOptions::greedy(strategy, max_new_tokens)
+        temperature: 0.0,
+        ..request
+    })
+}
+
+/// One row of the bench table.
+#[derive(Serialize)]
+struct Row {
+    strategy: String,
+    tokens_per_second_median: f64,
+    speedup: f64,
+    acceptance_rate: Option<f64>,
+    dispatches_per_token: f64,
+    submits_per_token: f64,
+    draft_ms: f64,
+    verify_ms: f64,
+}
+
+/// tokens/s relative to a baseline; 0 when the baseline measured nothing.
+fn ratio(tps: f64, base: f64) -> f64 {
+    if base > 0.0 {
+        tps / base
+    } else {
+        0.0
     }
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    args.prompts.check()?;
     let mut model = load(&args.model)?;
     let prompts = args.prompts.load(&model)?;
-    let exit = args.decode.exit_layer(&model);
-    let n = args.decode.max_new_tokens;
+    let exit = args.exit_layer.unwrap_or(model.default_exit_layer());
+    let base = GenerateRequest {
+        exit_layer: Some(exit),
+        num_speculations: args.num_speculations,
+        max_new_tokens: args.max_new_tokens,
+        ..GenerateRequest::default()
+    };
+    let speculative = GenerateRequest {
+        strategy: StrategyKind::SelfSpeculative,
+        ..base.clone()
+    };
     let mut configs = vec![
-        greedy(Strategy::Autoregressive, n),
-        greedy(Strategy::EarlyExit { exit_layer: exit }, n),
-        args.decode
-            .options(&model, StrategyArg::SelfSpeculative)
-            .map(|o| GenerateOptions {
-                ignore_eos: true,
-                sampling: None,
-                draft_confidence: None,
-                ..o
-            })?,
+        greedy(&model, base.clone())?,
+        greedy(
+            &model,
+            GenerateRequest {
+                strategy: StrategyKind::EarlyExit,
+                ..base.clone()
+            },
+        )?,
+        greedy(&model, speculative.clone())?,
     ];
     let mut names = vec![
         "autoregressive".to_string(),
         format!("early-exit E={exit}"),
-        format!(
-            "self-speculative E={exit} D={}",
-            args.decode.num_speculations
-        ),
+        format!("self-speculative E={exit} D={}", args.num_speculations),
     ];
-    if let Some(p) = args.decode.draft_confidence {
-        configs.push(GenerateOptions {
-            draft_confidence: Some(p),
-            ..configs[2].clone()
-        });
+    if let Some(p) = args.draft_confidence {
+        configs.push(greedy(
+            &model,
+            GenerateRequest {
+                draft_confidence: Some(p),
+                ..speculative
+            },
+        )?);
         names.push(format!("{} confidence>={p}", names[2]));
     }
     let runs = run_all(&mut model, &prompts, &configs, args.prompts.repetitions)?;
     let base = median(runs[0].tokens_per_second.clone());
     let equal = runs[2..].iter().all(|r| r.outputs == runs[0].outputs);
-    let rows: Vec<_> = names
+    let rows: Vec<Row> = names
         .iter()
         .zip(&runs)
         .map(|(name, r)| {
             let tps = median(r.tokens_per_second.clone());
-            json!({
-                "strategy": name,
-                "tokens_per_second_median": tps,
-                "speedup": tps / base,
-                "acceptance_rate": (r.drafted > 0).then(|| r.acceptance()),
-                "dispatches_per_token": r.per_token(r.dispatches),
-                "submits_per_token": r.per_token(r.submits),
-                "draft_ms": r.draft_ms,
-                "verify_ms": r.verify_ms,
-            })
+            Row {
+                strategy: name.clone(),
+                tokens_per_second_median: tps,
+                speedup: ratio(tps, base),
+                acceptance_rate: (r.drafted > 0).then(|| r.acceptance()),
+                dispatches_per_token: r.per_token(r.dispatches),
+                submits_per_token: r.per_token(r.submits),
+                draft_ms: r.draft_ms,
+                verify_ms: r.verify_ms,
+            }
         })
         .collect();
     if args.json {
         let out = json!({
             "prompts": prompts.len(),
-            "max_new_tokens": n,
+            "max_new_tokens": args.max_new_tokens,
             "repetitions": args.prompts.repetitions,
             "results": rows,
             "self_speculative_equals_autoregressive": equal,
@@ -241,8 +312,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} prompt(s), {n} new tokens, {} repetitions after a warm-up, greedy, EOS ignored",
+        "{} prompt(s), {} new tokens, {} repetitions after a warm-up, greedy, EOS ignored",
         prompts.len(),
+        args.max_new_tokens,
         args.prompts.repetitions
     );
     println!(
@@ -250,17 +322,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "strategy", "tokens/s", "speedup", "acceptance", "dispatches/t", "submits/t"
     );
     for row in &rows {
-        let acceptance = row["acceptance_rate"]
-            .as_f64()
+        let acceptance = row
+            .acceptance_rate
             .map_or("-".into(), |a| format!("{:.1}%", 100.0 * a));
         println!(
             "{:<44} {:>12.1} {:>7.2}x {:>11} {:>13.1} {:>11.2}",
-            row["strategy"].as_str().unwrap(),
-            row["tokens_per_second_median"].as_f64().unwrap(),
-            row["speedup"].as_f64().unwrap(),
+            row.strategy,
+            row.tokens_per_second_median,
+            row.speedup,
             acceptance,
-            row["dispatches_per_token"].as_f64().unwrap(),
-            row["submits_per_token"].as_f64().unwrap()
+            row.dispatches_per_token,
+            row.submits_per_token
         );
     }
     println!(
@@ -271,26 +343,36 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 }
 
 pub fn sweep(args: SweepArgs) -> Result<()> {
+    args.prompts.check()?;
     let mut model = load(&args.model)?;
     let prompts = args.prompts.load(&model)?;
-    let layers = model.engine.config().num_hidden_layers;
+    let layers = model.config().num_hidden_layers;
     let exits = match &args.exit_layers {
-        Some(text) => parse_list(text, "--exit-layers")?,
+        Some(text) => parse_list(text, "--exit-layers", layers - 1)?,
         None => (1..layers).collect(),
     };
-    let depths = parse_list(&args.num_speculations, "--num-speculations")?;
-    let n = args.max_new_tokens;
-    let mut configs = vec![greedy(Strategy::Autoregressive, n)];
+    let depths = parse_list(
+        &args.num_speculations,
+        "--num-speculations",
+        model.max_draft_depth(),
+    )?;
+    let base = GenerateRequest {
+        max_new_tokens: args.max_new_tokens,
+        ..GenerateRequest::default()
+    };
+    let mut configs = vec![greedy(&model, base.clone())?];
     let mut grid = vec![];
     for &e in &exits {
         for &d in &depths {
             configs.push(greedy(
-                Strategy::SelfSpeculative {
-                    exit_layer: e,
+                &model,
+                GenerateRequest {
+                    strategy: StrategyKind::SelfSpeculative,
+                    exit_layer: Some(e),
                     num_speculations: d,
+                    ..base.clone()
                 },
-                n,
-            ));
+            )?);
             grid.push((e, d));
         }
     }
@@ -309,12 +391,12 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         println!(
             "{e:>5} {d:>3} {:>10.1}% {tps:>10.1} {:>7.2}x",
             100.0 * r.acceptance(),
-            tps / base
+            ratio(tps, base)
         );
         csv.push_str(&format!(
             "{e},{d},{:.4},{tps:.2},{:.3}\n",
             r.acceptance(),
-            tps / base
+            ratio(tps, base)
         ));
         if tps > best.2 {
             best = (e, d, tps);
@@ -325,7 +407,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         best.0,
         best.1,
         best.2,
-        best.2 / base
+        ratio(best.2, base)
     );
     if let Some(path) = &args.csv {
         std::fs::write(path, csv)
@@ -340,9 +422,14 @@ mod tests {
 
     #[test]
     fn lists_and_ranges() {
-        assert_eq!(parse_list("1..4", "x").unwrap(), vec![1, 2, 3, 4]);
-        assert_eq!(parse_list("2, 4,8", "x").unwrap(), vec![2, 4, 8]);
-        assert!(parse_list("a..b", "x").is_err());
+        assert_eq!(parse_list("1..4", "x", 7).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(parse_list("2, 4,8", "x", 8).unwrap(), vec![2, 4, 8]);
+        assert!(parse_list("a..b", "x", 7).is_err());
+        // Bounded before anything is allocated.
+        assert!(parse_list("1..1000000000", "x", 7).is_err());
+        assert!(parse_list("1..18446744073709551615", "x", 7).is_err());
+        assert!(parse_list("0,1", "x", 7).is_err());
+        assert!(parse_list("5..2", "x", 7).is_err());
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
     }
 }

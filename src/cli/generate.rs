@@ -1,7 +1,7 @@
 //! `layerskip generate`: streamed text, or one JSON object.
 
-use super::{load, DecodeArgs, ModelArgs, StrategyArg};
-use layerskip::{Result, TokenKind};
+use super::{load, ModelArgs};
+use layerskip::{GenerateRequest, Result, TokenKind};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 
@@ -11,13 +11,8 @@ pub struct GenerateArgs {
     model: ModelArgs,
     #[arg(long)]
     prompt: String,
-    #[arg(long, value_enum, default_value = "autoregressive")]
-    strategy: StrategyArg,
     #[command(flatten)]
-    decode: DecodeArgs,
-    /// End generation at this string (repeatable); the text is cut before it.
-    #[arg(long)]
-    stop: Vec<String>,
+    request: GenerateRequest,
     /// Colour accepted drafts green, rejected drafts red (struck through) and the full model's
     /// own tokens plain. Only when stdout is a terminal.
     #[arg(long)]
@@ -28,11 +23,11 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    args.request.validate()?;
     let mut model = load(&args.model)?;
-    let options = args.decode.options(&model, args.strategy)?;
     let colour = args.show_speculation && std::io::stdout().is_terminal();
     let mut stdout = std::io::stdout();
-    let completion = pollster::block_on(model.complete(&args.prompt, &options, &args.stop, |s| {
+    let completion = pollster::block_on(model.generate(&args.prompt, &args.request, |s| {
         if args.json {
             return true;
         }

@@ -3,8 +3,17 @@
 use super::{load, ModelArgs};
 use clap::Args;
 use layerskip::sampler::top_k as top;
-use layerskip::{AnyEngine, Call, Engine, Error, Head, Input, Result};
+use layerskip::{DeviceInfo, Result};
 use serde_json::json;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Args)]
 pub struct LogitsArgs {
@@ -21,15 +30,7 @@ pub struct LogitsArgs {
 
 pub fn logits(args: LogitsArgs) -> Result<()> {
     let mut model = load(&args.model)?;
-    let prompt = model.tokenizer.encode(&args.prompt)?;
-    if prompt.is_empty() {
-        return Err(Error::Invalid("the prompt encodes to no tokens".into()));
-    }
-    let layers = model.engine.config().num_hidden_layers;
-    let call = Call::new(Input::Tokens(&prompt), 0, 0..layers).head(Head::Lens);
-    let exits = pollster::block_on(model.engine.run(&[call]))?
-        .remove(0)
-        .logits;
+    let (prompt, exits) = pollster::block_on(model.logit_lens(&args.prompt))?;
     if args.json {
         let exits: Vec<_> = exits
             .iter()
@@ -62,47 +63,54 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn info(args: ModelArgs) -> Result<()> {
-    let model = load(&args)?;
-    let c = model.engine.config();
+pub fn info(args: InfoArgs) -> Result<()> {
+    let model = load(&args.model)?;
+    let info = model.info();
+    if args.json {
+        println!("{}", json!(info));
+        return Ok(());
+    }
     println!(
         "layers {}  hidden {}  intermediate {}  heads {}  kv heads {}  head_dim {}",
-        c.num_hidden_layers,
-        c.hidden_size,
-        c.intermediate_size,
-        c.num_attention_heads,
-        c.num_key_value_heads,
-        c.head_dim
+        info.layers, info.hidden_size, info.intermediate_size, info.heads, info.kv_heads, info.head_dim
     );
     println!(
-        "vocab {}  max positions {}  tied embeddings {}  rope theta {}  rope scaling {:?}",
-        c.vocab_size,
-        c.max_position_embeddings,
-        c.tie_word_embeddings,
-        c.rope_theta,
-        c.rope_scaling
+        "vocab {}  max positions {}  tied embeddings {}  rope theta {}  rope scaling {}",
+        info.vocab_size, info.max_position_embeddings, info.tied_embeddings, info.rope_theta, info.rope_scaling
     );
     println!(
-        "dtype {}  parameters {}  eos ids {:?}",
-        c.dtype.as_deref().unwrap_or("?"),
-        c.parameter_count(),
-        model.eos_token_ids
+        "dtype {}  parameters {}  eos ids {:?}  default exit layer {}",
+        info.dtype.as_deref().unwrap_or("?"),
+        info.parameters,
+        info.eos_token_ids,
+        info.default_exit_layer
     );
-    match &model.engine {
-        AnyEngine::Gpu(m) => {
-            let ctx = m.context();
+    match info.device {
+        DeviceInfo::Gpu {
+            adapter,
+            graphics_backend,
+            device_type,
+            driver,
+            weight_bytes,
+            kv_cache_bytes,
+            matrices,
+            row_blocks,
+            max_storage_buffer_binding_size,
+            max_buffer_size,
+            max_compute_workgroups_per_dimension,
+            max_compute_invocations_per_workgroup,
+            ..
+        } => {
+            println!("adapter {adapter} ({graphics_backend}, {device_type}, driver {driver})");
             println!(
-                "adapter {} ({:?}, {:?}, driver {})",
-                ctx.info.name, ctx.info.backend, ctx.info.device_type, ctx.info.driver_info
+                "weights on GPU {weight_bytes} bytes in {matrices} matrices, {row_blocks} row blocks  KV cache {kv_cache_bytes} bytes ({} positions)",
+                info.max_context
             );
-            let (matrices, blocks) = m.row_blocks();
-            println!("weights on GPU {} bytes in {matrices} matrices, {blocks} row blocks  KV cache {} bytes ({} positions)",
-                     m.weight_bytes(), m.kv_bytes(), m.max_context());
-            println!("limits: max_storage_buffer_binding_size {}  max_buffer_size {}  max_compute_workgroups_per_dimension {}  max_compute_invocations_per_workgroup {}",
-                     ctx.limits.max_storage_buffer_binding_size, ctx.limits.max_buffer_size,
-                     ctx.limits.max_compute_workgroups_per_dimension, ctx.limits.max_compute_invocations_per_workgroup);
+            println!("limits: max_storage_buffer_binding_size {max_storage_buffer_binding_size}  max_buffer_size {max_buffer_size}  max_compute_workgroups_per_dimension {max_compute_workgroups_per_dimension}  max_compute_invocations_per_workgroup {max_compute_invocations_per_workgroup}");
         }
-        AnyEngine::Cpu(m) => println!("device cpu (f32 reference), {} positions", m.max_context()),
+        DeviceInfo::Cpu { implementation } => {
+            println!("device cpu ({implementation}), {} positions", info.max_context)
+        }
     }
     Ok(())
 }

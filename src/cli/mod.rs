@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use layerskip::checkpoint::Progress;
 use layerskip::gpu::context::parse_backend;
 use layerskip::gpu::GpuOptions;
-use layerskip::{DirFiles, Error, GenerateOptions, Model, Result, SamplingParams, Strategy};
+use layerskip::{DirFiles, Model, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -31,7 +31,7 @@ enum Command {
     /// The exit head's logits at the last prompt position after every layer (the logit lens).
     Logits(inspect::LogitsArgs),
     /// Config summary, parameter count, weight bytes, adapter and limits.
-    Info(ModelArgs),
+    Info(inspect::InfoArgs),
     /// Autoregressive, early exit and self-speculative decoding on the same prompts, compared.
     Bench(bench::BenchArgs),
     /// Acceptance rate and speed of self-speculative decoding over a grid of exit layers and depths.
@@ -60,79 +60,6 @@ pub struct ModelArgs {
     max_context: usize,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum StrategyArg {
-    Autoregressive,
-    EarlyExit,
-    SelfSpeculative,
-}
-
-/// How to decode: shared by generate, bench and sweep.
-#[derive(Args)]
-pub struct DecodeArgs {
-    #[arg(long, default_value_t = 64)]
-    max_new_tokens: usize,
-    /// Layer whose output the exit head reads (1-based). Defaults to generation_config.json's
-    /// `assistant_early_exit`, else a quarter of the layers.
-    #[arg(long)]
-    exit_layer: Option<usize>,
-    /// Drafts per self-speculative round.
-    #[arg(long, default_value_t = 4)]
-    num_speculations: usize,
-    /// Do not stop at end-of-sequence tokens: produce exactly --max-new-tokens.
-    #[arg(long)]
-    ignore_eos: bool,
-    /// Sampling temperature; 0 (the default) decodes greedily.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Sample among the K most likely tokens only (0 = all).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Sample among the most likely tokens that reach this probability mass.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Stop drafting when the draft's top probability falls below this (self-speculative).
-    #[arg(long)]
-    draft_confidence: Option<f32>,
-}
-
-impl DecodeArgs {
-    pub fn exit_layer(&self, model: &Model) -> usize {
-        model.exit_layer(self.exit_layer)
-    }
-
-    pub fn options(&self, model: &Model, strategy: StrategyArg) -> Result<GenerateOptions> {
-        let exit_layer = self.exit_layer(model);
-        let strategy = match strategy {
-            StrategyArg::Autoregressive => Strategy::Autoregressive,
-            StrategyArg::EarlyExit => Strategy::EarlyExit { exit_layer },
-            StrategyArg::SelfSpeculative => Strategy::SelfSpeculative {
-                exit_layer,
-                num_speculations: self.num_speculations,
-            },
-        };
-        let sampling = (self.temperature > 0.0).then_some(SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed: self.seed,
-        });
-        if self.temperature < 0.0 {
-            return Err(Error::Invalid("--temperature must not be negative".into()));
-        }
-        Ok(GenerateOptions {
-            strategy,
-            max_new_tokens: self.max_new_tokens,
-            ignore_eos: self.ignore_eos,
-            eos_token_ids: vec![],
-            sampling,
-            draft_confidence: self.draft_confidence,
-        })
-    }
-}
-
 pub fn load(args: &ModelArgs) -> Result<Model> {
     let device = match args.device {
         DeviceArg::Cpu => layerskip::Device::Cpu,
@@ -153,14 +80,8 @@ pub fn load(args: &ModelArgs) -> Result<Model> {
         }
     };
     let model = match &args.model {
-        Some(dir) if !dir.is_dir() => {
-            return Err(Error::Invalid(format!(
-                "model directory {} does not exist",
-                dir.display()
-            )))
-        }
         Some(dir) => pollster::block_on(Model::load(
-            &DirFiles(dir.clone()),
+            &DirFiles::new(dir)?,
             &device,
             args.max_context,
             progress,

@@ -21,8 +21,19 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     /// Largest storage buffer binding we allow ourselves (the limit, or the override).
     pub max_binding: u64,
-    /// The first uncaptured validation error or the device-lost reason, reported on the next call.
-    failure: Arc<Mutex<Option<String>>>,
+    /// The first uncaptured validation error or the device loss, reported on the next call.
+    failure: Arc<Mutex<Option<Failure>>>,
+}
+
+#[derive(Debug, Clone)]
+enum Failure {
+    Validation(String),
+    Lost(String),
+}
+
+/// The slot's value, also when a thread panicked while holding the lock (the value is plain data).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub fn parse_backend(name: &str) -> Result<wgpu::Backends> {
@@ -78,16 +89,15 @@ impl GpuContext {
             .await
             .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
 
-        let failure = Arc::new(Mutex::new(None::<String>));
+        let failure = Arc::new(Mutex::new(None::<Failure>));
         let slot = failure.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            slot.lock().unwrap().get_or_insert_with(|| e.to_string());
+            lock(&slot).get_or_insert_with(|| Failure::Validation(e.to_string()));
         }));
         let slot = failure.clone();
         device.set_device_lost_callback(move |reason, message| {
-            slot.lock()
-                .unwrap()
-                .get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
+            // A loss outranks an earlier validation error: the device is gone either way.
+            *lock(&slot) = Some(Failure::Lost(format!("{reason:?}: {message}")));
         });
 
         let max_binding = options
@@ -105,12 +115,20 @@ impl GpuContext {
         })
     }
 
-    /// Returns the first GPU error seen since the device was made, if any.
+    /// Returns the first GPU error seen since the device was made, if any. After a device loss
+    /// every call fails the same way, and the model must be loaded again.
     pub fn check(&self) -> Result<()> {
-        match self.failure.lock().unwrap().clone() {
-            Some(message) => Err(Error::Gpu(message)),
+        match lock(&self.failure).clone() {
+            Some(Failure::Validation(message)) => Err(Error::Gpu(message)),
+            Some(Failure::Lost(message)) => Err(Error::DeviceLost(message)),
             None => Ok(()),
         }
+    }
+
+    /// Destroys the device, as a driver reset or a browser reclaiming the GPU would: every later
+    /// call reports the loss. For tests of that path.
+    pub fn lose_device(&self) {
+        self.device.destroy();
     }
 
     /// A storage buffer, refused with a clear error when it exceeds the binding limit.
@@ -163,13 +181,13 @@ impl GpuContext {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        let mapped = rx
-            .await
-            .map_err(|_| Error::Gpu("readback was cancelled".into()))?;
+        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
+            self.check()?;
+            return Err(Error::Gpu(format!("waiting for the GPU: {e}")));
+        }
+        let mapped = rx.await;
         self.check()?;
+        let mapped = mapped.map_err(|_| Error::Gpu("readback was cancelled".into()))?;
         mapped.map_err(|e| Error::Gpu(format!("mapping the readback buffer: {e}")))?;
         let view = staging
             .get_mapped_range(..)

@@ -14,7 +14,9 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(ctx: &GpuContext, config: &Config, capacity: usize) -> Result<Self> {
-        let bytes = (capacity * config.kv_dim() * 4) as u64;
+        let bytes = (capacity as u64)
+            .checked_mul(config.kv_dim() as u64 * 4)
+            .ok_or_else(|| crate::error::Error::Invalid("the KV cache size overflows".into()))?;
         let mut keys = vec![];
         let mut values = vec![];
         for l in 0..config.num_hidden_layers {

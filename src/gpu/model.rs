@@ -7,7 +7,8 @@ use super::context::GpuContext;
 use super::kernels::{Access, Defines, Grid, Kernels, Op, Shader, STEP_STRIDE};
 use super::kv_cache::KvCache;
 use super::tensor::Matrix;
-use crate::checkpoint::{to_f32, Checkpoint, Files, Progress, Slot, WeightSpec};
+use crate::checkpoint::{to_f32, Checkpoint, Progress, Slot, WeightSpec};
+use crate::files::Files;
 use crate::config::Config;
 use crate::engine::{self, Call, Counters, Engine, Head, Input, Output, Pick};
 use crate::error::{Error, Result};
@@ -100,10 +101,31 @@ impl Recording {
     }
 }
 
-fn f32_buffer(ctx: &GpuContext, name: &str, values: &[f32]) -> Result<wgpu::Buffer> {
-    let buffer = ctx.storage(name, (values.len() * 4) as u64, wgpu::BufferUsages::empty())?;
-    ctx.queue
-        .write_buffer(&buffer, 0, bytemuck::cast_slice(values));
+/// cos and sin per (position, pair), computed on the host in the precision transformers uses,
+/// written a block of positions at a time so the host never holds the whole table.
+fn rope_table(ctx: &GpuContext, config: &Config, positions: usize) -> Result<wgpu::Buffer> {
+    let pairs = config.head_dim / 2;
+    let bytes = (positions as u64)
+        .checked_mul(pairs as u64 * 8)
+        .ok_or_else(|| Error::Invalid("the rope table size overflows".into()))?;
+    let buffer = ctx.storage("rope", bytes, wgpu::BufferUsages::empty())?;
+    let inv_freq = config.rope_inv_freq();
+    const BLOCK: usize = 4096;
+    for pos0 in (0..positions).step_by(BLOCK) {
+        let table: Vec<f32> = (pos0..positions.min(pos0 + BLOCK))
+            .flat_map(|pos| {
+                inv_freq.iter().flat_map(move |&f| {
+                    let (c, s) = crate::cpu::rope_cos_sin(pos, f);
+                    [c, s]
+                })
+            })
+            .collect();
+        ctx.queue.write_buffer(
+            &buffer,
+            (pos0 * pairs * 8) as u64,
+            bytemuck::cast_slice(&table),
+        );
+    }
     Ok(buffer)
 }
 
@@ -119,6 +141,8 @@ impl GpuModel {
     ) -> Result<Self> {
         let config = checkpoint.config.clone();
         let max_context = max_context.min(config.max_position_embeddings);
+        // The largest buffers sized by the context, checked against the adapter first.
+        let kv = KvCache::new(&ctx, &config, max_context)?;
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,
@@ -229,14 +253,6 @@ impl GpuModel {
             .await?;
         ctx.check()?;
 
-        let rope: Vec<f32> = (0..max_context)
-            .flat_map(|pos| {
-                config.rope_inv_freq().into_iter().flat_map(move |f| {
-                    let (c, s) = crate::cpu::rope_cos_sin(pos, f);
-                    [c, s]
-                })
-            })
-            .collect();
         let act = |name: &str, floats: usize| {
             ctx.storage(name, (floats * 4) as u64, wgpu::BufferUsages::COPY_SRC)
         };
@@ -257,9 +273,8 @@ impl GpuModel {
             picks: act("picks", MAX_PICKS * 2)?,
             out_logits: act("out_logits", (config.num_hidden_layers + MAX_ROWS) * v)?,
             exit_cache: act("exit_cache", MAX_ROWS * h)?,
-            rope: f32_buffer(&ctx, "rope", &rope)?,
+            rope: rope_table(&ctx, &config, max_context)?,
         };
-        let kv = KvCache::new(&ctx, &config, max_context)?;
 
         let mut k = Kernels::new(&ctx.device);
         let (hd, nh, nkv) = (
@@ -558,6 +573,14 @@ impl Engine for GpuModel {
     }
 
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
+        let outputs = self.run_calls(calls).await?;
+        engine::check_finite(calls, &outputs)?;
+        Ok(outputs)
+    }
+}
+
+impl GpuModel {
+    async fn run_calls(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
         self.ctx.check()?;
         let h = self.config.hidden_size;
         let row_bytes = (h * 4) as u64;

@@ -43,7 +43,19 @@ export async function fetchModel(baseUrl, onProgress) {
   let weights = ['model.safetensors'];
   if (files.has('model.safetensors.index.json')) {
     const index = JSON.parse(await files.get('model.safetensors.index.json').text());
+    if (!index || typeof index.weight_map !== 'object') {
+      throw new Error('model.safetensors.index.json: no `weight_map` object');
+    }
     weights = [...new Set(Object.values(index.weight_map))].sort();
+    // Shards are plain file names next to config.json: a hostile index must not send the
+    // browser to another path or site (the Rust side checks the same rule again).
+    for (const name of weights) {
+      const plain = typeof name === 'string' && name.length > 0 && name !== '.' && name !== '..' &&
+        !/[\/\\:\0]/.test(name);
+      if (!plain || !new URL(name, base).href.startsWith(base)) {
+        throw new Error(`model.safetensors.index.json: ${JSON.stringify(name)} is not a plain file name inside the model folder`);
+      }
+    }
   }
   const cache = typeof caches !== 'undefined' ? await caches.open(CACHE).catch(() => null) : null;
   const cached = new Map();

@@ -1,20 +1,22 @@
-//! JavaScript bindings: the `LayerSkip` class of the npm package. Every method returns a Promise
-//! that rejects with an Error carrying our message; nothing panics across the boundary.
+//! JavaScript bindings: the `LayerSkip` class of the npm package, a thin adapter over `Model`.
+//! Every method returns a Promise that rejects with an Error carrying our message; a panic
+//! (there should be none) rejects the promises in flight instead of leaving them pending.
 
 mod files;
+pub mod guard;
 
-use crate::engine::{Call, Engine, Head, Input};
-use crate::generate::{GenerateOptions, Strategy, TokenKind};
+use crate::generate::TokenKind;
 use crate::gpu::GpuOptions;
-use crate::model::{AnyEngine, Device, Model};
-use crate::sampler::{top_k, SamplingParams};
+use crate::model::{Device, Model};
+use crate::request::GenerateRequest;
+use crate::sampler::top_k;
 use files::BlobFiles;
+use guard::{error, guarded};
 use serde::Deserialize;
 use serde_json::json;
 use std::cell::RefCell;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::future_to_promise;
 
 #[wasm_bindgen(module = "/src/wasm/loader.js")]
 extern "C" {
@@ -49,49 +51,52 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 export interface Stats {
-  strategy: string; prompt_tokens: number; generated_tokens: number; elapsed_ms: number;
-  tokens_per_second: number; time_to_first_token_ms: number; time_per_output_token_ms: number;
+  strategy: "autoregressive" | "early-exit" | "self-speculative"; prompt_tokens: number; generated_tokens: number;
+  elapsed_ms: number; tokens_per_second: number; time_to_first_token_ms: number; time_per_output_token_ms: number;
   rounds: number; drafted: number; accepted: number; acceptance_rate: number;
   draft_ms: number; verify_ms: number; submits: number; dispatches: number;
-  submits_per_token: number; dispatches_per_token: number; stop_reason: string;
+  submits_per_token: number; dispatches_per_token: number;
+  stop_reason: "max_new_tokens" | "eos" | "stop_string" | "cancelled";
 }
 export interface GenerateResult { prompt_tokens: number[]; tokens: number[]; text: string; stats: Stats }
 export interface LogitLens { prompt_tokens: number[]; exits: { layer: number; top: [number, number, string][] }[] }
 "#;
 
-/// Generation options as JavaScript passes them (callbacks are read separately).
+/// Load options as JavaScript passes them (the progress callback is read separately).
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct JsGenerateOptions {
-    strategy: Option<String>,
-    exit_layer: Option<usize>,
-    num_speculations: Option<usize>,
-    max_new_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_k: Option<usize>,
-    top_p: Option<f32>,
-    seed: Option<u64>,
-    stop: Vec<String>,
-    ignore_eos: bool,
-    draft_confidence: Option<f32>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct JsLoadOptions {
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+struct LoadOptions {
     max_context: Option<usize>,
 }
 
-fn error(e: impl std::fmt::Display) -> JsValue {
-    js_sys::Error::new(&e.to_string()).into()
-}
-
-/// Plain data from a JS options object (functions and signals are dropped by JSON).
-fn parse<T: for<'de> Deserialize<'de> + Default>(options: &JsValue) -> Result<T, JsValue> {
+/// Plain data from a JS options object: the named callback fields are left out, and numbers that
+/// JSON cannot carry (NaN, Infinity) are refused by name rather than turned into null.
+fn parse<T: for<'de> Deserialize<'de> + Default>(
+    options: &JsValue,
+    callbacks: &[&str],
+) -> Result<T, JsValue> {
     if options.is_undefined() || options.is_null() {
         return Ok(T::default());
     }
-    let text: String = js_sys::JSON::stringify(options)?.into();
+    if !options.is_object() {
+        return Err(error("options must be an object"));
+    }
+    let data = js_sys::Object::new();
+    let object: &js_sys::Object = options.unchecked_ref();
+    for key in js_sys::Object::keys(object).iter() {
+        let Some(name) = key.as_string() else { continue };
+        if callbacks.contains(&name.as_str()) {
+            continue;
+        }
+        let value = js_sys::Reflect::get(options, &key)?;
+        if let Some(x) = value.as_f64() {
+            if !x.is_finite() {
+                return Err(error(format!("invalid options: `{name}` must be a finite number, got {x}")));
+            }
+        }
+        js_sys::Reflect::set(&data, &key, &value)?;
+    }
+    let text: String = js_sys::JSON::stringify(&data)?.into();
     serde_json::from_str(&text).map_err(|e| error(format!("invalid options: {e}")))
 }
 
@@ -111,26 +116,47 @@ fn to_js(value: &serde_json::Value) -> Result<JsValue, JsValue> {
 #[wasm_bindgen]
 pub struct LayerSkip {
     model: Rc<RefCell<Model>>,
+    /// Panics seen before this model was made (see `guard`).
+    panics: u32,
 }
 
 async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> {
-    let parsed: JsLoadOptions = parse(&options)?;
+    let parsed: LoadOptions = parse(&options, &["onProgress"])?;
     let on_progress = js_sys::Function::from(field(&options, "onProgress"));
     let has_progress = on_progress.is_function();
     let device = Device::Gpu(GpuOptions::default());
+    let panics = guard::panics();
     let model = Model::load(&files, &device, parsed.max_context.unwrap_or(2048), |p| {
         if has_progress {
-            let _ = on_progress.call3(&JsValue::NULL, &"upload".into(), &(p.done as f64).into(), &(p.total as f64).into());
+            let _ = on_progress.call3(
+                &JsValue::NULL,
+                &"upload".into(),
+                &(p.done as f64).into(),
+                &(p.total as f64).into(),
+            );
         }
     })
     .await
     .map_err(|e| match e {
-        crate::Error::NoAdapter(_) => error("WebGPU is not available in this browser (no GPU adapter); try a current Chrome, Edge or Safari"),
+        crate::Error::NoAdapter(_) => error(
+            "WebGPU is not available in this browser (no GPU adapter); try a current Chrome, Edge or Safari",
+        ),
         e => error(e),
     })?;
     Ok(LayerSkip {
         model: Rc::new(RefCell::new(model)),
+        panics,
     })
+}
+
+impl LayerSkip {
+    /// The model for one request, or why it cannot serve one.
+    fn model(&self) -> Result<Rc<RefCell<Model>>, JsValue> {
+        if guard::panics() > self.panics {
+            return Err(guard::unusable());
+        }
+        Ok(self.model.clone())
+    }
 }
 
 #[wasm_bindgen]
@@ -143,7 +169,7 @@ impl LayerSkip {
         base_url: String,
         #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        future_to_promise(async move {
+        guarded(async move {
             let on_progress = field(&options, "onProgress");
             let report = if on_progress.is_function() {
                 let f = js_sys::Function::from(on_progress);
@@ -176,7 +202,7 @@ impl LayerSkip {
         files: JsValue,
         #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        future_to_promise(async move {
+        guarded(async move {
             let map = to_blob_map(&files)?;
             load(BlobFiles(map.into()), options)
                 .await
@@ -196,40 +222,17 @@ impl LayerSkip {
         prompt: String,
         #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        let model = self.model.clone();
-        future_to_promise(async move {
-            let o: JsGenerateOptions = parse(&options)?;
+        let model = self.model();
+        guarded(async move {
+            let model = model?;
+            let request: GenerateRequest = parse(&options, &["onToken", "signal"])?;
             let on_token = js_sys::Function::from(field(&options, "onToken"));
             let signal = field(&options, "signal");
             let mut model = model
                 .try_borrow_mut()
                 .map_err(|_| error("the model is busy with another request"))?;
-            let exit_layer = model.exit_layer(o.exit_layer);
-            let strategy = match o.strategy.as_deref().unwrap_or("autoregressive") {
-                "autoregressive" => Strategy::Autoregressive,
-                "early-exit" => Strategy::EarlyExit { exit_layer },
-                "self-speculative" => Strategy::SelfSpeculative {
-                    exit_layer,
-                    num_speculations: o.num_speculations.unwrap_or(4),
-                },
-                other => return Err(error(format!("unknown strategy {other:?}"))),
-            };
-            let temperature = o.temperature.unwrap_or(0.0);
-            let options = GenerateOptions {
-                strategy,
-                max_new_tokens: o.max_new_tokens.unwrap_or(64),
-                ignore_eos: o.ignore_eos,
-                eos_token_ids: vec![],
-                sampling: (temperature > 0.0).then_some(SamplingParams {
-                    temperature,
-                    top_k: o.top_k.unwrap_or(0),
-                    top_p: o.top_p.unwrap_or(1.0),
-                    seed: o.seed.unwrap_or(0),
-                }),
-                draft_confidence: o.draft_confidence,
-            };
             let completion = model
-                .complete(&prompt, &options, &o.stop, |s| {
+                .generate(&prompt, &request, |s| {
                     if on_token.is_function() {
                         let kind = match s.kind {
                             TokenKind::Plain => "plain",
@@ -262,24 +265,13 @@ impl LayerSkip {
     #[allow(clippy::await_holding_refcell_ref)]
     #[wasm_bindgen(unchecked_return_type = "Promise<LogitLens>")]
     pub fn logits(&self, prompt: String, top: Option<usize>) -> js_sys::Promise {
-        let model = self.model.clone();
-        future_to_promise(async move {
+        let model = self.model();
+        guarded(async move {
+            let model = model?;
             let mut model = model
                 .try_borrow_mut()
                 .map_err(|_| error("the model is busy with another request"))?;
-            let ids = model.tokenizer.encode(&prompt).map_err(error)?;
-            if ids.is_empty() {
-                return Err(error("the prompt encodes to no tokens"));
-            }
-            let layers = model.engine.config().num_hidden_layers;
-            let call = Call::new(Input::Tokens(&ids), 0, 0..layers).head(Head::Lens);
-            let exits = model
-                .engine
-                .run(&[call])
-                .await
-                .map_err(error)?
-                .remove(0)
-                .logits;
+            let (ids, exits) = model.logit_lens(&prompt).await.map_err(error)?;
             let k = top.unwrap_or(5);
             let exits: Vec<_> = exits
                 .iter()
@@ -296,30 +288,12 @@ impl LayerSkip {
         })
     }
 
-    /// Adapter, limits and model summary.
+    /// The model summary and where it runs (`device.backend`, adapter, limits, bytes on the GPU).
     pub fn info(&self) -> Result<JsValue, JsValue> {
-        let model = self
-            .model
+        let model = self.model()?;
+        let model = model
             .try_borrow()
             .map_err(|_| error("the model is busy with another request"))?;
-        let c = model.engine.config();
-        let mut info = json!({
-            "layers": c.num_hidden_layers, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-            "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads, "head_dim": c.head_dim,
-            "vocab_size": c.vocab_size, "parameters": c.parameter_count(), "dtype": c.dtype,
-            "default_exit_layer": model.default_exit_layer, "max_context": model.engine.max_context(),
-        });
-        if let AnyEngine::Gpu(m) = &model.engine {
-            let ctx = m.context();
-            info["adapter"] = json!({"name": ctx.info.name, "vendor": ctx.info.vendor, "backend": format!("{:?}", ctx.info.backend)});
-            info["limits"] = json!({
-                "max_storage_buffer_binding_size": ctx.limits.max_storage_buffer_binding_size,
-                "max_buffer_size": ctx.limits.max_buffer_size,
-                "max_compute_invocations_per_workgroup": ctx.limits.max_compute_invocations_per_workgroup,
-            });
-            info["weight_bytes"] = json!(m.weight_bytes());
-            info["kv_cache_bytes"] = json!(m.kv_bytes());
-        }
-        to_js(&info)
+        to_js(&json!(model.info()))
     }
 }
