@@ -3,13 +3,33 @@
 // online softmax, so any context length works with a fixed amount of workgroup memory.
 // Grouped-query attention: query head h reads kv head h / (NH / NKV).
 // Constants: HD, NH, NKV, QKV (row stride of q|k|v), DPT (output dims per invocation, ceil(HD / WG)).
+// Variants: KV_F16 reads keys and values stored as f16 pairs, else f32.
 #include "common.wgsl"
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+#ifdef KV_F16
+@group(0) @binding(2) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<u32>;
+fn k_pair(i: u32) -> vec2<f32> {
+    return unpack2x16float(k_cache[i]);
+}
+fn v_pair(i: u32) -> vec2<f32> {
+    return unpack2x16float(v_cache[i]);
+}
+#else
+@group(0) @binding(2) var<storage, read> k_cache: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> v_cache: array<vec2<f32>>;
+fn k_pair(i: u32) -> vec2<f32> {
+    return k_cache[i];
+}
+fn v_pair(i: u32) -> vec2<f32> {
+    return v_cache[i];
+}
+#endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-var<workgroup> q: array<f32, HD>;
+const SPAN: u32 = HD / 2u;
+
+var<workgroup> q: array<vec2<f32>, SPAN>;
 var<workgroup> p: array<f32, WG>;
 
 @compute @workgroup_size(WG)
@@ -19,8 +39,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kvh = h / (NH / NKV);
     let n_keys = step.pos0 + t + 1u;
     let scale = inverseSqrt(f32(HD));
-    for (var d = lid; d < HD; d += WG) {
-        q[d] = qkv[t * QKV + h * HD + d] * scale;
+    for (var d = lid; d < SPAN; d += WG) {
+        let at = t * QKV + h * HD + 2u * d;
+        q[d] = vec2<f32>(qkv[at], qkv[at + 1u]) * scale;
     }
     workgroupBarrier();
 
@@ -31,10 +52,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let count = min(WG, n_keys - j0);
         var s = -3.0e38;
         if (lid < count) {
-            let kb = ((j0 + lid) * NKV + kvh) * HD;
+            let kb = ((j0 + lid) * NKV + kvh) * SPAN;
             s = 0.0;
-            for (var d = 0u; d < HD; d++) {
-                s += q[d] * k_cache[kb + d];
+            for (var d = 0u; d < SPAN; d++) {
+                s += dot(q[d], k_pair(kb + d));
             }
         }
         p[lid] = s;
@@ -54,11 +75,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var i = 0u; i < count; i++) {
             let pi = p[i];
             l += pi;
-            let vb = ((j0 + i) * NKV + kvh) * HD;
+            let vb = ((j0 + i) * NKV + kvh) * SPAN;
             for (var k = 0u; k < DPT; k++) {
                 let d = lid + k * WG;
                 if (d < HD) {
-                    acc[k] += pi * v_cache[vb + d];
+                    let pair = v_pair(vb + d / 2u);
+                    acc[k] += pi * select(pair.x, pair.y, (d & 1u) == 1u);
                 }
             }
         }

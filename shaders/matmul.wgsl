@@ -1,27 +1,55 @@
 // y[t, ROW0 + r] = sum_k x[t, k] * W[r, k] for the ROWS rows of one weight block and every token t.
-// Mat-vec style: one workgroup per weight row, reading the row once for up to 4 tokens at a time,
-// because decode and speculative verification feed 1..16 tokens and are bound by weight reads.
-// Constants: K (inner size, even), ROWS, ROW0, N (row stride of y).
+// Mat-vec style: one workgroup per weight row, each invocation taking whole 32-element groups of
+// it (dequantized by the format's w_group) for up to 4 tokens at a time, because decode and
+// speculative verification feed 1..16 tokens and are bound by weight reads.
+// Constants: K (inner size), GROUPS (ceil(K / 32)), ROWS, ROW0, N (row stride of y), WEIGHTS.
 // Variants: ACCUMULATE adds into y (the residual stream); SWIGLU reads x as [gate | up] rows of
 // width 2K and uses silu(gate) * up, fusing the MLP activation into the down projection.
 #include "common.wgsl"
-@group(0) @binding(1) var<storage, read> x: array<vec2<f32>>;
-#include "weights.wgsl"
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+#include WEIGHTS
 
 const TB: u32 = 4u;
-const KP: u32 = K / 2u;
 
 var<workgroup> partial: array<vec4<f32>, WG>;
 
-fn x_pair(t: u32, p: u32) -> vec2<f32> {
+fn x_at(t: u32, k: u32) -> f32 {
 #ifdef SWIGLU
-    let g = x[t * 2u * KP + p];
-    let u = x[t * 2u * KP + KP + p];
+    let g = x[t * 2u * K + k];
+    let u = x[t * 2u * K + K + k];
     return g / (1.0 + exp(-g)) * u;
 #else
-    return x[t * KP + p];
+    return x[t * K + k];
 #endif
+}
+
+// Elements 32g..32g+31 of token t's input, zero past K (rows are padded to whole groups).
+fn x_group(t: u32, g: u32) -> array<vec4<f32>, 8> {
+    var out: array<vec4<f32>, 8>;
+    let k0 = g * 32u;
+    for (var i = 0u; i < 8u; i++) {
+        var v = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j++) {
+            let k = k0 + 4u * i + j;
+            if (k < K) {
+                v[j] = x_at(t, k);
+            }
+        }
+        out[i] = v;
+    }
+    return out;
+}
+
+fn group_dot(w: array<vec4<f32>, 8>, t: u32, g: u32) -> f32 {
+    // Locals, so the loop may index them (indexing array values dynamically is not portable).
+    var ws = w;
+    var xs = x_group(t, g);
+    var s = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        s += dot(ws[i], xs[i]);
+    }
+    return s;
 }
 
 @compute @workgroup_size(WG)
@@ -34,17 +62,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let n = step.n_tokens;
     for (var t0 = 0u; t0 < n; t0 += TB) {
         var acc = vec4<f32>(0.0);
-        for (var p = lid; p < KP; p += WG) {
-            let wv = w_pair(r * KP + p);
-            acc.x += dot(wv, x_pair(t0, p));
+        for (var g = lid; g < GROUPS; g += WG) {
+            let w = w_group(r, g);
+            acc.x += group_dot(w, t0, g);
             if (t0 + 1u < n) {
-                acc.y += dot(wv, x_pair(t0 + 1u, p));
+                acc.y += group_dot(w, t0 + 1u, g);
             }
             if (t0 + 2u < n) {
-                acc.z += dot(wv, x_pair(t0 + 2u, p));
+                acc.z += group_dot(w, t0 + 2u, g);
             }
             if (t0 + 3u < n) {
-                acc.w += dot(wv, x_pair(t0 + 3u, p));
+                acc.w += group_dot(w, t0 + 3u, g);
             }
         }
         partial[lid] = acc;

@@ -10,6 +10,7 @@
 use crate::config::{Config, GenerationConfig};
 use crate::error::{Error, Result};
 use crate::files::{check_name, Files, MAX_JSON_BYTES};
+use crate::format::{groups, scale_name, FloatType, Format, Packed, Quantization};
 use crate::header::{self, TensorEntry};
 use std::collections::{BTreeMap, HashMap};
 
@@ -170,120 +171,6 @@ impl Checkpoint {
     }
 }
 
-/// Element type of a weight tensor as the file stores it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    F16,
-    BF16,
-}
-
-impl DType {
-    pub fn size(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-        }
-    }
-
-    fn of(dtype: safetensors::Dtype) -> Option<Self> {
-        match dtype {
-            safetensors::Dtype::F32 => Some(DType::F32),
-            safetensors::Dtype::F16 => Some(DType::F16),
-            safetensors::Dtype::BF16 => Some(DType::BF16),
-            _ => None,
-        }
-    }
-}
-
-/// What a weight tensor is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    Embed,
-    LmHead,
-    FinalNorm,
-    InputNorm(usize),
-    PostNorm(usize),
-    Q(usize),
-    K(usize),
-    V(usize),
-    O(usize),
-    Gate(usize),
-    Up(usize),
-    Down(usize),
-}
-
-/// A tensor the model needs: its name in the checkpoint, its role and its expected shape.
-#[derive(Debug, Clone)]
-pub struct WeightSpec {
-    pub name: String,
-    pub slot: Slot,
-    pub shape: Vec<usize>,
-}
-
-/// Every tensor a Llama model of this config reads. Without `lm_head.weight` in a tied
-/// checkpoint the exit head reuses the embedding, as transformers does.
-pub fn weight_specs(config: &Config) -> Vec<WeightSpec> {
-    let (h, i, v) = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.vocab_size,
-    );
-    let spec = |name: String, slot, shape: &[usize]| WeightSpec {
-        name,
-        slot,
-        shape: shape.to_vec(),
-    };
-    let mut specs = vec![spec(
-        "model.embed_tokens.weight".into(),
-        Slot::Embed,
-        &[v, h],
-    )];
-    for l in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        specs.extend([
-            spec(
-                format!("{p}.input_layernorm.weight"),
-                Slot::InputNorm(l),
-                &[h],
-            ),
-            spec(
-                format!("{p}.self_attn.q_proj.weight"),
-                Slot::Q(l),
-                &[config.q_dim(), h],
-            ),
-            spec(
-                format!("{p}.self_attn.k_proj.weight"),
-                Slot::K(l),
-                &[config.kv_dim(), h],
-            ),
-            spec(
-                format!("{p}.self_attn.v_proj.weight"),
-                Slot::V(l),
-                &[config.kv_dim(), h],
-            ),
-            spec(
-                format!("{p}.self_attn.o_proj.weight"),
-                Slot::O(l),
-                &[h, config.q_dim()],
-            ),
-            spec(
-                format!("{p}.post_attention_layernorm.weight"),
-                Slot::PostNorm(l),
-                &[h],
-            ),
-            spec(format!("{p}.mlp.gate_proj.weight"), Slot::Gate(l), &[i, h]),
-            spec(format!("{p}.mlp.up_proj.weight"), Slot::Up(l), &[i, h]),
-            spec(format!("{p}.mlp.down_proj.weight"), Slot::Down(l), &[h, i]),
-        ]);
-    }
-    specs.push(spec("model.norm.weight".into(), Slot::FinalNorm, &[h]));
-    if !config.tie_word_embeddings {
-        specs.push(spec("lm_head.weight".into(), Slot::LmHead, &[v, h]));
-    }
-    specs
-}
-
 /// Load progress: bytes of weights read so far and in all.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -291,152 +178,185 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// Where a matrix's rows come from: a float tensor, or a quantized tensor and its scales.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Float {
+        entry: &'a TensorEntry,
+        dtype: FloatType,
+        cols: usize,
+    },
+    Quantized {
+        format: Format,
+        data: &'a TensorEntry,
+        scales: &'a TensorEntry,
+        cols: usize,
+    },
+}
+
+impl Source<'_> {
+    /// The runtime format that keeps the file's values as they are.
+    pub fn format(&self) -> Format {
+        match self {
+            Source::Float { dtype, .. } => dtype.format(),
+            Source::Quantized { format, .. } => *format,
+        }
+    }
+
+    pub fn data_entry(&self) -> &TensorEntry {
+        match self {
+            Source::Float { entry, .. } => entry,
+            Source::Quantized { data, .. } => data,
+        }
+    }
+
+    /// Bytes the tensor (and its scales) take in the files.
+    pub fn file_bytes(&self) -> u64 {
+        match self {
+            Source::Float { entry, .. } => entry.len,
+            Source::Quantized { data, scales, .. } => data.len + scales.len,
+        }
+    }
+
+    /// Bytes of one row in the file (data and scales).
+    pub fn file_row_bytes(&self) -> usize {
+        match *self {
+            Source::Float { dtype, cols, .. } => cols * dtype.size(),
+            Source::Quantized { format, cols, .. } => {
+                format.file_row_bytes(cols) + format.file_scale_bytes(cols)
+            }
+        }
+    }
+
+    /// Reads rows `r0..r0 + n` of tensor `name` and packs them in `format`; returns them and the
+    /// bytes read. NaN and infinity (in float values or in scales) are errors naming the element.
+    pub async fn read_rows(
+        &self,
+        files: &impl Files,
+        name: &str,
+        r0: usize,
+        n: usize,
+        format: Format,
+    ) -> Result<(Packed, usize)> {
+        let rows = |entry: &TensorEntry, row_bytes: usize| {
+            let start = entry.start + (r0 * row_bytes) as u64;
+            (entry.file.clone(), start, n * row_bytes)
+        };
+        let non_finite = |name: &str, file: &str, (index, value): (usize, f32), per_row: usize| {
+            Error::NonFiniteWeight {
+                name: name.into(),
+                file: file.into(),
+                value,
+                index: r0 * per_row + index,
+            }
+        };
+        match *self {
+            Source::Float { entry, dtype, cols } => {
+                let (file, start, len) = rows(entry, cols * dtype.size());
+                let bytes = files.read_range(&file, start, len).await?;
+                if let Some(bad) = dtype.find_non_finite(&bytes) {
+                    return Err(non_finite(name, &file, bad, cols));
+                }
+                let packed = format
+                    .pack_file_rows(dtype, &bytes, cols)
+                    .map_err(|e| Error::file(&file, format!("tensor `{name}`: {e}")))?;
+                Ok((packed, len))
+            }
+            Source::Quantized {
+                format: own,
+                data,
+                scales,
+                cols,
+            } => {
+                let (file, start, len) = rows(data, own.file_row_bytes(cols));
+                let bytes = files.read_range(&file, start, len).await?;
+                let (sfile, sstart, slen) = rows(scales, own.file_scale_bytes(cols));
+                let sbytes = files.read_range(&sfile, sstart, slen).await?;
+                if let Some(bad) = FloatType::F16.find_non_finite(&sbytes) {
+                    return Err(non_finite(&scale_name(name), &sfile, bad, groups(cols)));
+                }
+                Ok((own.pack_quantized_rows(&bytes, &sbytes, cols), len + slen))
+            }
+        }
+    }
+}
+
 impl Checkpoint {
-    /// The entry of a needed tensor, checked for presence, shape and dtype.
-    pub fn entry(&self, spec: &WeightSpec) -> Result<(&TensorEntry, DType)> {
-        let entry = self
-            .tensors
-            .get(&spec.name)
-            .ok_or_else(|| Error::MissingTensor(spec.name.clone()))?;
-        if entry.shape != spec.shape {
+    fn tensor(&self, name: &str) -> Result<&TensorEntry> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))
+    }
+
+    fn expect_shape(entry: &TensorEntry, name: &str, shape: &[usize]) -> Result<()> {
+        if entry.shape != shape {
             return Err(Error::TensorShape {
-                name: spec.name.clone(),
+                name: name.to_string(),
                 got: entry.shape.clone(),
-                expected: spec.shape.clone(),
+                expected: shape.to_vec(),
             });
         }
-        let dtype = DType::of(entry.dtype).ok_or_else(|| Error::TensorDtype {
-            name: spec.name.clone(),
+        Ok(())
+    }
+
+    /// A norm vector of `len` floats.
+    pub fn vector(&self, name: &str, len: usize) -> Result<(&TensorEntry, FloatType)> {
+        let entry = self.tensor(name)?;
+        Self::expect_shape(entry, name, &[len])?;
+        let dtype = FloatType::of(entry.dtype).ok_or_else(|| Error::TensorDtype {
+            name: name.to_string(),
             dtype: entry.dtype.to_string(),
+            expected: "F32, F16 or BF16",
         })?;
         Ok((entry, dtype))
     }
 
-    /// Checks every needed tensor first (so a bad checkpoint fails before anything is uploaded),
-    /// then hands them to `sink` one at a time, file by file, each checked for NaN and infinity.
-    pub async fn load_weights(
-        &self,
-        files: &impl Files,
-        mut sink: impl FnMut(&WeightSpec, DType, &[u8]) -> Result<()>,
-        mut progress: impl FnMut(Progress),
-    ) -> Result<()> {
-        let specs = weight_specs(&self.config);
-        let mut total = 0u64;
-        for spec in &specs {
-            total += self.entry(spec)?.0.len;
+    /// Where the rows of weight matrix `name` (`rows` x `cols`) come from, checked for presence,
+    /// shape and dtype: a float tensor, or, in a quantized checkpoint, integer data and f16 scales.
+    pub fn source(&self, name: &str, rows: usize, cols: usize) -> Result<Source<'_>> {
+        let entry = self.tensor(name)?;
+        let Some(q) = self.config.quantization else {
+            Self::expect_shape(entry, name, &[rows, cols])?;
+            let dtype = FloatType::of(entry.dtype).ok_or_else(|| Error::TensorDtype {
+                name: name.to_string(),
+                dtype: entry.dtype.to_string(),
+                expected: "F32, F16 or BF16",
+            })?;
+            return Ok(Source::Float { entry, dtype, cols });
+        };
+        let format = Format::from(q);
+        let (dtype, expected) = match q {
+            Quantization::Q8 => (safetensors::Dtype::I8, "I8 (q8 values)"),
+            Quantization::Q4 => (safetensors::Dtype::U8, "U8 (q4 values, two per byte)"),
+        };
+        Self::expect_shape(entry, name, &[rows, format.file_row_bytes(cols)])?;
+        if entry.dtype != dtype {
+            return Err(Error::TensorDtype {
+                name: name.to_string(),
+                dtype: entry.dtype.to_string(),
+                expected,
+            });
         }
-        let mut done = 0u64;
-        progress(Progress { done, total });
-        for file in &self.files {
-            for spec in &specs {
-                let (entry, dtype) = self.entry(spec)?;
-                if &entry.file != file {
-                    continue;
-                }
-                let len = usize::try_from(entry.len)
-                    .map_err(|_| Error::file(file, format!("tensor `{}` is too large", spec.name)))?;
-                let bytes = files.read_range(file, entry.start, len).await?;
-                check_finite(dtype, &bytes).map_err(|(index, value)| Error::NonFiniteWeight {
-                    name: spec.name.clone(),
-                    file: file.clone(),
-                    value,
-                    index,
-                })?;
-                sink(spec, dtype, &bytes)?;
-                done += entry.len;
-                progress(Progress { done, total });
-            }
+        let scale = scale_name(name);
+        let scales = self.tensors.get(&scale).ok_or_else(|| {
+            Error::file(
+                &entry.file,
+                format!("tensor `{scale}` (the {} scales of `{name}`) is missing", q.name()),
+            )
+        })?;
+        Self::expect_shape(scales, &scale, &[rows, groups(cols)])?;
+        if scales.dtype != safetensors::Dtype::F16 {
+            return Err(Error::TensorDtype {
+                name: scale,
+                dtype: scales.dtype.to_string(),
+                expected: "F16 (quantization scales)",
+            });
         }
-        Ok(())
-    }
-}
-
-/// The first NaN or infinity in little-endian values of `dtype`, as (element, value).
-pub fn check_finite(dtype: DType, bytes: &[u8]) -> std::result::Result<(), (usize, f32)> {
-    // Half formats are checked on their bits (an all-ones exponent), without converting.
-    let half = |mask: u16| {
-        bytes
-            .chunks_exact(2)
-            .position(|b| u16::from_le_bytes([b[0], b[1]]) & mask == mask)
-    };
-    let at = match dtype {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
-        DType::F16 => half(0x7c00),
-        DType::BF16 => half(0x7f80),
-    };
-    match at {
-        None => Ok(()),
-        Some(i) => {
-            let size = dtype.size();
-            Err((i, to_f32(dtype, &bytes[i * size..(i + 1) * size])[0]))
-        }
-    }
-}
-
-/// Converts one tensor's little-endian bytes to f32.
-pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    match dtype {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
-    }
-}
-
-/// IEEE half to single precision, subnormals and infinities included.
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, _) => {
-            // Subnormal: value = frac * 2^-24.
-            let v = frac as f32 * 2f32.powi(-24);
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
-        _ => sign | ((exp + 112) << 23) | (frac << 13),
-    };
-    f32::from_bits(bits)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn half_conversions() {
-        let f16 = [0x3c00u16, 0xc000, 0x0001, 0x7bff, 0x8000];
-        let bytes: Vec<u8> = f16.iter().flat_map(|h| h.to_le_bytes()).collect();
-        assert_eq!(
-            to_f32(DType::F16, &bytes),
-            vec![1.0, -2.0, 2f32.powi(-24), 65504.0, -0.0]
-        );
-        let bf16 = [0x3f80u16, 0xc040];
-        let bytes: Vec<u8> = bf16.iter().flat_map(|h| h.to_le_bytes()).collect();
-        assert_eq!(to_f32(DType::BF16, &bytes), vec![1.0, -3.0]);
-    }
-
-    #[test]
-    fn non_finite_values_are_found_in_every_dtype() {
-        let f32s: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(check_finite(DType::F32, &f32s).unwrap_err().0, 1);
-        let f16s: Vec<u8> = [0x3c00u16, 0x7bff, 0xfc00].iter().flat_map(|h| h.to_le_bytes()).collect();
-        assert_eq!(check_finite(DType::F16, &f16s).unwrap_err(), (2, f32::NEG_INFINITY));
-        let bf16s: Vec<u8> = [0x7f7fu16, 0x7fc0].iter().flat_map(|h| h.to_le_bytes()).collect();
-        let (i, v) = check_finite(DType::BF16, &bf16s).unwrap_err();
-        assert!(i == 1 && v.is_nan());
-        assert!(check_finite(DType::F16, &f16s[..4]).is_ok());
+        Ok(Source::Quantized {
+            format,
+            data: entry,
+            scales,
+            cols,
+        })
     }
 }

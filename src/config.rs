@@ -8,6 +8,7 @@
 //! product the runtime later computes is checked here.
 
 use crate::error::{Error, Result};
+use crate::format::{Quantization, GROUP};
 use serde_json::{Map, Value};
 
 /// Bounds far above any released Llama (405B: hidden 16384, intermediate 53248, 126 layers) that
@@ -53,6 +54,52 @@ pub struct Config {
     pub eos_token_ids: Vec<u32>,
     /// The dtype the checkpoint says it was saved in (informational; tensors carry their own).
     pub dtype: Option<String>,
+    /// `quantization_config` of a checkpoint written by `layerskip quantize`.
+    pub quantization: Option<Quantization>,
+}
+
+/// What `layerskip quantize` writes into config.json, and what loading accepts.
+pub const QUANT_METHOD: &str = "layerskip";
+
+/// `quantization_config`: `{"quant_method": "layerskip", "format": "q8" | "q4", "group_size": 32}`.
+fn quantization(f: &Fields<'_>) -> Result<Option<Quantization>> {
+    let Some(q) = f.object("quantization_config")? else {
+        return Ok(None);
+    };
+    let q = Fields {
+        file: "config.json",
+        obj: q.obj,
+    };
+    match q.string("quant_method")? {
+        Some(QUANT_METHOD) => {}
+        other => {
+            return Err(Error::Unsupported {
+                field: "quantization_config.quant_method",
+                value: other.unwrap_or("(missing)").into(),
+                why: "this runtime reads checkpoints written by `layerskip quantize` (quant_method \"layerskip\")",
+            })
+        }
+    }
+    let format = match q.string("format")? {
+        Some("q8") => Quantization::Q8,
+        Some("q4") => Quantization::Q4,
+        other => {
+            return Err(Error::Unsupported {
+                field: "quantization_config.format",
+                value: other.unwrap_or("(missing)").into(),
+                why: "unknown format; this runtime reads q8 and q4",
+            })
+        }
+    };
+    let group = q.positive("group_size", None, u32::MAX as u64)?;
+    if group != GROUP {
+        return Err(Error::Unsupported {
+            field: "quantization_config.group_size",
+            value: group.to_string(),
+            why: "group size not supported; this runtime reads groups of 32",
+        });
+    }
+    Ok(Some(format))
 }
 
 /// The fields of one JSON object, read with the file and field named in every error.
@@ -314,6 +361,7 @@ impl Config {
             bos_token_id: f.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: f.token_ids("eos_token_id")?,
             dtype: dtype.map(str::to_string),
+            quantization: quantization(&f)?,
         };
         // Every size product the runtime computes fits a u64 (parameters) and a u32 (shader
         // constants, row and element counts of one matrix).

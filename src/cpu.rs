@@ -1,34 +1,57 @@
 //! The plain CPU implementation of the Llama forward pass, in f32 and written to be obviously
 //! right: the test oracle for every kernel, and `--device cpu` on machines without an adapter.
 
-use crate::checkpoint::{to_f32, Checkpoint, Progress, Slot};
-use crate::files::Files;
+use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
 use crate::engine::{Call, Counters, Engine, Head, Input, Output, Pick};
 use crate::error::{Error, Result};
+use crate::files::Files;
+use crate::format::{Format, KvFormat, Packed};
+use crate::llama::{LoadReport, Store, Weights};
+use crate::model::LoadOptions;
 
-#[derive(Default)]
-struct Layer {
-    input_norm: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    o: Vec<f32>,
-    post_norm: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    down: Vec<f32>,
-    k_cache: Vec<f32>,
-    v_cache: Vec<f32>,
+/// A matrix as the reference keeps it: dequantized to f32, row-major, no padding.
+pub struct Dense {
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Vec<f32>,
+    /// The format it was loaded from (kept for reporting).
+    pub format: Format,
+}
+
+/// Weights in f32: the reference computes everything in f32 on dequantized weights, which is
+/// what every kernel is compared against.
+struct DenseStore;
+
+impl Store for DenseStore {
+    type Matrix = Dense;
+    type Vector = Vec<f32>;
+    fn matrix(&mut self, _: &str, format: Format, rows: usize, cols: usize) -> Result<Dense> {
+        Ok(Dense {
+            rows,
+            cols,
+            values: vec![0.0; rows * cols],
+            format,
+        })
+    }
+    fn write(&mut self, m: &mut Dense, row0: usize, rows: &Packed) -> Result<()> {
+        let n = rows.data.len() / m.format.row_data_bytes(m.cols);
+        let values = m.format.unpack(rows, n, m.cols);
+        m.values[row0 * m.cols..(row0 + n) * m.cols].copy_from_slice(&values);
+        Ok(())
+    }
+    fn vector(&mut self, _: &str, values: &[f32]) -> Result<Vec<f32>> {
+        Ok(values.to_vec())
+    }
 }
 
 pub struct CpuModel {
     config: Config,
-    embed: Vec<f32>,
-    /// `None` when tied to the embedding.
-    lm_head: Option<Vec<f32>>,
-    final_norm: Vec<f32>,
-    layers: Vec<Layer>,
+    weights: Weights<Dense, Vec<f32>>,
+    /// Keys and values per layer, [position][kv head][head_dim], stored as `kv_format` rounds them.
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    kv_format: KvFormat,
     inv_freq: Vec<f32>,
     max_context: usize,
     max_rows: usize,
@@ -36,6 +59,8 @@ pub struct CpuModel {
     x: Vec<f32>,
     exit_cache: Vec<f32>,
     calls: u64,
+    report: LoadReport,
+    plan: crate::plan::MemoryPlan,
 }
 
 /// y[t, r] = sum_k x[t, k] w[r, k]
@@ -148,73 +173,59 @@ impl CpuModel {
     pub async fn load(
         checkpoint: &Checkpoint,
         files: &impl Files,
-        max_context: usize,
+        options: &LoadOptions,
         progress: impl FnMut(Progress),
     ) -> Result<Self> {
         let config = checkpoint.config.clone();
-        let max_context = max_context.min(config.max_position_embeddings);
-        // f32 copies of every weight and an f32 KV cache, checked before anything is allocated.
-        let mut budget = crate::plan::Budget::default();
-        budget.add("weights", &[config.parameter_count(), 4])?;
-        budget.add(
-            "KV cache",
-            &[
-                2,
-                config.num_hidden_layers as u64,
-                max_context as u64,
-                config.kv_dim() as u64,
-                4,
-            ],
+        let max_context = options.max_context.min(config.max_position_embeddings);
+        // f32 copies of every weight and the KV cache, checked before anything is allocated.
+        let specs = crate::llama::matrix_specs(&config);
+        let plan = crate::plan::MemoryPlan::new(
+            &config,
+            &specs,
+            &vec![Format::F32; specs.len()],
+            max_context,
+            KvFormat::F32,
+            crate::plan::Blocks { rows: 64, picks: 64 },
+            options.staging_bytes,
         )?;
-        budget.check_host("try a smaller --max-context")?;
+        plan.check_host("try a smaller --max-context")?;
         let kv_len = max_context
             .checked_mul(config.kv_dim())
             .ok_or_else(|| Error::Invalid("the KV cache size overflows".into()))?;
-        let mut layers: Vec<Layer> = (0..config.num_hidden_layers)
-            .map(|_| Layer::default())
-            .collect();
-        let (mut embed, mut lm_head, mut final_norm) = (vec![], None, vec![]);
-        checkpoint
-            .load_weights(
-                files,
-                |spec, dtype, bytes| {
-                    let t = to_f32(dtype, bytes);
-                    match spec.slot {
-                        Slot::Embed => embed = t,
-                        Slot::LmHead => lm_head = Some(t),
-                        Slot::FinalNorm => final_norm = t,
-                        Slot::InputNorm(l) => layers[l].input_norm = t,
-                        Slot::PostNorm(l) => layers[l].post_norm = t,
-                        Slot::Q(l) => layers[l].q = t,
-                        Slot::K(l) => layers[l].k = t,
-                        Slot::V(l) => layers[l].v = t,
-                        Slot::O(l) => layers[l].o = t,
-                        Slot::Gate(l) => layers[l].gate = t,
-                        Slot::Up(l) => layers[l].up = t,
-                        Slot::Down(l) => layers[l].down = t,
-                    }
-                    Ok(())
-                },
-                progress,
-            )
-            .await?;
-        for layer in &mut layers {
-            layer.k_cache = vec![0.0; kv_len];
-            layer.v_cache = vec![0.0; kv_len];
-        }
+        let (weights, report) = crate::llama::load(
+            checkpoint,
+            files,
+            options.quantize,
+            options.staging_bytes,
+            &mut DenseStore,
+            progress,
+        )
+        .await?;
+        let layers = config.num_hidden_layers;
         Ok(Self {
             inv_freq: config.rope_inv_freq(),
-            embed,
-            lm_head,
-            final_norm,
-            layers,
+            weights,
+            k_cache: vec![vec![0.0; kv_len]; layers],
+            v_cache: vec![vec![0.0; kv_len]; layers],
+            kv_format: options.kv_cache,
             max_context,
             max_rows: 64,
             x: vec![],
             exit_cache: vec![],
             calls: 0,
+            report,
+            plan,
             config,
         })
+    }
+
+    pub fn load_report(&self) -> LoadReport {
+        self.report
+    }
+
+    pub fn plan(&self) -> &crate::plan::MemoryPlan {
+        &self.plan
     }
 
     fn layer(&mut self, l: usize, pos0: usize) {
@@ -225,47 +236,56 @@ impl CpuModel {
             c.num_attention_heads,
             c.num_key_value_heads,
         );
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         let inv_freq = &self.inv_freq;
-        let layer = &mut self.layers[l];
+        let w = &self.weights.layers[l];
         let n = self.x.len() / h;
 
-        let xn = rms_norm(&self.x, &layer.input_norm, c.rms_norm_eps);
-        let mut q = matmul(&xn, &layer.q, h);
-        let mut k = matmul(&xn, &layer.k, h);
-        let v = matmul(&xn, &layer.v, h);
+        let xn = rms_norm(&self.x, &w.input_norm, c.rms_norm_eps);
+        let qkv = matmul(&xn, &w.qkv.values, h);
+        let width = q_dim + 2 * kv_dim;
+        let mut q: Vec<f32> = qkv.chunks(width).flat_map(|r| r[..q_dim].to_vec()).collect();
+        let mut k: Vec<f32> = qkv
+            .chunks(width)
+            .flat_map(|r| r[q_dim..q_dim + kv_dim].to_vec())
+            .collect();
+        let v: Vec<f32> = qkv.chunks(width).flat_map(|r| r[q_dim + kv_dim..].to_vec()).collect();
         rope(&mut q, nh, hd, pos0, inv_freq);
         rope(&mut k, nkv, hd, pos0, inv_freq);
+        let round = |x: &f32| self.kv_format.round(*x);
+        let (k_cache, v_cache) = (&mut self.k_cache[l], &mut self.v_cache[l]);
         for t in 0..n {
-            let at = (pos0 + t) * nkv * hd;
-            layer.k_cache[at..at + nkv * hd].copy_from_slice(&k[t * nkv * hd..(t + 1) * nkv * hd]);
-            layer.v_cache[at..at + nkv * hd].copy_from_slice(&v[t * nkv * hd..(t + 1) * nkv * hd]);
+            let at = (pos0 + t) * kv_dim;
+            let rows = t * kv_dim..(t + 1) * kv_dim;
+            for (dst, src) in k_cache[at..at + kv_dim].iter_mut().zip(&k[rows.clone()]) {
+                *dst = round(src);
+            }
+            for (dst, src) in v_cache[at..at + kv_dim].iter_mut().zip(&v[rows]) {
+                *dst = round(src);
+            }
         }
 
-        let attn = attention(&q, &layer.k_cache, &layer.v_cache, pos0, nh, nkv, hd);
-        for (x, o) in self.x.iter_mut().zip(matmul(&attn, &layer.o, nh * hd)) {
+        let attn = attention(&q, k_cache, v_cache, pos0, nh, nkv, hd);
+        for (x, o) in self.x.iter_mut().zip(matmul(&attn, &w.o.values, q_dim)) {
             *x += o;
         }
 
-        let xn = rms_norm(&self.x, &layer.post_norm, c.rms_norm_eps);
-        let gate = matmul(&xn, &layer.gate, h);
-        let up = matmul(&xn, &layer.up, h);
-        for (x, d) in self.x.iter_mut().zip(matmul(
-            &swiglu(&gate, &up),
-            &layer.down,
-            c.intermediate_size,
-        )) {
+        let xn = rms_norm(&self.x, &w.post_norm, c.rms_norm_eps);
+        let i = c.intermediate_size;
+        let gate_up = matmul(&xn, &w.gate_up.values, h);
+        let act: Vec<f32> = gate_up
+            .chunks(2 * i)
+            .flat_map(|r| swiglu(&r[..i], &r[i..]))
+            .collect();
+        for (x, d) in self.x.iter_mut().zip(matmul(&act, &w.down.values, i)) {
             *x += d;
         }
     }
 
     /// Exit-head logits of hidden rows.
     fn logits(&self, rows: &[f32]) -> Vec<f32> {
-        let xn = rms_norm(rows, &self.final_norm, self.config.rms_norm_eps);
-        matmul(
-            &xn,
-            self.lm_head.as_ref().unwrap_or(&self.embed),
-            self.config.hidden_size,
-        )
+        let xn = rms_norm(rows, &self.weights.final_norm, self.config.rms_norm_eps);
+        matmul(&xn, &self.weights.head().values, self.config.hidden_size)
     }
 
     fn last_row(&self) -> &[f32] {
@@ -310,7 +330,7 @@ impl CpuModel {
             let embed = |ids: &[u32], x: &mut Vec<f32>| {
                 x.clear();
                 for &id in ids {
-                    x.extend_from_slice(&self.embed[id as usize * h..][..h]);
+                    x.extend_from_slice(&self.weights.embed.values[id as usize * h..][..h]);
                 }
             };
             let mut x = std::mem::take(&mut self.x);

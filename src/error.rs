@@ -32,8 +32,12 @@ pub enum Error {
         expected: Vec<usize>,
     },
 
-    #[error("tensor `{name}` has dtype {dtype}; only F32, F16 and BF16 are supported")]
-    TensorDtype { name: String, dtype: String },
+    #[error("tensor `{name}` has dtype {dtype}; expected {expected}")]
+    TensorDtype {
+        name: String,
+        dtype: String,
+        expected: &'static str,
+    },
 
     #[error("{file}: {why}")]
     File { file: String, why: String },
@@ -77,12 +81,9 @@ pub enum Error {
     #[error("the exit head produced non-finite logits after layer {layer} (the activations overflowed, or the weights are corrupt)")]
     NonFiniteLogits { layer: usize },
 
-    #[error("the model needs {} of memory but only {} are available ({detail})", crate::plan::human(*needed), crate::plan::human(*available))]
-    OutOfMemory {
-        needed: u64,
-        available: u64,
-        detail: String,
-    },
+    /// The memory plan does not fit the device (the message names the sizes and what would fit).
+    #[error("{0}")]
+    DoesNotFit(String),
 
     #[error("invalid argument: {0}")]
     Invalid(String),

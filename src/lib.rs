@@ -8,9 +8,11 @@ pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod files;
+pub mod format;
 pub mod generate;
 pub mod gpu;
 pub mod header;
+pub mod llama;
 pub mod model;
 pub mod plan;
 pub mod request;
@@ -29,7 +31,10 @@ pub use generate::{
     generate, Flow, GenerateOptions, Generation, Stats, StopReason, Strategy, StrategyKind,
     TokenKind,
 };
-pub use model::{AnyEngine, Completion, Device, DeviceInfo, Model, ModelInfo, Streamed};
+pub use format::{Format, KvFormat, Quantization};
+pub use model::{
+    AnyEngine, Completion, Device, DeviceInfo, LoadOptions, Model, ModelInfo, Streamed,
+};
 pub use request::GenerateRequest;
 pub use sampler::SamplingParams;
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -7,7 +7,10 @@ use crate::engine::{Call, Counters, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
 use crate::files::{Files, MAX_TOKENIZER_BYTES};
 use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
+use crate::format::{KvFormat, Quantization};
 use crate::gpu::{GpuContext, GpuModel, GpuOptions};
+use crate::llama::{LoadReport, DEFAULT_STAGING_BYTES};
+use crate::plan::MemoryPlan;
 use crate::request::GenerateRequest;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use serde::Serialize;
@@ -17,6 +20,43 @@ use serde::Serialize;
 pub enum Device {
     Gpu(GpuOptions),
     Cpu,
+}
+
+/// Positions the KV cache holds unless asked otherwise (capped by the model's own maximum).
+pub const DEFAULT_MAX_CONTEXT: usize = 2048;
+
+/// How to load a model: where, with what context, in which weight and KV formats.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// KV cache positions (capped by the model's max_position_embeddings).
+    pub max_context: usize,
+    /// Quantize f32/f16/bf16 weights to this format while loading.
+    pub quantize: Option<Quantization>,
+    pub kv_cache: KvFormat,
+    /// Host bytes the loader may hold at once.
+    pub staging_bytes: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Gpu(GpuOptions::default()),
+            max_context: DEFAULT_MAX_CONTEXT,
+            quantize: None,
+            kv_cache: KvFormat::default(),
+            staging_bytes: DEFAULT_STAGING_BYTES,
+        }
+    }
+}
+
+impl LoadOptions {
+    pub fn on(device: Device) -> Self {
+        Self {
+            device,
+            ..Self::default()
+        }
+    }
 }
 
 /// The GPU model or the CPU reference, behind one `Engine`.
@@ -88,6 +128,10 @@ pub struct ModelInfo {
     pub eos_token_ids: Vec<u32>,
     pub default_exit_layer: usize,
     pub max_context: usize,
+    /// What the model occupies, by part (computed before loading).
+    pub memory: MemoryPlan,
+    /// The most host bytes the loader held at once while streaming weights.
+    pub loader_peak_staging_bytes: u64,
     pub device: DeviceInfo,
 }
 
@@ -101,8 +145,6 @@ pub enum DeviceInfo {
         graphics_backend: String,
         device_type: String,
         driver: String,
-        weight_bytes: u64,
-        kv_cache_bytes: u64,
         matrices: usize,
         row_blocks: usize,
         max_storage_buffer_binding_size: u64,
@@ -172,6 +214,20 @@ impl Model {
         Ok((ids, out.remove(0).logits))
     }
 
+    pub fn plan(&self) -> &MemoryPlan {
+        match &self.engine {
+            AnyEngine::Gpu(m) => m.plan(),
+            AnyEngine::Cpu(m) => m.plan(),
+        }
+    }
+
+    pub fn load_report(&self) -> LoadReport {
+        match &self.engine {
+            AnyEngine::Gpu(m) => m.load_report(),
+            AnyEngine::Cpu(m) => m.load_report(),
+        }
+    }
+
     pub fn info(&self) -> ModelInfo {
         let c = self.config();
         let device = match &self.engine {
@@ -184,8 +240,6 @@ impl Model {
                     graphics_backend: format!("{:?}", ctx.info.backend),
                     device_type: format!("{:?}", ctx.info.device_type),
                     driver: ctx.info.driver_info.clone(),
-                    weight_bytes: m.weight_bytes(),
-                    kv_cache_bytes: m.kv_bytes(),
                     matrices,
                     row_blocks,
                     max_storage_buffer_binding_size: ctx.limits.max_storage_buffer_binding_size
@@ -220,14 +274,15 @@ impl Model {
             eos_token_ids: self.eos_token_ids.clone(),
             default_exit_layer: self.default_exit_layer(),
             max_context: self.engine.max_context(),
+            memory: self.plan().clone(),
+            loader_peak_staging_bytes: self.load_report().peak_staging_bytes,
             device,
         }
     }
 
     pub async fn load(
         files: &impl Files,
-        device: &Device,
-        max_context: usize,
+        options: &LoadOptions,
         progress: impl FnMut(Progress),
     ) -> Result<Self> {
         let checkpoint = Checkpoint::open(files).await?;
@@ -243,15 +298,15 @@ impl Model {
                 checkpoint.config.vocab_size
             )));
         }
-        let engine = match device {
-            Device::Gpu(options) => {
-                let ctx = GpuContext::new(options).await?;
+        let engine = match &options.device {
+            Device::Gpu(gpu) => {
+                let ctx = GpuContext::new(gpu).await?;
                 AnyEngine::Gpu(Box::new(
-                    GpuModel::load(ctx, &checkpoint, files, max_context, progress).await?,
+                    GpuModel::load(ctx, &checkpoint, files, options, progress).await?,
                 ))
             }
             Device::Cpu => AnyEngine::Cpu(Box::new(
-                CpuModel::load(&checkpoint, files, max_context, progress).await?,
+                CpuModel::load(&checkpoint, files, options, progress).await?,
             )),
         };
         Ok(Self {

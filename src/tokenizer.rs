@@ -2,6 +2,7 @@
 //! does (the post-processor adds BOS where the tokenizer says so), and a streaming decoder.
 
 use crate::error::{Error, Result};
+use serde_json::Value;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -9,6 +10,7 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        check_tokenizer_json(bytes)?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
         Ok(Self { inner })
@@ -43,6 +45,59 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// Checks what the `tokenizers` crate assumes instead of checking itself (it panics otherwise, as
+/// fuzzing found): the file is one valid JSON object. Its decoder is read through a buffered
+/// untagged enum whose syntax errors hit an `expect`.
+fn check_tokenizer_json(bytes: &[u8]) -> Result<()> {
+    let bad = |why: String| Error::Tokenizer(format!("tokenizer.json: {why}"));
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(bad("the top level must be a JSON object".into()));
+    }
+    check_templates(&value).map_err(bad)
+}
+
+/// Every TemplateProcessing post-processor (also inside a Sequence) names only special tokens it
+/// defines, each with as many ids as tokens, and its single-sequence template uses sequence A
+/// only: otherwise encoding indexes out of bounds.
+fn check_templates(value: &Value) -> std::result::Result<(), String> {
+    match value {
+        Value::Array(items) => items.iter().try_for_each(check_templates),
+        Value::Object(obj) => {
+            if obj.get("type").and_then(Value::as_str) == Some("TemplateProcessing") {
+                check_template(obj)?;
+            }
+            obj.values().try_for_each(check_templates)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_template(obj: &serde_json::Map<String, Value>) -> std::result::Result<(), String> {
+    let specials = obj.get("special_tokens").and_then(Value::as_object);
+    for (template, one_sequence) in [("single", true), ("pair", false)] {
+        let Some(pieces) = obj.get(template).and_then(Value::as_array) else {
+            continue;
+        };
+        for piece in pieces {
+            if let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str) {
+                let token = specials.and_then(|s| s.get(id)).ok_or_else(|| {
+                    format!("the {template} template uses special token {id:?}, which special_tokens does not define")
+                })?;
+                let count = |key: &str| token.get(key).and_then(Value::as_array).map(Vec::len);
+                if count("ids") != count("tokens") {
+                    return Err(format!("special token {id:?} has a different number of ids and tokens"));
+                }
+            }
+            let sequence = piece.pointer("/Sequence/id").and_then(Value::as_str);
+            if one_sequence && sequence.is_some_and(|id| id != "A") {
+                return Err(format!("the single template uses sequence {sequence:?}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Turns a growing list of token ids into text increments. Byte-level BPE tokens can split a UTF-8

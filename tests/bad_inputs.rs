@@ -154,7 +154,7 @@ fn devices() -> [Device; 2] {
 }
 
 fn load(files: &impl layerskip::Files, device: &Device, context: usize) -> Result<Model, Error> {
-    pollster::block_on(Model::load(files, device, context, |_| {}))
+    pollster::block_on(Model::load(files, &options(device.clone(), context), |_| {}))
 }
 
 /// Loads on both backends and checks the error mentions every part of `expected`.
@@ -505,7 +505,7 @@ fn contexts_too_large_for_memory_fail_before_allocating() {
         vec![
             (missing, vec!["missing tensor", "model.layers.2.mlp.up_proj.weight"]),
             (misshapen, vec!["model.layers.0.self_attn.q_proj.weight", "shape [96, 80]", "expected [80, 96]"]),
-            (dtype, vec!["model.norm.weight", "I16", "F32, F16 and BF16"]),
+            (dtype, vec!["model.norm.weight", "I16", "expected F32, F16 or BF16"]),
         ],
     );
 }

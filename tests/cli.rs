@@ -61,7 +61,9 @@ fn generate_and_logits_json_agree_with_hugging_face() {
             assert_eq!(out["text"], p["greedy"]["text"], "{name} {strategy:?}");
             assert!(out["stats"]["tokens_per_second"].as_f64().unwrap() > 0.0);
         }
-        let out = json(&["logits", "--model", dir, "--prompt", prompt, "--json"]);
+        let out = json(&[
+            "logits", "--model", dir, "--prompt", prompt, "--kv-cache", "f32", "--json",
+        ]);
         let exits = out["exits"].as_array().unwrap();
         assert_eq!(
             exits.len(),

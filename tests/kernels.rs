@@ -5,32 +5,15 @@
 mod common;
 
 use common::*;
-use layerskip::checkpoint::DType;
 use layerskip::cpu;
+use layerskip::format::Packed;
 use layerskip::gpu::kernels::{run_once, Access, Defines, Grid, Shader};
-use layerskip::gpu::GpuContext;
+use layerskip::gpu::tensor::Matrix;
+use layerskip::gpu::{GpuContext, GpuOptions};
+use layerskip::format::{f16_to_f32, f32_to_f16};
+use layerskip::{Format, KvFormat};
 
-fn weight_bytes(values: &[f32], dtype: DType) -> Vec<u8> {
-    match dtype {
-        DType::F32 => f32_bytes(values),
-        DType::F16 => values
-            .iter()
-            .flat_map(|&v| f16_bits(v).to_le_bytes())
-            .collect(),
-        DType::BF16 => values
-            .iter()
-            .flat_map(|&v| ((v.to_bits() >> 16) as u16).to_le_bytes())
-            .collect(),
-    }
-}
-
-fn format(dtype: DType) -> Defines {
-    Defines::new().flag(match dtype {
-        DType::F32 => "F32",
-        DType::F16 => "F16",
-        DType::BF16 => "BF16",
-    })
-}
+const FORMATS: [Format; 5] = [Format::F32, Format::F16, Format::Bf16, Format::Q8, Format::Q4];
 
 fn run(
     ctx: &GpuContext,
@@ -40,63 +23,102 @@ fn run(
     buffers: &[(Access, &[u8])],
     grid: Grid,
 ) -> Vec<Vec<u8>> {
-    pollster::block_on(run_once(ctx, shader, defines, step, buffers, grid)).unwrap()
+    pollster::block_on(run_once(ctx, shader, defines, step, buffers, None, grid)).unwrap()
+}
+
+/// A matrix of `values` (rows x cols) in `format` on the GPU, with its packed bytes.
+fn matrix(ctx: &GpuContext, format: Format, values: &[f32], cols: usize) -> (Matrix, Packed) {
+    let rows = values.len() / cols;
+    let packed = format.pack(values, cols).unwrap();
+    (Matrix::new(ctx, "w", format, rows, cols).unwrap(), packed)
+}
+
+/// Every format's mat-vec against f32 math on the CPU's dequantization of the same weights, with
+/// a width that is not a multiple of the 32-element group (150), for each variant; and again
+/// under a binding limit small enough to split the matrix into row blocks.
+#[test]
+fn matmul_all_formats_and_variants() {
+    for (ctx, limit) in [(gpu(), None), (gpu_with(GpuOptions { max_binding_override: Some(6400), ..GpuOptions::default() }), Some(6400))] {
+        let mut rng = Rng::new(1);
+        let (k, rows, t) = (150, 150, 5);
+        let w = rng.values(rows * k);
+        for format in FORMATS {
+            let (m, packed) = matrix(&ctx, format, &w, k);
+            if limit.is_some() {
+                assert!(m.blocks.len() > 1, "{format:?}: the limit splits the matrix");
+            }
+            let dequantized = format.unpack(&packed, rows, k);
+            for variant in [None, Some("ACCUMULATE"), Some("SWIGLU")] {
+                // Output rows are wider than the matrix: columns past it stay untouched.
+                let n = rows + 6;
+                let width = if variant == Some("SWIGLU") { 2 * k } else { k };
+                let x = rng.values(t * width);
+                let y0 = rng.values(t * n);
+                let mut defines = Defines::new().u32("K", k).u32("N", n);
+                if let Some(v) = variant {
+                    defines = defines.flag(v);
+                }
+                // The block's ROW0 is its first row within the matrix; shift the output by row0.
+                let out = pollster::block_on(run_once(
+                    &ctx,
+                    Shader::Matmul,
+                    &defines,
+                    [t as u32, 0, 0, 0, 0],
+                    &[(Access::Read, &f32_bytes(&x)), (Access::Write, &f32_bytes(&y0))],
+                    Some((&m, &packed)),
+                    Grid::Fixed(rows as u32),
+                ))
+                .unwrap();
+                let input = match variant {
+                    Some("SWIGLU") => x
+                        .chunks(2 * k)
+                        .flat_map(|row| cpu::swiglu(&row[..k], &row[k..]))
+                        .collect(),
+                    _ => x.clone(),
+                };
+                let product = cpu::matmul(&input, &dequantized, k);
+                let mut expected = y0.clone();
+                for ti in 0..t {
+                    for r in 0..rows {
+                        let at = ti * n + r;
+                        let v = product[ti * rows + r];
+                        expected[at] = if variant == Some("ACCUMULATE") { expected[at] + v } else { v };
+                    }
+                }
+                let got = floats(&out[1]);
+                let err = max_abs_diff(&got, &expected);
+                assert!(err < 1e-4, "{format:?} {variant:?} limit {limit:?}: max error {err}");
+            }
+        }
+    }
 }
 
 #[test]
-fn matmul_all_formats_and_variants() {
-    let ctx = gpu();
-    let mut rng = Rng::new(1);
-    let (k, rows, row0, n, t) = (150, 37, 3, 43, 5);
-    let w = rng.values(rows * k);
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        for variant in [None, Some("ACCUMULATE"), Some("SWIGLU")] {
-            let width = if variant == Some("SWIGLU") { 2 * k } else { k };
-            let x = rng.values(t * width);
-            let y0 = rng.values(t * n);
-            let mut defines = format(dtype)
-                .u32("K", k)
-                .u32("ROWS", rows)
-                .u32("ROW0", row0)
-                .u32("N", n);
-            if let Some(v) = variant {
-                defines = defines.flag(v);
-            }
-            let out = run(
-                &ctx,
-                Shader::Matmul,
-                &defines,
-                [t as u32, 0, 0, 0, 0],
-                &[
-                    (Access::Read, &f32_bytes(&x)),
-                    (Access::Read, &weight_bytes(&w, dtype)),
-                    (Access::Write, &f32_bytes(&y0)),
-                ],
-                Grid::Fixed(rows as u32),
-            );
-            let input = match variant {
-                Some("SWIGLU") => x
-                    .chunks(2 * k)
-                    .flat_map(|row| cpu::swiglu(&row[..k], &row[k..]))
-                    .collect(),
-                _ => x.clone(),
-            };
-            let product = cpu::matmul(&input, &w, k);
-            let mut expected = y0.clone();
-            for ti in 0..t {
-                for r in 0..rows {
-                    let at = ti * n + row0 + r;
-                    let v = product[ti * rows + r];
-                    expected[at] = if variant == Some("ACCUMULATE") {
-                        expected[at] + v
-                    } else {
-                        v
-                    };
-                }
-            }
-            let got = floats(&out[2]);
-            let err = max_abs_diff(&got, &expected);
-            assert!(err < 1e-4, "{dtype:?} {variant:?}: max error {err}");
+fn embed_gathers_rows_of_every_format_and_block() {
+    let ctx = gpu_with(GpuOptions { max_binding_override: Some(2048), ..GpuOptions::default() });
+    let mut rng = Rng::new(3);
+    let (h, rows) = (70, 200);
+    let table = rng.values(rows * h);
+    let tokens = [99u32, 12, 5, 199, 0, 130];
+    for format in FORMATS {
+        let (m, packed) = matrix(&ctx, format, &table, h);
+        assert!(m.blocks.len() > 1, "{format:?}: split into blocks");
+        let dequantized = format.unpack(&packed, rows, h);
+        let x0 = rng.values(5 * h);
+        let out = pollster::block_on(run_once(
+            &ctx,
+            Shader::Embed,
+            &Defines::new().u32("H", h),
+            [5, 0, 0, 1, 0],
+            &[(Access::Read, &u32_bytes(&tokens)), (Access::Write, &f32_bytes(&x0))],
+            Some((&m, &packed)),
+            Grid::Threads(h.div_ceil(32) as u32),
+        ))
+        .unwrap();
+        let got = floats(&out[1]);
+        for (t, &id) in tokens[1..].iter().enumerate() {
+            let id = id as usize;
+            assert_eq!(&got[t * h..(t + 1) * h], &dequantized[id * h..(id + 1) * h], "{format:?} token {id}");
         }
     }
 }
@@ -125,51 +147,35 @@ fn rmsnorm_reads_rows_from_row0() {
     assert!(err < 1e-5, "max error {err}");
 }
 
-#[test]
-fn embed_gathers_rows_of_its_block_only() {
-    let ctx = gpu();
-    let mut rng = Rng::new(3);
-    let (h, row0, rows) = (70, 10, 20);
-    let table = rng.values(rows * h);
-    let tokens = [99u32, 12, 5, 29, 10, 30];
-    let x0 = rng.values(5 * h);
-    for dtype in [DType::F32, DType::BF16] {
-        let out = run(
-            &ctx,
-            Shader::Embed,
-            &format(dtype)
-                .u32("H", h)
-                .u32("ROW0", row0)
-                .u32("ROWS", rows),
-            [5, 0, 0, 1, 0],
-            &[
-                (Access::Read, &u32_bytes(&tokens)),
-                (Access::Read, &weight_bytes(&table, dtype)),
-                (Access::Write, &f32_bytes(&x0)),
-            ],
-            Grid::Threads((h / 2) as u32),
-        );
-        let got = floats(&out[2]);
-        for (t, &id) in tokens[1..].iter().enumerate() {
-            let row = &got[t * h..(t + 1) * h];
-            let id = id as usize;
-            if (row0..row0 + rows).contains(&id) {
-                assert_eq!(
-                    row,
-                    &table[(id - row0) * h..(id - row0 + 1) * h],
-                    "{dtype:?} token {id}"
-                );
-            } else {
-                assert_eq!(
-                    row,
-                    &x0[t * h..(t + 1) * h],
-                    "{dtype:?} token {id} is another block's"
-                );
-            }
-        }
+/// A KV cache's bytes in `format`: f32, or f16 pairs in u32 words.
+fn kv_bytes(values: &[f32], format: KvFormat) -> Vec<u8> {
+    match format {
+        KvFormat::F32 => f32_bytes(values),
+        KvFormat::F16 => values.iter().flat_map(|&v| f32_to_f16(v).to_le_bytes()).collect(),
     }
 }
 
+/// A KV cache's values read back from `format`.
+fn kv_values(bytes: &[u8], format: KvFormat) -> Vec<f32> {
+    match format {
+        KvFormat::F32 => floats(bytes),
+        KvFormat::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+    }
+}
+
+fn kv_defines(defines: Defines, format: KvFormat) -> Defines {
+    match format {
+        KvFormat::F16 => defines.flag("KV_F16"),
+        KvFormat::F32 => defines,
+    }
+}
+
+/// Queries rotated in place; keys rotated and values copied into the cache at their positions,
+/// stored in both KV formats (f16 within half an f16 ulp of the f32 result), other positions
+/// untouched. Head dim 18 has an odd number of pairs per half.
 #[test]
 fn rope_rotates_queries_and_fills_the_kv_cache() {
     let ctx = gpu();
@@ -188,43 +194,51 @@ fn rope_rotates_queries_and_fills_the_kv_cache() {
             })
         })
         .collect();
-    let cache0 = rng.values(capacity * nkv * hd);
-    let out = run(
-        &ctx,
-        Shader::Rope,
-        &Defines::new()
-            .u32("HD", hd)
-            .u32("NH", nh)
-            .u32("NKV", nkv)
-            .u32("QKV", qkv_dim),
-        [t as u32, pos0 as u32, 0, 0, 0],
-        &[
-            (Access::Write, &f32_bytes(&qkv)),
-            (Access::Read, &f32_bytes(&table)),
-            (Access::Write, &f32_bytes(&cache0)),
-            (Access::Write, &f32_bytes(&cache0)),
-        ],
-        Grid::Threads(((nh + nkv) * hd / 2) as u32),
-    );
-    let (got_qkv, got_k, got_v) = (floats(&out[0]), floats(&out[2]), floats(&out[3]));
-    let (mut k_cache, mut v_cache) = (cache0.clone(), cache0.clone());
-    for ti in 0..t {
-        let row = &qkv[ti * qkv_dim..(ti + 1) * qkv_dim];
-        let mut q = row[..nh * hd].to_vec();
-        let mut k = row[nh * hd..(nh + nkv) * hd].to_vec();
-        cpu::rope(&mut q, nh, hd, pos0 + ti, &inv_freq);
-        cpu::rope(&mut k, nkv, hd, pos0 + ti, &inv_freq);
-        let err = max_abs_diff(&got_qkv[ti * qkv_dim..ti * qkv_dim + nh * hd], &q);
-        assert!(err < 1e-5, "queries of token {ti}: {err}");
-        let at = (pos0 + ti) * nkv * hd;
-        k_cache[at..at + nkv * hd].copy_from_slice(&k);
-        v_cache[at..at + nkv * hd].copy_from_slice(&row[(nh + nkv) * hd..]);
+    for format in [KvFormat::F32, KvFormat::F16] {
+        let cache0: Vec<f32> = rng.values(capacity * nkv * hd).iter().map(|&v| format.round(v)).collect();
+        let out = run(
+            &ctx,
+            Shader::Rope,
+            &kv_defines(
+                Defines::new().u32("HD", hd).u32("NH", nh).u32("NKV", nkv).u32("QKV", qkv_dim),
+                format,
+            ),
+            [t as u32, pos0 as u32, 0, 0, 0],
+            &[
+                (Access::Write, &f32_bytes(&qkv)),
+                (Access::Read, &f32_bytes(&table)),
+                (Access::Write, &kv_bytes(&cache0, format)),
+                (Access::Write, &kv_bytes(&cache0, format)),
+            ],
+            Grid::Threads(((nh + nkv) * hd / 2) as u32),
+        );
+        let (got_qkv, got_k, got_v) = (floats(&out[0]), kv_values(&out[2], format), kv_values(&out[3], format));
+        let (mut k_cache, mut v_cache) = (cache0.clone(), cache0.clone());
+        for ti in 0..t {
+            let row = &qkv[ti * qkv_dim..(ti + 1) * qkv_dim];
+            let mut q = row[..nh * hd].to_vec();
+            let mut k = row[nh * hd..(nh + nkv) * hd].to_vec();
+            cpu::rope(&mut q, nh, hd, pos0 + ti, &inv_freq);
+            cpu::rope(&mut k, nkv, hd, pos0 + ti, &inv_freq);
+            let err = max_abs_diff(&got_qkv[ti * qkv_dim..ti * qkv_dim + nh * hd], &q);
+            assert!(err < 1e-5, "{format:?} queries of token {ti}: {err}");
+            let at = (pos0 + ti) * nkv * hd;
+            k_cache[at..at + nkv * hd].copy_from_slice(&k);
+            v_cache[at..at + nkv * hd].copy_from_slice(&row[(nh + nkv) * hd..]);
+        }
+        // Values here are below 4 in magnitude: an f16 ulp there is at most 2^-9.
+        let tolerance = match format {
+            KvFormat::F32 => 1e-5,
+            KvFormat::F16 => 2f32.powi(-10) + 1e-5,
+        };
+        assert!(max_abs_diff(&got_k, &k_cache) < tolerance, "{format:?} keys");
+        let v_err = max_abs_diff(&got_v, &v_cache);
+        assert!(v_err <= tolerance, "{format:?} values {v_err}");
+        for p in (0..capacity).filter(|p| !(pos0..pos0 + t).contains(p)) {
+            let at = p * nkv * hd..(p + 1) * nkv * hd;
+            assert_eq!(got_v[at.clone()], cache0[at], "{format:?}: position {p} untouched");
+        }
     }
-    assert!(max_abs_diff(&got_k, &k_cache) < 1e-5, "keys");
-    assert_eq!(
-        got_v, v_cache,
-        "values are copied unchanged, other positions untouched"
-    );
 }
 
 #[test]
@@ -233,37 +247,43 @@ fn attention_over_several_tiles_with_gqa_and_mqa() {
     let mut rng = Rng::new(5);
     // (head_dim, heads, kv heads, block rows, first position): 133 keys span three 64-key tiles;
     // head_dim 130 gives each invocation three output dims.
-    for (hd, nh, nkv, t, pos0) in [(18, 6, 2, 3, 130), (130, 2, 1, 2, 5), (20, 4, 4, 1, 0)] {
-        let qkv_dim = (nh + 2 * nkv) * hd;
-        let capacity = pos0 + t;
-        let qkv = rng.values(t * qkv_dim);
-        let k_cache = rng.values(capacity * nkv * hd);
-        let v_cache = rng.values(capacity * nkv * hd);
-        let out = run(
-            &ctx,
-            Shader::Attention,
-            &Defines::new()
-                .u32("HD", hd)
-                .u32("NH", nh)
-                .u32("NKV", nkv)
-                .u32("QKV", qkv_dim)
-                .u32("DPT", hd.div_ceil(64)),
-            [t as u32, pos0 as u32, 0, 0, 0],
-            &[
-                (Access::Read, &f32_bytes(&qkv)),
-                (Access::Read, &f32_bytes(&k_cache)),
-                (Access::Read, &f32_bytes(&v_cache)),
-                (Access::Write, &f32_bytes(&vec![0.0; t * nh * hd])),
-            ],
-            Grid::PerToken(nh as u32),
-        );
-        let q: Vec<f32> = qkv
-            .chunks(qkv_dim)
-            .flat_map(|row| row[..nh * hd].to_vec())
-            .collect();
-        let expected = cpu::attention(&q, &k_cache, &v_cache, pos0, nh, nkv, hd);
-        let err = max_abs_diff(&floats(&out[3]), &expected);
-        assert!(err < 1e-5, "hd {hd} nh {nh} nkv {nkv}: max error {err}");
+    for format in [KvFormat::F32, KvFormat::F16] {
+        for (hd, nh, nkv, t, pos0) in [(18, 6, 2, 3, 130), (130, 2, 1, 2, 5), (20, 4, 4, 1, 0)] {
+            let qkv_dim = (nh + 2 * nkv) * hd;
+            let capacity = pos0 + t;
+            let qkv = rng.values(t * qkv_dim);
+            // The cache holds what the format can: the reference reads the same values.
+            let k_cache: Vec<f32> = rng.values(capacity * nkv * hd).iter().map(|&v| format.round(v)).collect();
+            let v_cache: Vec<f32> = rng.values(capacity * nkv * hd).iter().map(|&v| format.round(v)).collect();
+            let out = run(
+                &ctx,
+                Shader::Attention,
+                &kv_defines(
+                    Defines::new()
+                        .u32("HD", hd)
+                        .u32("NH", nh)
+                        .u32("NKV", nkv)
+                        .u32("QKV", qkv_dim)
+                        .u32("DPT", hd.div_ceil(64)),
+                    format,
+                ),
+                [t as u32, pos0 as u32, 0, 0, 0],
+                &[
+                    (Access::Read, &f32_bytes(&qkv)),
+                    (Access::Read, &kv_bytes(&k_cache, format)),
+                    (Access::Read, &kv_bytes(&v_cache, format)),
+                    (Access::Write, &f32_bytes(&vec![0.0; t * nh * hd])),
+                ],
+                Grid::PerToken(nh as u32),
+            );
+            let q: Vec<f32> = qkv
+                .chunks(qkv_dim)
+                .flat_map(|row| row[..nh * hd].to_vec())
+                .collect();
+            let expected = cpu::attention(&q, &k_cache, &v_cache, pos0, nh, nkv, hd);
+            let err = max_abs_diff(&floats(&out[3]), &expected);
+            assert!(err < 1e-5, "{format:?} hd {hd} nh {nh} nkv {nkv}: max error {err}");
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use layerskip::gpu::GpuOptions;
 use layerskip::{
-    generate, Call, Device, Engine, Flow, GenerateOptions, Head, Input, MemoryFiles, Model,
+    generate, Call, Device, Engine, Flow, GenerateOptions, Head, Input, LoadOptions, MemoryFiles, Model,
     Strategy,
 };
 use std::borrow::Cow;
@@ -52,7 +52,7 @@ fn fixtures() -> Vec<(&'static str, MemoryFiles, &'static str)> {
 }
 
 async fn load(files: &MemoryFiles) -> Model {
-    Model::load(files, &Device::Gpu(GpuOptions::default()), 128, |_| {})
+    Model::load(files, &LoadOptions { max_context: 128, ..LoadOptions::on(Device::Gpu(GpuOptions::default())) }, |_| {})
         .await
         .expect("fixture loads on WebGPU")
 }

@@ -91,8 +91,6 @@ pub fn info(args: InfoArgs) -> Result<()> {
             graphics_backend,
             device_type,
             driver,
-            weight_bytes,
-            kv_cache_bytes,
             matrices,
             row_blocks,
             max_storage_buffer_binding_size,
@@ -103,8 +101,9 @@ pub fn info(args: InfoArgs) -> Result<()> {
         } => {
             println!("adapter {adapter} ({graphics_backend}, {device_type}, driver {driver})");
             println!(
-                "weights on GPU {weight_bytes} bytes in {matrices} matrices, {row_blocks} row blocks  KV cache {kv_cache_bytes} bytes ({} positions)",
-                info.max_context
+                "weights on GPU {} bytes ({}) in {matrices} matrices, {row_blocks} row blocks  KV cache {} bytes ({}, {} positions)",
+                info.memory.weights, info.memory.weight_format, info.memory.kv_cache,
+                info.memory.kv_format, info.max_context
             );
             println!("limits: max_storage_buffer_binding_size {max_storage_buffer_binding_size}  max_buffer_size {max_buffer_size}  max_compute_workgroups_per_dimension {max_compute_workgroups_per_dimension}  max_compute_invocations_per_workgroup {max_compute_invocations_per_workgroup}");
         }
@@ -112,5 +111,10 @@ pub fn info(args: InfoArgs) -> Result<()> {
             println!("device cpu ({implementation}), {} positions", info.max_context)
         }
     }
+    println!("memory plan: {}", info.memory.describe());
+    println!(
+        "loader peak staging {} bytes (budget {})",
+        info.loader_peak_staging_bytes, info.memory.staging
+    );
     Ok(())
 }

@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use layerskip::checkpoint::Progress;
 use layerskip::gpu::context::parse_backend;
 use layerskip::gpu::GpuOptions;
-use layerskip::{DirFiles, Model, Result};
-use std::io::IsTerminal;
+use layerskip::model::DEFAULT_MAX_CONTEXT;
+use layerskip::{DirFiles, KvFormat, LoadOptions, Model, Quantization, Result};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -56,47 +56,64 @@ pub struct ModelArgs {
     #[arg(long)]
     backend: Option<String>,
     /// Positions the KV cache holds (capped by the model's max_position_embeddings).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = DEFAULT_MAX_CONTEXT)]
     max_context: usize,
+    /// Quantize f32/f16/bf16 weights while loading (q8: 8-bit, q4: 4-bit, groups of 32).
+    #[arg(long, value_enum)]
+    quantize: Option<Quantization>,
+    /// Precision of the GPU's KV cache (f16 halves its memory).
+    #[arg(long, value_enum, default_value_t)]
+    kv_cache: KvFormat,
+}
+
+impl ModelArgs {
+    fn options(&self) -> Result<LoadOptions> {
+        let device = match self.device {
+            DeviceArg::Cpu => layerskip::Device::Cpu,
+            DeviceArg::Gpu => layerskip::Device::Gpu(GpuOptions {
+                backend: self.backend.as_deref().map(parse_backend).transpose()?,
+                max_binding_override: None,
+            }),
+        };
+        Ok(LoadOptions {
+            device,
+            max_context: self.max_context,
+            quantize: self.quantize,
+            kv_cache: self.kv_cache,
+            ..LoadOptions::default()
+        })
+    }
+}
+
+/// A progress bar of bytes on stderr, drawn only when stderr is a terminal.
+pub fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        None,
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    );
+    if let Ok(style) = style {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
 }
 
 pub fn load(args: &ModelArgs) -> Result<Model> {
-    let device = match args.device {
-        DeviceArg::Cpu => layerskip::Device::Cpu,
-        DeviceArg::Gpu => layerskip::Device::Gpu(GpuOptions {
-            backend: args.backend.as_deref().map(parse_backend).transpose()?,
-            max_binding_override: None,
-        }),
-    };
-    let show = std::io::stderr().is_terminal();
+    let options = args.options()?;
+    let bar = progress_bar("loading weights");
     let progress = |p: Progress| {
-        if show && p.total > 0 {
-            eprint!(
-                "\rloading weights: {:3}% ({:.1} / {:.1} MB)",
-                p.done * 100 / p.total,
-                p.done as f64 / 1e6,
-                p.total as f64 / 1e6
-            );
-        }
+        bar.set_length(p.total);
+        bar.set_position(p.done);
     };
     let model = match &args.model {
-        Some(dir) => pollster::block_on(Model::load(
-            &DirFiles::new(dir)?,
-            &device,
-            args.max_context,
-            progress,
-        )),
-        None => pollster::block_on(Model::load(
-            &default_model::files(),
-            &device,
-            args.max_context,
-            progress,
-        )),
-    }?;
-    if show {
-        eprint!("\r\x1b[K");
-    }
-    Ok(model)
+        Some(dir) => pollster::block_on(Model::load(&DirFiles::new(dir)?, &options, progress)),
+        None => pollster::block_on(Model::load(&default_model::files(), &options, progress)),
+    };
+    bar.finish_and_clear();
+    model
 }
 
 pub fn main() -> Result<()> {

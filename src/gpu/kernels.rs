@@ -1,7 +1,11 @@
-//! WGSL kernels: a small preprocessor for variants (`#include`, `#ifdef`/`#ifndef`/`#else`/`#endif`,
-//! constants injected as a header), a pipeline cache keyed by (shader, defines, bindings), and `Op`,
-//! one recorded dispatch over buffers allocated once.
+//! WGSL kernels: a small preprocessor for variants (`#include "file"`, `#include NAME` for a file
+//! chosen by a define, `#ifdef`/`#ifndef`/`#else`/`#endif`, constants injected as a header), a
+//! pipeline cache keyed by (shader, defines, bindings), and `Op`, one recorded dispatch over
+//! buffers allocated once. Weight matrices bring their own bindings and shader include from
+//! their format (`tensor.rs`), so kernels read weights through `w_group` whatever the format.
 
+use super::tensor::{Block, Matrix};
+use crate::format::Packed;
 use std::collections::HashMap;
 
 /// The kernels, one per file in `shaders/`.
@@ -31,7 +35,12 @@ impl Shader {
 fn source(name: &str) -> &'static str {
     match name {
         "common.wgsl" => include_str!("../../shaders/common.wgsl"),
-        "weights.wgsl" => include_str!("../../shaders/weights.wgsl"),
+        "formats/f32.wgsl" => include_str!("../../shaders/formats/f32.wgsl"),
+        "formats/f16.wgsl" => include_str!("../../shaders/formats/f16.wgsl"),
+        "formats/bf16.wgsl" => include_str!("../../shaders/formats/bf16.wgsl"),
+        "formats/q8.wgsl" => include_str!("../../shaders/formats/q8.wgsl"),
+        "formats/q4.wgsl" => include_str!("../../shaders/formats/q4.wgsl"),
+        "formats/scales.wgsl" => include_str!("../../shaders/formats/scales.wgsl"),
         "reduce.wgsl" => include_str!("../../shaders/reduce.wgsl"),
         "embed.wgsl" => include_str!("../../shaders/embed.wgsl"),
         "rmsnorm.wgsl" => include_str!("../../shaders/rmsnorm.wgsl"),
@@ -52,6 +61,8 @@ enum Define {
     Flag,
     U32(u32),
     F32(f32),
+    /// A file for `#include NAME`.
+    File(&'static str),
 }
 
 impl Defines {
@@ -71,8 +82,19 @@ impl Defines {
         self.0.push((name, Define::F32(value)));
         self
     }
+    /// Makes `#include NAME` include `file`.
+    pub fn file(mut self, name: &'static str, file: &'static str) -> Self {
+        self.0.push((name, Define::File(file)));
+        self
+    }
     fn has(&self, name: &str) -> bool {
         self.0.iter().any(|(n, _)| *n == name)
+    }
+    fn file_of(&self, name: &str) -> Option<&'static str> {
+        self.0.iter().find_map(|(n, d)| match d {
+            Define::File(f) if *n == name => Some(*f),
+            _ => None,
+        })
     }
     fn key(&self) -> String {
         self.0.iter().map(|(n, d)| format!("{n}={d:?};")).collect()
@@ -84,7 +106,7 @@ pub fn preprocess(shader: Shader, defines: &Defines) -> String {
     let mut out = String::new();
     for (name, value) in &defines.0 {
         match value {
-            Define::Flag => {}
+            Define::Flag | Define::File(_) => {}
             Define::U32(v) => out.push_str(&format!("const {name}: u32 = {v}u;\n")),
             Define::F32(v) => out.push_str(&format!("const {name}: f32 = {v:e}f;\n")),
         }
@@ -115,7 +137,14 @@ fn expand(file: &str, defines: &Defines, out: &mut String) {
         } else if !active(&stack) {
             continue;
         } else if let Some(name) = trimmed.strip_prefix("#include ") {
-            expand(name.trim().trim_matches('"'), defines, out);
+            let name = name.trim();
+            let file = match name.strip_prefix('"') {
+                Some(quoted) => quoted.trim_end_matches('"'),
+                None => defines
+                    .file_of(name)
+                    .unwrap_or_else(|| panic!("{file}: #include {name} names no file define")),
+            };
+            expand(file, defines, out);
         } else {
             out.push_str(line);
             out.push('\n');
@@ -195,7 +224,7 @@ pub const STEP_SIZE: u64 = 32;
 /// Builds ops, compiling each distinct kernel variant once.
 pub struct Kernels {
     device: wgpu::Device,
-    layouts: HashMap<Vec<Access>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    layouts: HashMap<Vec<(u32, Access)>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     pipelines: HashMap<String, wgpu::ComputePipeline>,
 }
 
@@ -208,9 +237,12 @@ impl Kernels {
         }
     }
 
-    fn layout(&mut self, access: &[Access]) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    fn layout(
+        &mut self,
+        slots: &[(u32, Access)],
+    ) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
         let device = &self.device;
-        self.layouts.entry(access.to_vec()).or_insert_with(|| {
+        self.layouts.entry(slots.to_vec()).or_insert_with(|| {
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -221,13 +253,13 @@ impl Kernels {
                 },
                 count: None,
             }];
-            for (i, a) in access.iter().enumerate() {
+            for &(binding, access) in slots {
                 entries.push(wgpu::BindGroupLayoutEntry {
-                    binding: i as u32 + 1,
+                    binding,
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Storage {
-                            read_only: *a == Access::Read,
+                            read_only: access == Access::Read,
                         },
                         has_dynamic_offset: false,
                         min_binding_size: None,
@@ -248,19 +280,29 @@ impl Kernels {
         })
     }
 
-    /// An op running `shader` with `defines` over `buffers` (bound from 1 up), with the step
-    /// parameters in `step` at binding 0.
+    /// An op running `shader` with `defines` over `buffers` (bound from 1 up) and, for kernels
+    /// that read a weight matrix, one of its blocks (bound where its format's include expects),
+    /// with the step parameters in `step` at binding 0.
     pub fn op(
         &mut self,
         shader: Shader,
         defines: &Defines,
         step: &wgpu::Buffer,
         buffers: &[(Access, &wgpu::Buffer)],
+        weights: Option<&Block>,
         grid: Grid,
     ) -> Op {
-        let access: Vec<Access> = buffers.iter().map(|b| b.0).collect();
-        let key = format!("{}|{}|{access:?}", shader.name(), defines.key());
-        let (bgl, pl) = self.layout(&access).clone();
+        let mut bound: Vec<(u32, Access, &wgpu::Buffer)> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, &(access, buffer))| (i as u32 + 1, access, buffer))
+            .collect();
+        if let Some(block) = weights {
+            bound.extend(block.bindings().into_iter().map(|(b, buf)| (b, Access::Read, buf)));
+        }
+        let slots: Vec<(u32, Access)> = bound.iter().map(|&(b, a, _)| (b, a)).collect();
+        let key = format!("{}|{}|{slots:?}", shader.name(), defines.key());
+        let (bgl, pl) = self.layout(&slots).clone();
         let device = &self.device;
         let pipeline = self
             .pipelines
@@ -288,9 +330,9 @@ impl Kernels {
                 size: wgpu::BufferSize::new(STEP_SIZE),
             }),
         }];
-        for (i, (_, buffer)) in buffers.iter().enumerate() {
+        for &(binding, _, buffer) in &bound {
             entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
+                binding,
                 resource: buffer.as_entire_binding(),
             });
         }
@@ -307,14 +349,16 @@ impl Kernels {
     }
 }
 
-/// Runs one kernel once over fresh copies of `buffers` and returns their contents afterwards.
-/// This is how each kernel is tested on its own against the CPU implementation.
+/// Runs one kernel once over fresh copies of `buffers` (and, for kernels that read weights, a
+/// matrix of `rows` x `cols` in `format` holding `weights`) and returns the buffers' contents
+/// afterwards. This is how each kernel is tested on its own against the CPU implementation.
 pub async fn run_once(
     ctx: &super::GpuContext,
     shader: Shader,
     defines: &Defines,
     step: [u32; 5],
     buffers: &[(Access, &[u8])],
+    weights: Option<(&Matrix, &Packed)>,
     grid: Grid,
 ) -> crate::error::Result<Vec<Vec<u8>>> {
     let step_buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -340,16 +384,36 @@ pub async fn run_once(
         .zip(&gpu)
         .map(|((a, _), b)| (*a, b))
         .collect();
-    let op = Kernels::new(&ctx.device).op(shader, defines, &step_buffer, &bound, grid);
+    let mut kernels = Kernels::new(&ctx.device);
+    let mut ops = vec![];
+    match weights {
+        Some((matrix, packed)) => {
+            matrix.write_rows(&ctx.queue, 0, packed);
+            for block in &matrix.blocks {
+                let d = matrix
+                    .defines(defines.clone())
+                    .u32("ROW0", block.row0)
+                    .u32("ROWS", block.rows);
+                let grid = match grid {
+                    Grid::Fixed(_) => Grid::Fixed(block.rows as u32),
+                    other => other,
+                };
+                ops.push(kernels.op(shader, &d, &step_buffer, &bound, Some(block), grid));
+            }
+        }
+        None => ops.push(kernels.op(shader, defines, &step_buffer, &bound, None, grid)),
+    }
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-        op.encode(
-            &mut pass,
-            0,
-            step[0],
-            ctx.limits.max_compute_workgroups_per_dimension,
-        );
+        for op in &ops {
+            op.encode(
+                &mut pass,
+                0,
+                step[0],
+                ctx.limits.max_compute_workgroups_per_dimension,
+            );
+        }
     }
     let reads: Vec<(&wgpu::Buffer, u64, u64)> = gpu
         .iter()
@@ -372,15 +436,16 @@ mod tests {
                 .u32("ROWS", 3)
                 .u32("ROW0", 0)
                 .u32("N", 3)
-                .flag("BF16")
+                .u32("GROUPS", 1)
+                .file("WEIGHTS", "formats/bf16.wgsl")
                 .flag("SWIGLU"),
         );
         assert!(src.starts_with("const K: u32 = 8u;\n"));
         assert!(
             src.contains("bitcast<f32>(v << 16u)"),
-            "BF16 loader included"
+            "the bf16 include chosen by the WEIGHTS define"
         );
-        assert!(!src.contains("unpack2x16float"), "F16 loader excluded");
+        assert!(!src.contains("unpack2x16float"), "no other format");
         assert!(src.contains("g / (1.0 + exp(-g)) * u"), "SWIGLU input");
         assert!(!src.contains("y[at] += "), "ACCUMULATE off");
         assert!(!src.contains('#'), "no directives left");

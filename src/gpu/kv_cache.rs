@@ -5,6 +5,7 @@
 use super::context::GpuContext;
 use crate::config::Config;
 use crate::error::Result;
+use crate::format::KvFormat;
 
 pub struct KvCache {
     pub keys: Vec<wgpu::Buffer>,
@@ -13,9 +14,9 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(ctx: &GpuContext, config: &Config, capacity: usize) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, config: &Config, capacity: usize, format: KvFormat) -> Result<Self> {
         let bytes = (capacity as u64)
-            .checked_mul(config.kv_dim() as u64 * 4)
+            .checked_mul((config.kv_dim() * format.bytes_per_value()) as u64)
             .ok_or_else(|| crate::error::Error::Invalid("the KV cache size overflows".into()))?;
         let mut keys = vec![];
         let mut values = vec![];

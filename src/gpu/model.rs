@@ -7,11 +7,15 @@ use super::context::GpuContext;
 use super::kernels::{Access, Defines, Grid, Kernels, Op, Shader, STEP_STRIDE};
 use super::kv_cache::KvCache;
 use super::tensor::Matrix;
-use crate::checkpoint::{to_f32, Checkpoint, Progress, Slot, WeightSpec};
-use crate::files::Files;
+use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
 use crate::engine::{self, Call, Counters, Engine, Head, Input, Output, Pick};
 use crate::error::{Error, Result};
+use crate::files::Files;
+use crate::format::{groups, Format, KvFormat, Packed};
+use crate::llama::{self, LoadReport, Store, Weights};
+use crate::model::LoadOptions;
+use crate::plan::{Blocks, MemoryPlan};
 
 /// Rows one forward block holds: the most tokens a prefill chunk, a verification block or the
 /// exit-query cache carries. Longer prompts are fed in chunks of this size.
@@ -19,15 +23,6 @@ pub const MAX_ROWS: usize = 32;
 /// Step-parameter slots, picks and chained tokens one `run` may use.
 const SLOTS: usize = 1024;
 const MAX_PICKS: usize = 256;
-
-struct LayerWeights {
-    input_norm: wgpu::Buffer,
-    post_norm: wgpu::Buffer,
-    qkv: Matrix,
-    o: Matrix,
-    gate_up: Matrix,
-    down: Matrix,
-}
 
 /// Activation buffers, each sized for MAX_ROWS rows.
 struct Activations {
@@ -50,9 +45,9 @@ pub struct GpuModel {
     ctx: GpuContext,
     config: Config,
     max_context: usize,
-    weight_bytes: u64,
-    /// (weight matrices, row blocks they were split into).
-    row_blocks: (usize, usize),
+    weights: Weights<Matrix, wgpu::Buffer>,
+    plan: MemoryPlan,
+    report: LoadReport,
     kv: KvCache,
     buf: Activations,
     embed: Vec<Op>,
@@ -101,6 +96,52 @@ impl Recording {
     }
 }
 
+/// Weights in GPU buffers. Uploads are flushed to the GPU (and, natively, waited for) whenever
+/// the staging budget's worth is pending, so wgpu's own staging copies stay bounded too.
+struct GpuStore<'a> {
+    ctx: &'a GpuContext,
+    pending: usize,
+    budget: usize,
+}
+
+impl GpuStore<'_> {
+    fn flush(&mut self) -> Result<()> {
+        self.ctx.queue.submit([]);
+        #[cfg(not(target_arch = "wasm32"))]
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("uploading weights: {e}")))?;
+        self.pending = 0;
+        self.ctx.check()
+    }
+}
+
+impl Store for GpuStore<'_> {
+    type Matrix = Matrix;
+    type Vector = wgpu::Buffer;
+    fn matrix(&mut self, name: &str, format: Format, rows: usize, cols: usize) -> Result<Matrix> {
+        Matrix::new(self.ctx, name, format, rows, cols)
+    }
+    fn write(&mut self, m: &mut Matrix, row0: usize, rows: &Packed) -> Result<()> {
+        m.write_rows(&self.ctx.queue, row0, rows);
+        self.pending += rows.bytes();
+        if self.pending >= self.budget {
+            self.flush()?;
+        }
+        Ok(())
+    }
+    fn vector(&mut self, name: &str, values: &[f32]) -> Result<wgpu::Buffer> {
+        let buffer = self
+            .ctx
+            .storage(name, (values.len() * 4) as u64, wgpu::BufferUsages::empty())?;
+        self.ctx
+            .queue
+            .write_buffer(&buffer, 0, bytemuck::cast_slice(values));
+        Ok(buffer)
+    }
+}
+
 /// cos and sin per (position, pair), computed on the host in the precision transformers uses,
 /// written a block of positions at a time so the host never holds the whole table.
 fn rope_table(ctx: &GpuContext, config: &Config, positions: usize) -> Result<wgpu::Buffer> {
@@ -130,129 +171,56 @@ fn rope_table(ctx: &GpuContext, config: &Config, positions: usize) -> Result<wgp
 }
 
 impl GpuModel {
-    /// Loads a checkpoint onto the GPU. `max_context` caps the KV cache (and the model's own
-    /// max_position_embeddings caps it further).
+    /// Loads a checkpoint onto the GPU. The context is capped by the model's own
+    /// max_position_embeddings; the memory plan is checked against the adapter before anything
+    /// is allocated.
     pub async fn load(
         ctx: GpuContext,
         checkpoint: &Checkpoint,
         files: &impl Files,
-        max_context: usize,
+        options: &LoadOptions,
         progress: impl FnMut(Progress),
     ) -> Result<Self> {
         let config = checkpoint.config.clone();
-        let max_context = max_context.min(config.max_position_embeddings);
-        // The largest buffers sized by the context, checked against the adapter first.
-        let kv = KvCache::new(&ctx, &config, max_context)?;
+        let max_context = options.max_context.min(config.max_position_embeddings);
+        let specs = llama::matrix_specs(&config);
+        let formats = llama::matrix_formats(checkpoint, &specs, options.quantize)?;
+        let plan = MemoryPlan::new(
+            &config,
+            &specs,
+            &formats,
+            max_context,
+            options.kv_cache,
+            Blocks {
+                rows: MAX_ROWS,
+                picks: MAX_PICKS,
+            },
+            options.staging_bytes,
+        )?;
+        plan.check_gpu(&config, ctx.max_binding)?;
+        let kv = KvCache::new(&ctx, &config, max_context, options.kv_cache)?;
+        let mut store = GpuStore {
+            ctx: &ctx,
+            pending: 0,
+            budget: options.staging_bytes,
+        };
+        let (weights, report) = llama::load(
+            checkpoint,
+            files,
+            options.quantize,
+            options.staging_bytes,
+            &mut store,
+            progress,
+        )
+        .await?;
+        store.flush()?;
+
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,
             config.vocab_size,
         );
         let qkv_dim = config.q_dim() + 2 * config.kv_dim();
-
-        // Allocate every weight first, in the dtype the checkpoint stores, so a device that is too
-        // small fails before anything is read.
-        let specs = crate::checkpoint::weight_specs(&config);
-        let dtype_of = |slot: Slot| -> Result<crate::checkpoint::DType> {
-            let spec: &WeightSpec = specs
-                .iter()
-                .find(|s| s.slot == slot)
-                .expect("slot is in the spec list");
-            Ok(checkpoint.entry(spec)?.1)
-        };
-        let same = |slots: &[Slot], what: &str| -> Result<crate::checkpoint::DType> {
-            let first = dtype_of(slots[0])?;
-            for &s in &slots[1..] {
-                if dtype_of(s)? != first {
-                    return Err(Error::Unsupported {
-                        field: "dtype",
-                        value: format!("mixed dtypes in {what}"),
-                        why: "fused projections need one dtype",
-                    });
-                }
-            }
-            Ok(first)
-        };
-        let embed = Matrix::new(&ctx, "embed_tokens", dtype_of(Slot::Embed)?, v, h)?;
-        let lm_head = match config.tie_word_embeddings {
-            true => None,
-            false => Some(Matrix::new(&ctx, "lm_head", dtype_of(Slot::LmHead)?, v, h)?),
-        };
-        let mut layers = vec![];
-        for l in 0..config.num_hidden_layers {
-            let qkv_type = same(
-                &[Slot::Q(l), Slot::K(l), Slot::V(l)],
-                &format!("q/k/v of layer {l}"),
-            )?;
-            let gu_type = same(
-                &[Slot::Gate(l), Slot::Up(l)],
-                &format!("gate/up of layer {l}"),
-            )?;
-            layers.push(LayerWeights {
-                input_norm: ctx.storage(
-                    "input_norm",
-                    (h * 4) as u64,
-                    wgpu::BufferUsages::empty(),
-                )?,
-                post_norm: ctx.storage("post_norm", (h * 4) as u64, wgpu::BufferUsages::empty())?,
-                qkv: Matrix::new(&ctx, &format!("layers.{l}.qkv"), qkv_type, qkv_dim, h)?,
-                o: Matrix::new(
-                    &ctx,
-                    &format!("layers.{l}.o_proj"),
-                    dtype_of(Slot::O(l))?,
-                    h,
-                    config.q_dim(),
-                )?,
-                gate_up: Matrix::new(&ctx, &format!("layers.{l}.gate_up"), gu_type, 2 * i, h)?,
-                down: Matrix::new(
-                    &ctx,
-                    &format!("layers.{l}.down_proj"),
-                    dtype_of(Slot::Down(l))?,
-                    h,
-                    i,
-                )?,
-            });
-        }
-        let final_norm = ctx.storage("final_norm", (h * 4) as u64, wgpu::BufferUsages::empty())?;
-
-        let queue = ctx.queue.clone();
-        checkpoint
-            .load_weights(
-                files,
-                |spec, dtype, bytes| {
-                    let norm = |buffer: &wgpu::Buffer| {
-                        queue.write_buffer(buffer, 0, bytemuck::cast_slice(&to_f32(dtype, bytes)))
-                    };
-                    match spec.slot {
-                        Slot::Embed => embed.write_rows(&queue, 0, bytes),
-                        Slot::LmHead => lm_head
-                            .as_ref()
-                            .expect("untied")
-                            .write_rows(&queue, 0, bytes),
-                        Slot::FinalNorm => norm(&final_norm),
-                        Slot::InputNorm(l) => norm(&layers[l].input_norm),
-                        Slot::PostNorm(l) => norm(&layers[l].post_norm),
-                        Slot::Q(l) => layers[l].qkv.write_rows(&queue, 0, bytes),
-                        Slot::K(l) => layers[l].qkv.write_rows(&queue, config.q_dim(), bytes),
-                        Slot::V(l) => layers[l].qkv.write_rows(
-                            &queue,
-                            config.q_dim() + config.kv_dim(),
-                            bytes,
-                        ),
-                        Slot::O(l) => layers[l].o.write_rows(&queue, 0, bytes),
-                        Slot::Gate(l) => layers[l].gate_up.write_rows(&queue, 0, bytes),
-                        Slot::Up(l) => layers[l].gate_up.write_rows(&queue, i, bytes),
-                        Slot::Down(l) => layers[l].down.write_rows(&queue, 0, bytes),
-                    }
-                    // Hand each tensor to the GPU now, so staging copies do not pile up on the host.
-                    queue.submit([]);
-                    Ok(())
-                },
-                progress,
-            )
-            .await?;
-        ctx.check()?;
-
         let act = |name: &str, floats: usize| {
             ctx.storage(name, (floats * 4) as u64, wgpu::BufferUsages::COPY_SRC)
         };
@@ -283,11 +251,14 @@ impl GpuModel {
             config.num_key_value_heads,
         );
         let norm_defines = Defines::new().u32("H", h).f32("EPS", config.rms_norm_eps);
-        let attn_defines = Defines::new()
+        let mut attn_defines = Defines::new()
             .u32("HD", hd)
             .u32("NH", nh)
             .u32("NKV", nkv)
             .u32("QKV", qkv_dim);
+        if options.kv_cache == KvFormat::F16 {
+            attn_defines = attn_defines.flag("KV_F16");
+        }
         let norm = |k: &mut Kernels, weight: &wgpu::Buffer| {
             k.op(
                 Shader::RmsNorm,
@@ -298,20 +269,14 @@ impl GpuModel {
                     (Access::Read, weight),
                     (Access::Write, &buf.xn),
                 ],
+                None,
                 Grid::PerToken(1),
             )
         };
         let mut layer_ops = vec![];
-        for (l, w) in layers.iter().enumerate() {
+        for (l, w) in weights.layers.iter().enumerate() {
             let mut ops = vec![norm(&mut k, &w.input_norm)];
-            ops.extend(matmul_ops(
-                &mut k,
-                &buf.step,
-                &w.qkv,
-                &buf.xn,
-                &buf.qkv,
-                &[],
-            ));
+            ops.extend(matmul_ops(&mut k, &buf.step, &w.qkv, &buf.xn, &buf.qkv, &[]));
             ops.push(k.op(
                 Shader::Rope,
                 &attn_defines,
@@ -322,6 +287,7 @@ impl GpuModel {
                     (Access::Write, &kv.keys[l]),
                     (Access::Write, &kv.values[l]),
                 ],
+                None,
                 Grid::Threads(((nh + nkv) * hd / 2) as u32),
             ));
             ops.push(k.op(
@@ -334,25 +300,12 @@ impl GpuModel {
                     (Access::Read, &kv.values[l]),
                     (Access::Write, &buf.attn),
                 ],
+                None,
                 Grid::PerToken(nh as u32),
             ));
-            ops.extend(matmul_ops(
-                &mut k,
-                &buf.step,
-                &w.o,
-                &buf.attn,
-                &buf.x,
-                &["ACCUMULATE"],
-            ));
+            ops.extend(matmul_ops(&mut k, &buf.step, &w.o, &buf.attn, &buf.x, &["ACCUMULATE"]));
             ops.push(norm(&mut k, &w.post_norm));
-            ops.extend(matmul_ops(
-                &mut k,
-                &buf.step,
-                &w.gate_up,
-                &buf.xn,
-                &buf.gate_up,
-                &[],
-            ));
+            ops.extend(matmul_ops(&mut k, &buf.step, &w.gate_up, &buf.xn, &buf.gate_up, &[]));
             ops.extend(matmul_ops(
                 &mut k,
                 &buf.step,
@@ -363,74 +316,44 @@ impl GpuModel {
             ));
             layer_ops.push(ops);
         }
-        let head_matrix = lm_head.as_ref().unwrap_or(&embed);
-        let mut head = vec![norm(&mut k, &final_norm)];
-        head.extend(matmul_ops(
-            &mut k,
-            &buf.step,
-            head_matrix,
-            &buf.xn,
-            &buf.logits,
-            &[],
-        ));
+        let mut head = vec![norm(&mut k, &weights.final_norm)];
+        head.extend(matmul_ops(&mut k, &buf.step, weights.head(), &buf.xn, &buf.logits, &[]));
         let argmax = k.op(
             Shader::Argmax,
             &Defines::new().u32("V", v),
             &buf.step,
             &[(Access::Read, &buf.logits), (Access::Write, &buf.picks)],
+            None,
             Grid::PerToken(1),
         );
-        let embed_ops = embed
+        let embed_ops = weights
+            .embed
             .blocks
             .iter()
             .map(|b| {
                 k.op(
                     Shader::Embed,
-                    &embed
-                        .format(Defines::new())
+                    &weights
+                        .embed
+                        .defines(Defines::new())
                         .u32("H", h)
                         .u32("ROW0", b.row0)
                         .u32("ROWS", b.rows),
                     &buf.step,
-                    &[
-                        (Access::Read, &buf.tokens),
-                        (Access::Read, &b.buffer),
-                        (Access::Write, &buf.x),
-                    ],
-                    Grid::Threads((h / 2) as u32),
+                    &[(Access::Read, &buf.tokens), (Access::Write, &buf.x)],
+                    Some(b),
+                    Grid::Threads(groups(h) as u32),
                 )
             })
             .collect();
-
-        let weight_bytes = embed.bytes()
-            + lm_head.as_ref().map_or(0, Matrix::bytes)
-            + layers
-                .iter()
-                .map(|w| {
-                    w.qkv.bytes() + w.o.bytes() + w.gate_up.bytes() + w.down.bytes() + 8 * h as u64
-                })
-                .sum::<u64>()
-            + 4 * h as u64;
-        let matrices: Vec<&Matrix> = [&embed]
-            .into_iter()
-            .chain(lm_head.as_ref())
-            .chain(
-                layers
-                    .iter()
-                    .flat_map(|w| [&w.qkv, &w.o, &w.gate_up, &w.down]),
-            )
-            .collect();
-        let row_blocks = (
-            matrices.len(),
-            matrices.iter().map(|m| m.blocks.len()).sum(),
-        );
         ctx.check()?;
         Ok(Self {
             ctx,
             config,
             max_context,
-            weight_bytes,
-            row_blocks,
+            weights,
+            plan,
+            report,
             kv,
             buf,
             embed: embed_ops,
@@ -447,13 +370,22 @@ impl GpuModel {
 
     /// Bytes of weights on the GPU.
     pub fn weight_bytes(&self) -> u64 {
-        self.weight_bytes
+        self.report.weight_bytes
+    }
+
+    pub fn plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    pub fn load_report(&self) -> LoadReport {
+        self.report
     }
 
     /// Weight matrices and the row blocks they occupy (more blocks than matrices means some
     /// were larger than the binding limit and were split).
     pub fn row_blocks(&self) -> (usize, usize) {
-        self.row_blocks
+        let matrices: Vec<&Matrix> = self.weights.matrices().collect();
+        (matrices.len(), matrices.iter().map(|m| m.blocks.len()).sum())
     }
 
     /// Bytes of the KV cache on the GPU.
@@ -535,7 +467,7 @@ fn matmul_ops(
         .iter()
         .map(|b| {
             let mut d = m
-                .format(Defines::new())
+                .defines(Defines::new())
                 .u32("K", m.cols)
                 .u32("ROWS", b.rows)
                 .u32("ROW0", b.row0)
@@ -547,11 +479,8 @@ fn matmul_ops(
                 Shader::Matmul,
                 &d,
                 step,
-                &[
-                    (Access::Read, x),
-                    (Access::Read, &b.buffer),
-                    (Access::Write, y),
-                ],
+                &[(Access::Read, x), (Access::Write, y)],
+                Some(b),
                 Grid::Fixed(b.rows as u32),
             )
         })

@@ -1,25 +1,39 @@
-//! A weight matrix on the GPU. Its format (f32, f16, bf16) lives here, so the model has one code
-//! path for all of them: kernels pick the matching loader through a define. Half formats keep the
-//! checkpoint's bytes as they are, two values per u32.
+//! A weight matrix on the GPU in its format (see `format.rs`): the format supplies the buffers
+//! (data, and scales for quantized formats), the shader include that reads them and the define
+//! that selects it, so the model has one code path for every format and the kernels never name
+//! weight buffers themselves.
 //!
 //! A matrix larger than the device's storage binding limit is split into row blocks, each its own
-//! buffer and dispatch: Llama-3.2's 128256 x 2048 lm_head (525 MB in f16) runs on a device with the
-//! WebGPU default of 128 MiB per binding. Several checkpoint tensors can be stacked by rows into one
-//! matrix (q|k|v, gate|up) so one dispatch serves them all.
+//! buffers and dispatch: Llama-3.2's 128256 x 2048 lm_head (525 MB in f16) runs on a device with
+//! the WebGPU default of 128 MiB per binding.
 
 use super::context::GpuContext;
 use super::kernels::Defines;
-use crate::checkpoint::DType;
 use crate::error::{Error, Result};
+use crate::format::{groups, Format, Packed};
+
+/// Bindings a format's buffers take in every kernel that reads weights (shaders/formats/*.wgsl).
+pub const DATA_BINDING: u32 = 8;
+pub const SCALES_BINDING: u32 = 9;
 
 pub struct Block {
-    pub buffer: wgpu::Buffer,
+    pub data: wgpu::Buffer,
+    pub scales: Option<wgpu::Buffer>,
     pub row0: usize,
     pub rows: usize,
 }
 
+impl Block {
+    /// The block's buffers with the bindings the format's shader include declares.
+    pub fn bindings(&self) -> Vec<(u32, &wgpu::Buffer)> {
+        let mut out = vec![(DATA_BINDING, &self.data)];
+        out.extend(self.scales.as_ref().map(|s| (SCALES_BINDING, s)));
+        out
+    }
+}
+
 pub struct Matrix {
-    pub dtype: DType,
+    pub format: Format,
     pub rows: usize,
     pub cols: usize,
     pub blocks: Vec<Block>,
@@ -29,23 +43,17 @@ impl Matrix {
     pub fn new(
         ctx: &GpuContext,
         name: &str,
-        dtype: DType,
+        format: Format,
         rows: usize,
         cols: usize,
     ) -> Result<Self> {
-        if !cols.is_multiple_of(2) {
-            return Err(Error::Unsupported {
-                field: "matrix width",
-                value: format!("{name}: {cols}"),
-                why: "weights are read two values at a time, so widths must be even",
-            });
-        }
-        let row_bytes = (cols * dtype.size()) as u64;
-        let per_block = (ctx.max_binding / row_bytes) as usize;
+        let data_row = format.row_data_bytes(cols) as u64;
+        let scale_row = format.row_scale_bytes(cols) as u64;
+        let per_block = (ctx.max_binding / data_row.max(1)) as usize;
         if per_block == 0 {
             return Err(Error::Limit {
                 name: format!("one row of {name}"),
-                needed: row_bytes,
+                needed: data_row,
                 limit: ctx.max_binding,
                 limit_name: "max_storage_buffer_binding_size",
             });
@@ -55,51 +63,59 @@ impl Matrix {
         while row0 < rows {
             let n = per_block.min(rows - row0);
             let label = format!("{name}[{row0}..{}]", row0 + n);
+            let usage = wgpu::BufferUsages::empty();
             blocks.push(Block {
-                buffer: ctx.storage(&label, n as u64 * row_bytes, wgpu::BufferUsages::empty())?,
+                data: ctx.storage(&label, n as u64 * data_row, usage)?,
+                scales: match format.quantized() {
+                    true => Some(ctx.storage(&format!("{label} scales"), n as u64 * scale_row, usage)?),
+                    false => None,
+                },
                 row0,
                 rows: n,
             });
             row0 += n;
         }
         Ok(Self {
-            dtype,
+            format,
             rows,
             cols,
             blocks,
         })
     }
 
-    fn row_bytes(&self) -> usize {
-        self.cols * self.dtype.size()
-    }
-
-    /// Uploads whole rows (checkpoint bytes, little-endian) starting at row `row0`.
-    pub fn write_rows(&self, queue: &wgpu::Queue, row0: usize, bytes: &[u8]) {
-        let rb = self.row_bytes();
-        let end = row0 + bytes.len() / rb;
+    /// Uploads packed rows starting at row `row0`.
+    pub fn write_rows(&self, queue: &wgpu::Queue, row0: usize, rows: &Packed) {
+        let data_row = self.format.row_data_bytes(self.cols);
+        let scale_row = self.format.row_scale_bytes(self.cols);
+        let end = row0 + rows.data.len() / data_row.max(1);
         for b in &self.blocks {
             let (lo, hi) = (row0.max(b.row0), end.min(b.row0 + b.rows));
-            if lo < hi {
+            if lo >= hi {
+                continue;
+            }
+            queue.write_buffer(
+                &b.data,
+                ((lo - b.row0) * data_row) as u64,
+                &rows.data[(lo - row0) * data_row..(hi - row0) * data_row],
+            );
+            if let Some(scales) = &b.scales {
                 queue.write_buffer(
-                    &b.buffer,
-                    ((lo - b.row0) * rb) as u64,
-                    &bytes[(lo - row0) * rb..(hi - row0) * rb],
+                    scales,
+                    ((lo - b.row0) * scale_row) as u64,
+                    &rows.scales[(lo - row0) * scale_row..(hi - row0) * scale_row],
                 );
             }
         }
     }
 
     pub fn bytes(&self) -> u64 {
-        (self.rows * self.row_bytes()) as u64
+        self.format.bytes(self.rows, self.cols).unwrap_or(u64::MAX)
     }
 
-    /// The define that selects this format's loader in `weights.wgsl`.
-    pub fn format(&self, defines: Defines) -> Defines {
-        defines.flag(match self.dtype {
-            DType::F32 => "F32",
-            DType::F16 => "F16",
-            DType::BF16 => "BF16",
-        })
+    /// The defines every weight-reading kernel needs: the format's include and the groups per row.
+    pub fn defines(&self, defines: Defines) -> Defines {
+        defines
+            .file("WEIGHTS", self.format.shader_include())
+            .u32("GROUPS", groups(self.cols))
     }
 }

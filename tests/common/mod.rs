@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use layerskip::gpu::{GpuContext, GpuOptions};
+use layerskip::{Device, LoadOptions};
 use std::path::PathBuf;
 
 pub mod reference;
@@ -92,4 +93,12 @@ pub fn f16_bits(x: f32) -> u16 {
     let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
     assert!((1..31).contains(&exp), "{x} is not a normal half");
     sign | ((exp as u16) << 10) | ((b >> 13) & 0x3ff) as u16
+}
+
+/// Load options for `device` with a KV cache of `context` positions.
+pub fn options(device: Device, context: usize) -> LoadOptions {
+    LoadOptions {
+        max_context: context,
+        ..LoadOptions::on(device)
+    }
 }

@@ -1,0 +1,332 @@
+//! The Llama model's weights, defined once for every backend: which checkpoint tensors there are,
+//! how they are fused into the matrices the forward pass uses (q|k|v and gate|up, stacked by rows),
+//! and a loader that streams them into any backend's storage in row ranges, so the host holds at
+//! most a fixed staging budget of weight bytes at a time, whatever the model's size.
+
+use crate::checkpoint::{Checkpoint, Progress, Source};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::files::Files;
+use crate::format::{Format, Packed, Quantization};
+
+/// Host bytes the loader may hold at once by default (read buffers plus packed rows).
+pub const DEFAULT_STAGING_BYTES: usize = 64 << 20;
+
+pub struct LayerWeights<M, V> {
+    pub input_norm: V,
+    /// q, k and v projections stacked by rows: one matrix, one pass over the input.
+    pub qkv: M,
+    pub o: M,
+    pub post_norm: V,
+    /// gate and up projections stacked by rows.
+    pub gate_up: M,
+    pub down: M,
+}
+
+/// Every weight of a Llama model, in a backend's matrix and vector types.
+pub struct Weights<M, V> {
+    pub embed: M,
+    /// `None` when the exit head is tied to the embedding.
+    pub lm_head: Option<M>,
+    pub final_norm: V,
+    pub layers: Vec<LayerWeights<M, V>>,
+}
+
+impl<M, V> Weights<M, V> {
+    /// The exit head's matrix (lm_head, or the embedding when tied).
+    pub fn head(&self) -> &M {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Every matrix, embedding first.
+    pub fn matrices(&self) -> impl Iterator<Item = &M> {
+        [&self.embed]
+            .into_iter()
+            .chain(self.lm_head.as_ref())
+            .chain(
+                self.layers
+                    .iter()
+                    .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down]),
+            )
+    }
+
+    fn matrix_mut(&mut self, id: MatrixId) -> Option<&mut M> {
+        match id {
+            MatrixId::Embed => Some(&mut self.embed),
+            MatrixId::LmHead => self.lm_head.as_mut(),
+            MatrixId::Qkv(l) => self.layers.get_mut(l).map(|w| &mut w.qkv),
+            MatrixId::O(l) => self.layers.get_mut(l).map(|w| &mut w.o),
+            MatrixId::GateUp(l) => self.layers.get_mut(l).map(|w| &mut w.gate_up),
+            MatrixId::Down(l) => self.layers.get_mut(l).map(|w| &mut w.down),
+        }
+    }
+}
+
+/// Where a backend keeps weights: host vectors, or GPU buffers.
+pub trait Store {
+    type Matrix;
+    type Vector;
+    /// Allocates a matrix of `rows` x `cols` in `format`, before any weight is read.
+    fn matrix(&mut self, name: &str, format: Format, rows: usize, cols: usize)
+        -> Result<Self::Matrix>;
+    /// Writes packed rows into `matrix` from row `row0`.
+    fn write(&mut self, matrix: &mut Self::Matrix, row0: usize, rows: &Packed) -> Result<()>;
+    fn vector(&mut self, name: &str, values: &[f32]) -> Result<Self::Vector>;
+}
+
+/// The fused matrices of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixId {
+    Embed,
+    LmHead,
+    Qkv(usize),
+    O(usize),
+    GateUp(usize),
+    Down(usize),
+}
+
+/// A checkpoint tensor's place in a fused matrix.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub tensor: String,
+    pub matrix: MatrixId,
+    pub row0: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// A fused matrix: its name (for messages and GPU labels), shape and the tensors it is made of.
+#[derive(Debug, Clone)]
+pub struct MatrixSpec {
+    pub id: MatrixId,
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub pieces: Vec<Piece>,
+}
+
+/// Every matrix of a Llama model of this config. Without `lm_head.weight` in a tied checkpoint
+/// the exit head reuses the embedding, as transformers does.
+pub fn matrix_specs(config: &Config) -> Vec<MatrixSpec> {
+    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+    let (q, kv) = (config.q_dim(), config.kv_dim());
+    let spec = |id, name: String, cols: usize, parts: &[(String, usize)]| {
+        let mut row0 = 0;
+        let pieces = parts
+            .iter()
+            .map(|(tensor, rows)| {
+                let p = Piece {
+                    tensor: tensor.clone(),
+                    matrix: id,
+                    row0,
+                    rows: *rows,
+                    cols,
+                };
+                row0 += rows;
+                p
+            })
+            .collect();
+        MatrixSpec {
+            id,
+            name,
+            rows: row0,
+            cols,
+            pieces,
+        }
+    };
+    let mut specs = vec![spec(
+        MatrixId::Embed,
+        "embed_tokens".into(),
+        h,
+        &[("model.embed_tokens.weight".into(), v)],
+    )];
+    if !config.tie_word_embeddings {
+        specs.push(spec(MatrixId::LmHead, "lm_head".into(), h, &[("lm_head.weight".into(), v)]));
+    }
+    for l in 0..config.num_hidden_layers {
+        let p = |t: &str| format!("model.layers.{l}.{t}.weight");
+        specs.extend([
+            spec(
+                MatrixId::Qkv(l),
+                format!("layers.{l}.qkv"),
+                h,
+                &[(p("self_attn.q_proj"), q), (p("self_attn.k_proj"), kv), (p("self_attn.v_proj"), kv)],
+            ),
+            spec(MatrixId::O(l), format!("layers.{l}.o_proj"), q, &[(p("self_attn.o_proj"), h)]),
+            spec(
+                MatrixId::GateUp(l),
+                format!("layers.{l}.gate_up"),
+                h,
+                &[(p("mlp.gate_proj"), i), (p("mlp.up_proj"), i)],
+            ),
+            spec(MatrixId::Down(l), format!("layers.{l}.down_proj"), i, &[(p("mlp.down_proj"), h)]),
+        ]);
+    }
+    specs
+}
+
+/// The norm weight vectors: (tensor name, length).
+fn vector_names(config: &Config) -> Vec<String> {
+    let mut names = vec![];
+    for l in 0..config.num_hidden_layers {
+        names.push(format!("model.layers.{l}.input_layernorm.weight"));
+        names.push(format!("model.layers.{l}.post_attention_layernorm.weight"));
+    }
+    names.push("model.norm.weight".into());
+    names
+}
+
+/// What loading measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadReport {
+    /// The most host bytes the loader held at once (read buffers, conversions, packed rows).
+    pub peak_staging_bytes: u64,
+    /// Bytes of the weights in their runtime formats.
+    pub weight_bytes: u64,
+}
+
+/// The format each matrix will have: a quantized checkpoint's own, or `quantize`, or the file's
+/// float type (fused tensors must then agree).
+pub fn matrix_formats(
+    checkpoint: &Checkpoint,
+    specs: &[MatrixSpec],
+    quantize: Option<Quantization>,
+) -> Result<Vec<Format>> {
+    if let (Some(have), Some(_)) = (checkpoint.config.quantization, quantize) {
+        return Err(Error::Invalid(format!(
+            "the checkpoint is already quantized ({}); --quantize applies to f32, f16 and bf16 checkpoints",
+            have.name()
+        )));
+    }
+    specs
+        .iter()
+        .map(|m| {
+            let mut format = quantize.map(Format::from);
+            for p in &m.pieces {
+                let own = checkpoint.source(&p.tensor, p.rows, p.cols)?.format();
+                match format {
+                    None => format = Some(own),
+                    Some(f) if quantize.is_some() || f == own => {}
+                    Some(f) => {
+                        return Err(Error::Unsupported {
+                            field: "dtype",
+                            value: format!("{} is {} but {} is {}", m.pieces[0].tensor, f.name(), p.tensor, own.name()),
+                            why: "tensors fused into one matrix (q|k|v, gate|up) need one dtype",
+                        })
+                    }
+                }
+            }
+            Ok(format.unwrap_or(Format::F32))
+        })
+        .collect()
+}
+
+/// Loads every weight into `store`: checks every tensor first (so a bad checkpoint fails before
+/// anything is allocated), allocates all matrices, then streams each tensor in row ranges of at
+/// most `staging` bytes, file by file in offset order, checking for NaN and infinity on the way.
+pub async fn load<S: Store>(
+    checkpoint: &Checkpoint,
+    files: &impl Files,
+    quantize: Option<Quantization>,
+    staging: usize,
+    store: &mut S,
+    mut progress: impl FnMut(Progress),
+) -> Result<(Weights<S::Matrix, S::Vector>, LoadReport)> {
+    let config = &checkpoint.config;
+    let specs = matrix_specs(config);
+    let formats = matrix_formats(checkpoint, &specs, quantize)?;
+    let mut report = LoadReport::default();
+    let mut total = 0u64;
+    for spec in &specs {
+        for p in &spec.pieces {
+            total += checkpoint.source(&p.tensor, p.rows, p.cols)?.file_bytes();
+        }
+    }
+    let mut vectors = vec![];
+    for name in vector_names(config) {
+        let (entry, dtype) = checkpoint.vector(&name, config.hidden_size)?;
+        total += entry.len;
+        vectors.push((name, entry, dtype));
+    }
+    let mut done = 0u64;
+    progress(Progress { done, total });
+
+    // Norm vectors are small: read whole.
+    let mut norms = vec![];
+    for (name, entry, dtype) in vectors {
+        let bytes = files.read_range(&entry.file, entry.start, entry.len as usize).await?;
+        if let Some((index, value)) = dtype.find_non_finite(&bytes) {
+            return Err(Error::NonFiniteWeight { name, file: entry.file.clone(), value, index });
+        }
+        norms.push(store.vector(&name, &dtype.to_f32(&bytes))?);
+        done += entry.len;
+        report.peak_staging_bytes = report.peak_staging_bytes.max(entry.len);
+    }
+    let mut matrices = vec![];
+    for (spec, &format) in specs.iter().zip(&formats) {
+        report.weight_bytes += format.bytes(spec.rows, spec.cols).unwrap_or(u64::MAX);
+        matrices.push(Some(store.matrix(&spec.name, format, spec.rows, spec.cols)?));
+    }
+    let mut take = |id: MatrixId| -> Result<S::Matrix> {
+        let at = specs.iter().position(|s| s.id == id);
+        at.and_then(|i| matrices[i].take())
+            .ok_or_else(|| Error::Invalid(format!("matrix {id:?} missing")))
+    };
+    let mut norms = norms.into_iter();
+    let mut norm = || norms.next().ok_or_else(|| Error::Invalid("norm vector missing".into()));
+    let mut layers = vec![];
+    for l in 0..config.num_hidden_layers {
+        layers.push(LayerWeights {
+            input_norm: norm()?,
+            post_norm: norm()?,
+            qkv: take(MatrixId::Qkv(l))?,
+            o: take(MatrixId::O(l))?,
+            gate_up: take(MatrixId::GateUp(l))?,
+            down: take(MatrixId::Down(l))?,
+        });
+    }
+    let mut weights = Weights {
+        embed: take(MatrixId::Embed)?,
+        lm_head: match config.tie_word_embeddings {
+            true => None,
+            false => Some(take(MatrixId::LmHead)?),
+        },
+        final_norm: norm()?,
+        layers,
+    };
+
+    // Stream the matrices' tensors in file order, so a disk or a download reads sequentially.
+    let mut pieces: Vec<(&Piece, Format, Source)> = vec![];
+    for (spec, &format) in specs.iter().zip(&formats) {
+        for p in &spec.pieces {
+            pieces.push((p, format, checkpoint.source(&p.tensor, p.rows, p.cols)?));
+        }
+    }
+    pieces.sort_by_key(|(_, _, s)| {
+        let e = s.data_entry();
+        (checkpoint.files.iter().position(|f| f == &e.file), e.start)
+    });
+    for (piece, format, source) in pieces {
+        // Host bytes per row: what is read, an f32 copy when converting, and the packed row.
+        let converts = source.format() != format;
+        let per_row = source.file_row_bytes()
+            + if converts { 4 * piece.cols } else { 0 }
+            + format.row_data_bytes(piece.cols)
+            + format.row_scale_bytes(piece.cols);
+        let chunk = (staging / per_row.max(1)).max(1);
+        let matrix = weights
+            .matrix_mut(piece.matrix)
+            .ok_or_else(|| Error::Invalid(format!("no matrix for {}", piece.tensor)))?;
+        for r0 in (0..piece.rows).step_by(chunk) {
+            let n = chunk.min(piece.rows - r0);
+            let (packed, read) = source.read_rows(files, &piece.tensor, r0, n, format).await?;
+            let converted = if converts { 4 * n * piece.cols } else { 0 };
+            let held = (read + converted + packed.bytes()) as u64;
+            report.peak_staging_bytes = report.peak_staging_bytes.max(held);
+            store.write(matrix, piece.row0 + r0, &packed)?;
+            done += read as u64;
+            progress(Progress { done, total });
+        }
+    }
+    Ok((weights, report))
+}
