@@ -22,7 +22,10 @@ pub fn safetensors_header(data: &[u8]) {
             assert_eq!(tensors.len(), metadata.tensors().len());
             for (name, entry) in tensors {
                 let info = metadata.info(name).expect("the crate knows every tensor");
-                assert_eq!(entry.len as usize, info.data_offsets.1 - info.data_offsets.0);
+                assert_eq!(
+                    entry.len as usize,
+                    info.data_offsets.1 - info.data_offsets.0
+                );
                 assert!(entry.start + entry.len <= data.len() as u64);
             }
         }
@@ -53,9 +56,16 @@ pub fn config(data: &[u8]) {
         let _ = c.parameter_count();
         assert!(c.rope_inv_freq().iter().all(|f| f.is_finite()));
         let mut files = MemoryFiles::default();
-        files.0.insert("config.json".into(), Cow::Owned(config.to_vec()));
-        files.0.insert("generation_config.json".into(), Cow::Owned(generation.to_vec()));
-        files.0.insert("model.safetensors".into(), Cow::Borrowed(ONE_LAYER));
+        files
+            .0
+            .insert("config.json".into(), Cow::Owned(config.to_vec()));
+        files.0.insert(
+            "generation_config.json".into(),
+            Cow::Owned(generation.to_vec()),
+        );
+        files
+            .0
+            .insert("model.safetensors".into(), Cow::Borrowed(ONE_LAYER));
         let _ = pollster::block_on(Checkpoint::open(&files));
     }
 }
@@ -67,15 +77,18 @@ pub fn shard_index(data: &[u8]) {
         return;
     };
     if let Ok(map) = parse_index(text) {
-        assert!(map.values().all(|f| layerskip::files::check_name(f).is_ok()));
+        assert!(map
+            .values()
+            .all(|f| layerskip::files::check_name(f).is_ok()));
     }
     let mut files = MemoryFiles::default();
     for (name, bytes) in LLAMA2_TINY {
         files.0.insert(name.to_string(), Cow::Borrowed(bytes));
     }
-    files
-        .0
-        .insert("model.safetensors.index.json".into(), Cow::Owned(data.to_vec()));
+    files.0.insert(
+        "model.safetensors.index.json".into(),
+        Cow::Owned(data.to_vec()),
+    );
     if let Ok(c) = pollster::block_on(Checkpoint::open(&files)) {
         assert!(c.files.iter().all(|f| files.0.contains_key(f)));
     }
@@ -97,7 +110,10 @@ pub fn tokenizer(data: &[u8]) {
 static ONE_LAYER: &[u8] = include_bytes!("one_layer.safetensors");
 
 static LLAMA2_TINY: [(&str, &[u8]); 4] = [
-    ("config.json", include_bytes!("../tests/fixtures/llama2_tiny/config.json")),
+    (
+        "config.json",
+        include_bytes!("../tests/fixtures/llama2_tiny/config.json"),
+    ),
     (
         "model-00001-of-00003.safetensors",
         include_bytes!("../tests/fixtures/llama2_tiny/model-00001-of-00003.safetensors"),

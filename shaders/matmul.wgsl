@@ -24,30 +24,25 @@ fn x_at(t: u32, k: u32) -> f32 {
 #endif
 }
 
-// Elements 32g..32g+31 of token t's input, zero past K (rows are padded to whole groups).
-fn x_group(t: u32, g: u32) -> array<vec4<f32>, 8> {
-    var out: array<vec4<f32>, 8>;
-    let k0 = g * 32u;
-    for (var i = 0u; i < 8u; i++) {
-        var v = vec4<f32>(0.0);
-        for (var j = 0u; j < 4u; j++) {
-            let k = k0 + 4u * i + j;
-            if (k < K) {
-                v[j] = x_at(t, k);
-            }
-        }
-        out[i] = v;
+// Four inputs of token t from k (a multiple of 4), zero past K (rows are padded to whole groups).
+fn x4(t: u32, k: u32) -> vec4<f32> {
+    if (k + 4u <= K) {
+        return vec4<f32>(x_at(t, k), x_at(t, k + 1u), x_at(t, k + 2u), x_at(t, k + 3u));
     }
-    return out;
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        if (k + j < K) {
+            v[j] = x_at(t, k + j);
+        }
+    }
+    return v;
 }
 
-fn group_dot(w: array<vec4<f32>, 8>, t: u32, g: u32) -> f32 {
-    // Locals, so the loop may index them (indexing array values dynamically is not portable).
-    var ws = w;
-    var xs = x_group(t, g);
+// The dot product of group g of a weight row with token t's inputs.
+fn group_dot(w: ptr<function, array<vec4<f32>, 8>>, t: u32, g: u32) -> f32 {
     var s = 0.0;
     for (var i = 0u; i < 8u; i++) {
-        s += dot(ws[i], xs[i]);
+        s += dot((*w)[i], x4(t, g * 32u + 4u * i));
     }
     return s;
 }
@@ -63,16 +58,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var t0 = 0u; t0 < n; t0 += TB) {
         var acc = vec4<f32>(0.0);
         for (var g = lid; g < GROUPS; g += WG) {
-            let w = w_group(r, g);
-            acc.x += group_dot(w, t0, g);
-            if (t0 + 1u < n) {
-                acc.y += group_dot(w, t0 + 1u, g);
-            }
-            if (t0 + 2u < n) {
-                acc.z += group_dot(w, t0 + 2u, g);
-            }
-            if (t0 + 3u < n) {
-                acc.w += group_dot(w, t0 + 3u, g);
+            var w = w_group(r, g);
+            for (var j = 0u; j < TB; j++) {
+                if (t0 + j < n) {
+                    acc[j] += group_dot(&w, t0 + j, g);
+                }
             }
         }
         partial[lid] = acc;

@@ -68,7 +68,13 @@ pub fn parse_index(text: &str) -> Result<BTreeMap<String, String>> {
 fn layers_held(tensors: &HashMap<String, TensorEntry>) -> Option<usize> {
     tensors
         .keys()
-        .filter_map(|name| name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok())
+        .filter_map(|name| {
+            name.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        })
         .max()
 }
 
@@ -341,7 +347,10 @@ impl Checkpoint {
         let scales = self.tensors.get(&scale).ok_or_else(|| {
             Error::file(
                 &entry.file,
-                format!("tensor `{scale}` (the {} scales of `{name}`) is missing", q.name()),
+                format!(
+                    "tensor `{scale}` (the {} scales of `{name}`) is missing",
+                    q.name()
+                ),
             )
         })?;
         Self::expect_shape(scales, &scale, &[rows, groups(cols)])?;

@@ -134,7 +134,8 @@ impl<'a> Fields<'a> {
         if n > max {
             return Err(self.error(key, format!("= {n} is larger than the supported {max}")));
         }
-        usize::try_from(n).map_err(|_| self.error(key, format!("= {n} is too large for this platform")))
+        usize::try_from(n)
+            .map_err(|_| self.error(key, format!("= {n} is too large for this platform")))
     }
 
     /// A finite number.
@@ -193,7 +194,10 @@ impl<'a> Fields<'a> {
             v.as_u64()
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| {
-                    self.error(key, format!("must be a token id or a list of token ids, got {v}"))
+                    self.error(
+                        key,
+                        format!("must be a token id or a list of token ids, got {v}"),
+                    )
                 })
         };
         match self.get(key) {
@@ -269,7 +273,10 @@ impl Config {
             }
             None => return Err(f.error("model_type", "is missing")),
         }
-        for (key, field) in [("attention_bias", "attention_bias"), ("mlp_bias", "mlp_bias")] {
+        for (key, field) in [
+            ("attention_bias", "attention_bias"),
+            ("mlp_bias", "mlp_bias"),
+        ] {
             if f.bool(key, false)? {
                 return Err(Error::Unsupported {
                     field,
@@ -554,24 +561,88 @@ mod tests {
     fn every_field_is_typed_and_ranged() {
         use serde_json::json;
         let cases: Vec<(&str, Value, &str)> = vec![
-            ("vocab_size", json!("many"), "config.json: `vocab_size` must be a positive integer"),
-            ("hidden_size", json!(0), "`hidden_size` must be a positive integer"),
-            ("hidden_size", json!(64.5), "`hidden_size` must be a positive integer"),
-            ("num_hidden_layers", json!(1u64 << 62), "larger than the supported"),
-            ("num_key_value_heads", json!(3), "`num_key_value_heads` (3) must divide"),
-            ("num_attention_heads", json!(3), "must divide hidden_size (64) when head_dim"),
-            ("tie_word_embeddings", json!("true"), "`tie_word_embeddings` must be true or false"),
-            ("attention_bias", json!("no"), "`attention_bias` must be true or false"),
-            ("rope_theta", json!(0), "`rope_theta` must be greater than 0"),
-            ("rope_theta", json!(-1e4), "`rope_theta` must be greater than 0"),
-            ("rms_norm_eps", json!(-1e-5), "`rms_norm_eps` must be at least 0"),
+            (
+                "vocab_size",
+                json!("many"),
+                "config.json: `vocab_size` must be a positive integer",
+            ),
+            (
+                "hidden_size",
+                json!(0),
+                "`hidden_size` must be a positive integer",
+            ),
+            (
+                "hidden_size",
+                json!(64.5),
+                "`hidden_size` must be a positive integer",
+            ),
+            (
+                "num_hidden_layers",
+                json!(1u64 << 62),
+                "larger than the supported",
+            ),
+            (
+                "num_key_value_heads",
+                json!(3),
+                "`num_key_value_heads` (3) must divide",
+            ),
+            (
+                "num_attention_heads",
+                json!(3),
+                "must divide hidden_size (64) when head_dim",
+            ),
+            (
+                "tie_word_embeddings",
+                json!("true"),
+                "`tie_word_embeddings` must be true or false",
+            ),
+            (
+                "attention_bias",
+                json!("no"),
+                "`attention_bias` must be true or false",
+            ),
+            (
+                "rope_theta",
+                json!(0),
+                "`rope_theta` must be greater than 0",
+            ),
+            (
+                "rope_theta",
+                json!(-1e4),
+                "`rope_theta` must be greater than 0",
+            ),
+            (
+                "rms_norm_eps",
+                json!(-1e-5),
+                "`rms_norm_eps` must be at least 0",
+            ),
             ("rms_norm_eps", json!(1e39), "finite in single precision"),
-            ("rope_scaling", json!({"type": "linear", "factor": 0}), "`factor` must be greater than 0"),
-            ("rope_scaling", json!({"rope_type": "llama3", "factor": 8, "low_freq_factor": 4,
-                "high_freq_factor": 4, "original_max_position_embeddings": 32}), "`high_freq_factor` (4) must be greater"),
-            ("rope_scaling", json!("linear"), "`rope_scaling` must be an object"),
-            ("eos_token_id", json!([1, -2]), "`eos_token_id` must be a token id"),
-            ("eos_token_id", json!(1u64 << 40), "`eos_token_id` must be a token id"),
+            (
+                "rope_scaling",
+                json!({"type": "linear", "factor": 0}),
+                "`factor` must be greater than 0",
+            ),
+            (
+                "rope_scaling",
+                json!({"rope_type": "llama3", "factor": 8, "low_freq_factor": 4,
+                "high_freq_factor": 4, "original_max_position_embeddings": 32}),
+                "`high_freq_factor` (4) must be greater",
+            ),
+            (
+                "rope_scaling",
+                json!("linear"),
+                "`rope_scaling` must be an object",
+            ),
+            (
+                "eos_token_id",
+                json!([1, -2]),
+                "`eos_token_id` must be a token id",
+            ),
+            (
+                "eos_token_id",
+                json!(1u64 << 40),
+                "`eos_token_id` must be a token id",
+            ),
             ("model_type", json!(7), "`model_type` must be a string"),
             ("vocab_size", json!(1u64 << 24), "more than 2^32 elements"),
         ];
@@ -589,13 +660,28 @@ mod tests {
 
     #[test]
     fn generation_config_errors_name_their_file() {
-        let g = GenerationConfig::from_json(r#"{"eos_token_id": [1, 2], "assistant_early_exit": 4}"#).unwrap();
+        let g =
+            GenerationConfig::from_json(r#"{"eos_token_id": [1, 2], "assistant_early_exit": 4}"#)
+                .unwrap();
         assert_eq!(g.eos_token_ids, vec![1, 2]);
         assert_eq!(g.assistant_early_exit, Some(4));
-        let err = GenerationConfig::from_json(r#"{"eos_token_id": "x"}"#).unwrap_err().to_string();
-        assert!(err.starts_with("generation_config.json: `eos_token_id`"), "{err}");
-        let err = GenerationConfig::from_json(r#"{"assistant_early_exit": 0}"#).unwrap_err().to_string();
-        assert!(err.contains("generation_config.json: `assistant_early_exit`"), "{err}");
-        assert!(GenerationConfig::from_json("[1]").unwrap_err().to_string().starts_with("generation_config.json"));
+        let err = GenerationConfig::from_json(r#"{"eos_token_id": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("generation_config.json: `eos_token_id`"),
+            "{err}"
+        );
+        let err = GenerationConfig::from_json(r#"{"assistant_early_exit": 0}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("generation_config.json: `assistant_early_exit`"),
+            "{err}"
+        );
+        assert!(GenerationConfig::from_json("[1]")
+            .unwrap_err()
+            .to_string()
+            .starts_with("generation_config.json"));
     }
 }

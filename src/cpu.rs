@@ -180,13 +180,18 @@ impl CpuModel {
         let max_context = options.max_context.min(config.max_position_embeddings);
         // f32 copies of every weight and the KV cache, checked before anything is allocated.
         let specs = crate::llama::matrix_specs(&config);
+        let formats = crate::llama::matrix_formats(checkpoint, &specs, options.quantize)?;
         let plan = crate::plan::MemoryPlan::new(
             &config,
             &specs,
-            &vec![Format::F32; specs.len()],
+            &formats,
+            Some(Format::F32),
             max_context,
             KvFormat::F32,
-            crate::plan::Blocks { rows: 64, picks: 64 },
+            crate::plan::Blocks {
+                rows: 64,
+                picks: 64,
+            },
             options.staging_bytes,
         )?;
         plan.check_host("try a smaller --max-context")?;
@@ -244,12 +249,18 @@ impl CpuModel {
         let xn = rms_norm(&self.x, &w.input_norm, c.rms_norm_eps);
         let qkv = matmul(&xn, &w.qkv.values, h);
         let width = q_dim + 2 * kv_dim;
-        let mut q: Vec<f32> = qkv.chunks(width).flat_map(|r| r[..q_dim].to_vec()).collect();
+        let mut q: Vec<f32> = qkv
+            .chunks(width)
+            .flat_map(|r| r[..q_dim].to_vec())
+            .collect();
         let mut k: Vec<f32> = qkv
             .chunks(width)
             .flat_map(|r| r[q_dim..q_dim + kv_dim].to_vec())
             .collect();
-        let v: Vec<f32> = qkv.chunks(width).flat_map(|r| r[q_dim + kv_dim..].to_vec()).collect();
+        let v: Vec<f32> = qkv
+            .chunks(width)
+            .flat_map(|r| r[q_dim + kv_dim..].to_vec())
+            .collect();
         rope(&mut q, nh, hd, pos0, inv_freq);
         rope(&mut k, nkv, hd, pos0, inv_freq);
         let round = |x: &f32| self.kv_format.round(*x);

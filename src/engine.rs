@@ -178,7 +178,11 @@ pub fn check_finite(calls: &[Call<'_>], outputs: &[Output]) -> Result<()> {
     use crate::error::Error;
     for (call, out) in calls.iter().zip(outputs) {
         let last = call.layers.end;
-        if out.picks.iter().any(|p| !(p.sum_exp >= 1.0 && p.sum_exp.is_finite())) {
+        if out
+            .picks
+            .iter()
+            .any(|p| !(p.sum_exp >= 1.0 && p.sum_exp.is_finite()))
+        {
             return Err(Error::NonFiniteLogits { layer: last });
         }
         for (i, row) in out.logits.iter().enumerate() {

@@ -92,7 +92,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn file(file: impl Into<String>, why: impl std::fmt::Display) -> Self {
+    /// An error about one file, naming it.
+    pub fn file(file: impl Into<String>, why: impl std::fmt::Display) -> Self {
         Error::File {
             file: file.into(),
             why: why.to_string(),

@@ -163,7 +163,10 @@ impl DirFiles {
             Ok(real) => real,
             // A dangling symbolic link.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::file(shown, "a symbolic link to a file that does not exist"))
+                return Err(Error::file(
+                    shown,
+                    "a symbolic link to a file that does not exist",
+                ))
             }
             Err(e) => return Err(Error::file(shown, e)),
         };
@@ -183,9 +186,8 @@ impl DirFiles {
     }
 
     fn require(&self, name: &str) -> Result<std::path::PathBuf> {
-        self.resolve(name)?.ok_or_else(|| {
-            Error::file(self.dir.join(name).display().to_string(), "no such file")
-        })
+        self.resolve(name)?
+            .ok_or_else(|| Error::file(self.dir.join(name).display().to_string(), "no such file"))
     }
 }
 
@@ -194,10 +196,7 @@ impl DirFiles {
 fn hub_cache_repo(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     let snapshots = dir.parent()?;
     let repo = snapshots.parent()?;
-    let is_repo = repo
-        .file_name()?
-        .to_str()?
-        .starts_with("models--");
+    let is_repo = repo.file_name()?.to_str()?.starts_with("models--");
     (snapshots.file_name()? == "snapshots" && is_repo).then(|| repo.to_path_buf())
 }
 
@@ -228,9 +227,8 @@ impl Files for DirFiles {
         };
         file.seek(SeekFrom::Start(start)).map_err(err)?;
         let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf).map_err(|e| {
-            Error::file(&shown, format!("cannot read bytes {start}..{end} ({e})"))
-        })?;
+        file.read_exact(&mut buf)
+            .map_err(|e| Error::file(&shown, format!("cannot read bytes {start}..{end} ({e})")))?;
         Ok(Cow::Owned(buf))
     }
 }
@@ -241,10 +239,26 @@ mod tests {
 
     #[test]
     fn plain_names_only() {
-        for ok in ["model.safetensors", "model-00001-of-00002.safetensors", "config.json", "a..b"] {
+        for ok in [
+            "model.safetensors",
+            "model-00001-of-00002.safetensors",
+            "config.json",
+            "a..b",
+        ] {
             assert!(check_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "/etc/passwd", "a/b", "a\\b", "C:x", "a\0b", "a\nb"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            "C:x",
+            "a\0b",
+            "a\nb",
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_name(&"x".repeat(256)).is_err());
@@ -254,7 +268,10 @@ mod tests {
     fn slices_never_overflow() {
         let bytes = [1u8, 2, 3];
         assert_eq!(slice("f", &bytes, 1, 2).unwrap(), &[2, 3]);
-        assert!(slice("f", &bytes, 2, 2).unwrap_err().to_string().contains("truncated"));
+        assert!(slice("f", &bytes, 2, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
         assert!(slice("f", &bytes, u64::MAX, 2).is_err());
     }
 

@@ -149,7 +149,10 @@ impl FloatType {
 
     /// Little-endian values as f32.
     pub fn to_f32(self, bytes: &[u8]) -> Vec<f32> {
-        bytes.chunks_exact(self.size()).map(|b| self.read(b)).collect()
+        bytes
+            .chunks_exact(self.size())
+            .map(|b| self.read(b))
+            .collect()
     }
 
     /// The first NaN or infinity, as (element, value). Half types are checked on their bits (an
@@ -277,19 +280,27 @@ impl Format {
     fn pack_group(self, g: &[f32; GROUP], out: &mut Packed) -> Result<()> {
         match self {
             Format::F32 => g.iter().for_each(|x| out.data.extend(x.to_le_bytes())),
-            Format::F16 => g.iter().for_each(|&x| out.data.extend(f32_to_f16(x).to_le_bytes())),
-            Format::Bf16 => g.iter().for_each(|&x| out.data.extend(f32_to_bf16(x).to_le_bytes())),
+            Format::F16 => g
+                .iter()
+                .for_each(|&x| out.data.extend(f32_to_f16(x).to_le_bytes())),
+            Format::Bf16 => g
+                .iter()
+                .for_each(|&x| out.data.extend(f32_to_bf16(x).to_le_bytes())),
             Format::Q8 => {
                 let amax = g.iter().fold(0f32, |m, x| m.max(x.abs()));
                 let d = scale(amax / 127.0)?;
                 out.scales.extend(f32_to_f16(d).to_le_bytes());
                 let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-                out.data
-                    .extend(g.iter().map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8 as u8));
+                out.data.extend(
+                    g.iter()
+                        .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8 as u8),
+                );
             }
             Format::Q4 => {
                 // The value of largest magnitude maps to -8 exactly, as in Q4_0.
-                let m = g.iter().fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+                let m = g
+                    .iter()
+                    .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
                 let d = scale(m / -8.0)?;
                 out.scales.extend(f32_to_f16(d).to_le_bytes());
                 let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
@@ -343,7 +354,10 @@ impl Format {
             let row_in = cols * dtype.size();
             let row_out = self.row_data_bytes(cols);
             let mut data = vec![0u8; bytes.len() / row_in.max(1) * row_out];
-            for (src, dst) in bytes.chunks(row_in.max(1)).zip(data.chunks_mut(row_out.max(1))) {
+            for (src, dst) in bytes
+                .chunks(row_in.max(1))
+                .zip(data.chunks_mut(row_out.max(1)))
+            {
                 dst[..src.len()].copy_from_slice(src);
             }
             return Ok(Packed {
@@ -369,7 +383,10 @@ impl Format {
         let (row_in, row_out) = (self.file_row_bytes(cols), self.row_data_bytes(cols));
         let rows = data.len() / row_in.max(1);
         let mut out = vec![0u8; rows * row_out];
-        for (src, dst) in data.chunks(row_in.max(1)).zip(out.chunks_mut(row_out.max(1))) {
+        for (src, dst) in data
+            .chunks(row_in.max(1))
+            .zip(out.chunks_mut(row_out.max(1)))
+        {
             dst[..src.len()].copy_from_slice(src);
             if self == Format::Q4 && cols % 2 == 1 {
                 // The unused high nibble of an odd row's last byte must dequantize to 0.
@@ -382,7 +399,10 @@ impl Format {
         }
         let (sin, sout) = (self.file_scale_bytes(cols), self.row_scale_bytes(cols));
         let mut padded = vec![0u8; rows * sout];
-        for (src, dst) in scales.chunks(sin.max(1)).zip(padded.chunks_mut(sout.max(1))) {
+        for (src, dst) in scales
+            .chunks(sin.max(1))
+            .zip(padded.chunks_mut(sout.max(1)))
+        {
             dst[..src.len()].copy_from_slice(src);
         }
         Packed {
@@ -401,8 +421,16 @@ impl Format {
                 .collect()
         };
         (
-            strip(&packed.data, self.row_data_bytes(cols), self.file_row_bytes(cols)),
-            strip(&packed.scales, self.row_scale_bytes(cols), self.file_scale_bytes(cols)),
+            strip(
+                &packed.data,
+                self.row_data_bytes(cols),
+                self.file_row_bytes(cols),
+            ),
+            strip(
+                &packed.scales,
+                self.row_scale_bytes(cols),
+                self.file_scale_bytes(cols),
+            ),
         )
     }
 }
@@ -506,7 +534,11 @@ mod tests {
         assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3c00);
         assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02);
         assert_eq!(f32_to_f16(65520.0), 0x7c00, "rounds up to infinity");
-        assert_eq!(f32_to_f16(2f32.powi(-25)), 0, "half the smallest subnormal ties to zero");
+        assert_eq!(
+            f32_to_f16(2f32.powi(-25)),
+            0,
+            "half the smallest subnormal ties to zero"
+        );
         assert_eq!(f32_to_bf16(1.0 + 2f32.powi(-8)), 0x3f80);
         assert_eq!(f32_to_bf16(-3.0), 0xc040);
     }
@@ -518,7 +550,11 @@ mod tests {
         let q8 = Format::Q8.pack(&row, 40).unwrap();
         assert_eq!(q8.data.len(), 64, "two groups of 32, the second padded");
         assert_eq!(q8.scales.len(), 4);
-        assert_eq!(Format::Q8.pack(&row[..32], 32).unwrap().scales.len(), 4, "padded to 4 bytes");
+        assert_eq!(
+            Format::Q8.pack(&row[..32], 32).unwrap().scales.len(),
+            4,
+            "padded to 4 bytes"
+        );
         let d = f16_to_f32(u16::from_le_bytes([q8.scales[0], q8.scales[1]]));
         assert_eq!(d, f16_to_f32(f32_to_f16(4.0 / 127.0)));
         assert_eq!(q8.data[3] as i8, -127);
@@ -530,7 +566,11 @@ mod tests {
         assert_eq!(q4.data.len(), 32);
         let d = f16_to_f32(u16::from_le_bytes([q4.scales[0], q4.scales[1]]));
         assert_eq!(d, 0.5, "m / -8 with m = -4");
-        assert_eq!((q4.data[1] >> 4) & 15, 0, "element 3 maps to q = 0, that is -8 d");
+        assert_eq!(
+            (q4.data[1] >> 4) & 15,
+            0,
+            "element 3 maps to q = 0, that is -8 d"
+        );
         let back = Format::Q4.unpack(&q4, 1, 40);
         assert_eq!(back[3], -4.0);
         for (a, b) in back.iter().zip(&row).take(32) {
@@ -543,23 +583,36 @@ mod tests {
 
     #[test]
     fn float_formats_keep_the_checkpoint_bytes() {
-        let bytes: Vec<u8> = [1.0f32, -2.5, 3.25].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let p = Format::F32.pack_file_rows(FloatType::F32, &bytes, 3).unwrap();
+        let bytes: Vec<u8> = [1.0f32, -2.5, 3.25]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let p = Format::F32
+            .pack_file_rows(FloatType::F32, &bytes, 3)
+            .unwrap();
         assert_eq!(p.data.len(), 128);
         assert_eq!(&p.data[..12], &bytes[..]);
         assert_eq!(Format::F32.unpack(&p, 1, 3), vec![1.0, -2.5, 3.25]);
-        let q = Format::Q8.pack_file_rows(FloatType::F32, &bytes, 3).unwrap();
+        let q = Format::Q8
+            .pack_file_rows(FloatType::F32, &bytes, 3)
+            .unwrap();
         assert_eq!(q.scales.len(), 4, "one f16 scale, padded to 4 bytes");
     }
 
     #[test]
     fn the_file_layout_round_trips() {
-        let values: Vec<f32> = (0..3 * 37).map(|i| ((i * 7919) % 61) as f32 / 13.0 - 2.0).collect();
+        let values: Vec<f32> = (0..3 * 37)
+            .map(|i| ((i * 7919) % 61) as f32 / 13.0 - 2.0)
+            .collect();
         for format in [Format::Q8, Format::Q4] {
             let packed = format.pack(&values, 37).unwrap();
             let (data, scales) = format.file_rows(&packed, 37);
             assert_eq!(data.len(), 3 * format.file_row_bytes(37));
-            assert_eq!(scales.len(), 3 * 2 * 2, "two groups, an f16 scale each, per row");
+            assert_eq!(
+                scales.len(),
+                3 * 2 * 2,
+                "two groups, an f16 scale each, per row"
+            );
             let again = format.pack_quantized_rows(&data, &scales, 37);
             assert_eq!(again, packed, "{format:?}: bit for bit");
         }
@@ -567,11 +620,23 @@ mod tests {
 
     #[test]
     fn non_finite_values_are_found_in_every_float_type() {
-        let f32s: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let f32s: Vec<u8> = [1.0f32, f32::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         assert_eq!(FloatType::F32.find_non_finite(&f32s).unwrap().0, 1);
-        let f16s: Vec<u8> = [0x3c00u16, 0x7bff, 0xfc00].iter().flat_map(|h| h.to_le_bytes()).collect();
-        assert_eq!(FloatType::F16.find_non_finite(&f16s), Some((2, f32::NEG_INFINITY)));
-        let bf16s: Vec<u8> = [0x7f7fu16, 0x7fc0].iter().flat_map(|h| h.to_le_bytes()).collect();
+        let f16s: Vec<u8> = [0x3c00u16, 0x7bff, 0xfc00]
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        assert_eq!(
+            FloatType::F16.find_non_finite(&f16s),
+            Some((2, f32::NEG_INFINITY))
+        );
+        let bf16s: Vec<u8> = [0x7f7fu16, 0x7fc0]
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
         let (i, v) = FloatType::Bf16.find_non_finite(&bf16s).unwrap();
         assert!(i == 1 && v.is_nan());
         assert!(FloatType::F16.find_non_finite(&f16s[..4]).is_none());

@@ -54,7 +54,10 @@ impl<'de> Deserialize<'de> for Entries {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object of tensor names")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Entries, A::Error> {
                 let mut seen = HashSet::new();
                 let mut out = vec![];
                 while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
@@ -83,7 +86,12 @@ pub async fn read(files: &impl Files, file: &str) -> Result<Vec<(String, TensorE
         return Err(bad(format!("only {size} bytes, too short for a header")));
     }
     let prefix = files.read_range(file, 0, 8).await?;
-    let n = u64::from_le_bytes(prefix.as_ref().try_into().map_err(|_| bad("short read".into()))?);
+    let n = u64::from_le_bytes(
+        prefix
+            .as_ref()
+            .try_into()
+            .map_err(|_| bad("short read".into()))?,
+    );
     if n > MAX_HEADER_BYTES || n > size - 8 {
         return Err(bad(format!(
             "header length {n} does not fit in the file ({size} bytes) or exceeds {MAX_HEADER_BYTES}"
@@ -162,7 +170,11 @@ pub fn parse(file: &str, size: u64, header: &[u8]) -> Result<Vec<(String, Tensor
             .iter()
             .map(|&d| usize::try_from(d))
             .collect::<std::result::Result<Vec<usize>, _>>()
-            .map_err(|_| bad(format!("tensor `{name}`: shape too large for this platform")))?;
+            .map_err(|_| {
+                bad(format!(
+                    "tensor `{name}`: shape too large for this platform"
+                ))
+            })?;
         at = end;
         out.push((
             name,
@@ -223,25 +235,63 @@ mod tests {
     fn every_inconsistency_is_named() {
         let cases = [
             // Duplicate names (JSON parsers keep the last one).
-            (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 4, "appears twice"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                4,
+                "appears twice",
+            ),
             // Overlapping and gapped offsets.
-            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8, "overlap"),
-            (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8, "unused"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8,
+                "overlap",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8,
+                "unused",
+            ),
             // A size that overflows, and one that wraps.
-            (r#"{"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,0]}}"#, 0, "overflows"),
-            (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#, 4, "needs 4 bytes"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,0]}}"#,
+                0,
+                "overflows",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#,
+                4,
+                "needs 4 bytes",
+            ),
             // Data the tensors do not cover, and data missing.
-            (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 5, "not covered"),
-            (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 3, "truncated"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                5,
+                "not covered",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                3,
+                "truncated",
+            ),
             (r#"{"__metadata__":{"x":1}}"#, 0, "__metadata__"),
-            (r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#, 1, "whole bytes"),
+            (
+                r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#,
+                1,
+                "whole bytes",
+            ),
         ];
         for (header, data, expected) in cases {
             let bytes = file(header, data);
             let err = check(&bytes).unwrap_err().to_string();
-            assert!(err.contains(expected) && err.starts_with("f:"), "{header}: {err}");
+            assert!(
+                err.contains(expected) && err.starts_with("f:"),
+                "{header}: {err}"
+            );
             if expected != "appears twice" {
-                assert!(safetensors::SafeTensors::read_metadata(&bytes).is_err(), "{header}");
+                assert!(
+                    safetensors::SafeTensors::read_metadata(&bytes).is_err(),
+                    "{header}"
+                );
             }
         }
     }
@@ -251,6 +301,9 @@ mod tests {
         let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}  "#;
         let mut bytes = file(h, 4);
         bytes[..8].copy_from_slice(&(h.len() as u64 - 1).to_le_bytes());
-        assert!(check(&bytes).unwrap_err().to_string().contains("not covered"));
+        assert!(check(&bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("not covered"));
     }
 }

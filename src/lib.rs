@@ -7,6 +7,7 @@ pub mod config;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod files;
 pub mod format;
 pub mod generate;
@@ -15,6 +16,7 @@ pub mod header;
 pub mod llama;
 pub mod model;
 pub mod plan;
+pub mod quantize;
 pub mod request;
 pub mod sampler;
 pub mod tokenizer;
@@ -27,11 +29,11 @@ pub use error::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::DirFiles;
 pub use files::{Files, MemoryFiles};
+pub use format::{Format, KvFormat, Quantization};
 pub use generate::{
     generate, Flow, GenerateOptions, Generation, Stats, StopReason, Strategy, StrategyKind,
     TokenKind,
 };
-pub use format::{Format, KvFormat, Quantization};
 pub use model::{
     AnyEngine, Completion, Device, DeviceInfo, LoadOptions, Model, ModelInfo, Streamed,
 };

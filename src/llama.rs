@@ -67,8 +67,13 @@ pub trait Store {
     type Matrix;
     type Vector;
     /// Allocates a matrix of `rows` x `cols` in `format`, before any weight is read.
-    fn matrix(&mut self, name: &str, format: Format, rows: usize, cols: usize)
-        -> Result<Self::Matrix>;
+    fn matrix(
+        &mut self,
+        name: &str,
+        format: Format,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self::Matrix>;
     /// Writes packed rows into `matrix` from row `row0`.
     fn write(&mut self, matrix: &mut Self::Matrix, row0: usize, rows: &Packed) -> Result<()>;
     fn vector(&mut self, name: &str, values: &[f32]) -> Result<Self::Vector>;
@@ -108,7 +113,11 @@ pub struct MatrixSpec {
 /// Every matrix of a Llama model of this config. Without `lm_head.weight` in a tied checkpoint
 /// the exit head reuses the embedding, as transformers does.
 pub fn matrix_specs(config: &Config) -> Vec<MatrixSpec> {
-    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+    let (h, i, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
     let (q, kv) = (config.q_dim(), config.kv_dim());
     let spec = |id, name: String, cols: usize, parts: &[(String, usize)]| {
         let mut row0 = 0;
@@ -141,7 +150,12 @@ pub fn matrix_specs(config: &Config) -> Vec<MatrixSpec> {
         &[("model.embed_tokens.weight".into(), v)],
     )];
     if !config.tie_word_embeddings {
-        specs.push(spec(MatrixId::LmHead, "lm_head".into(), h, &[("lm_head.weight".into(), v)]));
+        specs.push(spec(
+            MatrixId::LmHead,
+            "lm_head".into(),
+            h,
+            &[("lm_head.weight".into(), v)],
+        ));
     }
     for l in 0..config.num_hidden_layers {
         let p = |t: &str| format!("model.layers.{l}.{t}.weight");
@@ -150,16 +164,30 @@ pub fn matrix_specs(config: &Config) -> Vec<MatrixSpec> {
                 MatrixId::Qkv(l),
                 format!("layers.{l}.qkv"),
                 h,
-                &[(p("self_attn.q_proj"), q), (p("self_attn.k_proj"), kv), (p("self_attn.v_proj"), kv)],
+                &[
+                    (p("self_attn.q_proj"), q),
+                    (p("self_attn.k_proj"), kv),
+                    (p("self_attn.v_proj"), kv),
+                ],
             ),
-            spec(MatrixId::O(l), format!("layers.{l}.o_proj"), q, &[(p("self_attn.o_proj"), h)]),
+            spec(
+                MatrixId::O(l),
+                format!("layers.{l}.o_proj"),
+                q,
+                &[(p("self_attn.o_proj"), h)],
+            ),
             spec(
                 MatrixId::GateUp(l),
                 format!("layers.{l}.gate_up"),
                 h,
                 &[(p("mlp.gate_proj"), i), (p("mlp.up_proj"), i)],
             ),
-            spec(MatrixId::Down(l), format!("layers.{l}.down_proj"), i, &[(p("mlp.down_proj"), h)]),
+            spec(
+                MatrixId::Down(l),
+                format!("layers.{l}.down_proj"),
+                i,
+                &[(p("mlp.down_proj"), h)],
+            ),
         ]);
     }
     specs
@@ -210,7 +238,13 @@ pub fn matrix_formats(
                     Some(f) => {
                         return Err(Error::Unsupported {
                             field: "dtype",
-                            value: format!("{} is {} but {} is {}", m.pieces[0].tensor, f.name(), p.tensor, own.name()),
+                            value: format!(
+                                "{} is {} but {} is {}",
+                                m.pieces[0].tensor,
+                                f.name(),
+                                p.tensor,
+                                own.name()
+                            ),
                             why: "tensors fused into one matrix (q|k|v, gate|up) need one dtype",
                         })
                     }
@@ -254,9 +288,16 @@ pub async fn load<S: Store>(
     // Norm vectors are small: read whole.
     let mut norms = vec![];
     for (name, entry, dtype) in vectors {
-        let bytes = files.read_range(&entry.file, entry.start, entry.len as usize).await?;
+        let bytes = files
+            .read_range(&entry.file, entry.start, entry.len as usize)
+            .await?;
         if let Some((index, value)) = dtype.find_non_finite(&bytes) {
-            return Err(Error::NonFiniteWeight { name, file: entry.file.clone(), value, index });
+            return Err(Error::NonFiniteWeight {
+                name,
+                file: entry.file.clone(),
+                value,
+                index,
+            });
         }
         norms.push(store.vector(&name, &dtype.to_f32(&bytes))?);
         done += entry.len;
@@ -265,7 +306,9 @@ pub async fn load<S: Store>(
     let mut matrices = vec![];
     for (spec, &format) in specs.iter().zip(&formats) {
         report.weight_bytes += format.bytes(spec.rows, spec.cols).unwrap_or(u64::MAX);
-        matrices.push(Some(store.matrix(&spec.name, format, spec.rows, spec.cols)?));
+        matrices.push(Some(
+            store.matrix(&spec.name, format, spec.rows, spec.cols)?,
+        ));
     }
     let mut take = |id: MatrixId| -> Result<S::Matrix> {
         let at = specs.iter().position(|s| s.id == id);
@@ -273,7 +316,11 @@ pub async fn load<S: Store>(
             .ok_or_else(|| Error::Invalid(format!("matrix {id:?} missing")))
     };
     let mut norms = norms.into_iter();
-    let mut norm = || norms.next().ok_or_else(|| Error::Invalid("norm vector missing".into()));
+    let mut norm = || {
+        norms
+            .next()
+            .ok_or_else(|| Error::Invalid("norm vector missing".into()))
+    };
     let mut layers = vec![];
     for l in 0..config.num_hidden_layers {
         layers.push(LayerWeights {
@@ -319,7 +366,9 @@ pub async fn load<S: Store>(
             .ok_or_else(|| Error::Invalid(format!("no matrix for {}", piece.tensor)))?;
         for r0 in (0..piece.rows).step_by(chunk) {
             let n = chunk.min(piece.rows - r0);
-            let (packed, read) = source.read_rows(files, &piece.tensor, r0, n, format).await?;
+            let (packed, read) = source
+                .read_rows(files, &piece.tensor, r0, n, format)
+                .await?;
             let converted = if converts { 4 * n * piece.cols } else { 0 };
             let held = (read + converted + packed.bytes()) as u64;
             report.peak_staging_bytes = report.peak_staging_bytes.max(held);

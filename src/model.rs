@@ -6,8 +6,8 @@ use crate::cpu::CpuModel;
 use crate::engine::{Call, Counters, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
 use crate::files::{Files, MAX_TOKENIZER_BYTES};
-use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
 use crate::format::{KvFormat, Quantization};
+use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
 use crate::gpu::{GpuContext, GpuModel, GpuOptions};
 use crate::llama::{LoadReport, DEFAULT_STAGING_BYTES};
 use crate::plan::MemoryPlan;
@@ -166,8 +166,7 @@ impl Model {
     /// else a quarter of the layers.
     pub fn default_exit_layer(&self) -> usize {
         let layers = self.config().num_hidden_layers;
-        self.checkpoint_exit_layer
-            .unwrap_or((layers / 4).max(1))
+        self.checkpoint_exit_layer.unwrap_or((layers / 4).max(1))
     }
 
     /// The most drafts one self-speculative round can verify.
@@ -188,7 +187,8 @@ impl Model {
         on_token: impl FnMut(Streamed<'_>) -> bool,
     ) -> Result<Completion> {
         let options = self.options(request)?;
-        self.complete(prompt, &options, &request.stop, on_token).await
+        self.complete(prompt, &options, &request.stop, on_token)
+            .await
     }
 
     /// Generates after already tokenized `prompt` (benchmarks feed the same ids to every
@@ -199,6 +199,19 @@ impl Model {
         options: &GenerateOptions,
     ) -> Result<Generation> {
         generate(&mut self.engine, prompt, options, |_, _| Flow::Continue).await
+    }
+
+    /// Cross-entropy, perplexity and top-1 accuracy of the exit head after every layer on `text`,
+    /// in windows of `window` predicted tokens (see `eval.rs`).
+    pub async fn evaluate(
+        &mut self,
+        text: &str,
+        window: usize,
+        max_windows: Option<usize>,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<crate::eval::Evaluation> {
+        let ids = self.tokenizer.encode(text)?;
+        crate::eval::evaluate(&mut self.engine, &ids, window, max_windows, progress).await
     }
 
     /// The logit lens: the exit head's logits at the last prompt position after every layer.
@@ -242,8 +255,7 @@ impl Model {
                     driver: ctx.info.driver_info.clone(),
                     matrices,
                     row_blocks,
-                    max_storage_buffer_binding_size: ctx.limits.max_storage_buffer_binding_size
-                        as u64,
+                    max_storage_buffer_binding_size: ctx.limits.max_storage_buffer_binding_size,
                     max_buffer_size: ctx.limits.max_buffer_size,
                     max_compute_workgroups_per_dimension: ctx
                         .limits

@@ -75,12 +75,15 @@ pub struct Blocks {
 }
 
 impl MemoryPlan {
-    /// The plan for `specs` in `formats` with a KV cache of `context` positions. `f32_weights`
-    /// counts every weight as f32 (the CPU reference expands them).
+    /// The plan for `specs` in `formats` with a KV cache of `context` positions. With
+    /// `stored_as`, weights are held in that format whatever they were loaded from (the CPU
+    /// reference dequantizes everything to f32).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         specs: &[MatrixSpec],
         formats: &[Format],
+        stored_as: Option<Format>,
         context: usize,
         kv_format: KvFormat,
         blocks: Blocks,
@@ -97,7 +100,8 @@ impl MemoryPlan {
         let mut weights = product(&[2 * l + 1, h, 4])?;
         let mut largest = (String::new(), 0u64);
         for (spec, format) in specs.iter().zip(formats) {
-            let bytes = format
+            let bytes = stored_as
+                .unwrap_or(*format)
                 .bytes(spec.rows, spec.cols)
                 .ok_or_else(|| Error::Invalid(format!("the size of {} overflows", spec.name)))?;
             weights = weights.saturating_add(bytes);
@@ -105,12 +109,19 @@ impl MemoryPlan {
         let mut names: Vec<&str> = formats.iter().map(|f| f.name()).collect();
         names.sort();
         names.dedup();
-        let kv_layer = product(&[context as u64, config.kv_dim() as u64, kv_format.bytes_per_value() as u64])?;
+        let kv_layer = product(&[
+            context as u64,
+            config.kv_dim() as u64,
+            kv_format.bytes_per_value() as u64,
+        ])?;
         let parts = [
             ("k_cache[0]", kv_layer),
             ("logits", product(&[rows, v, 4])?),
             ("out_logits", product(&[l + rows, v, 4])?),
-            ("rope", product(&[context as u64, config.head_dim as u64 / 2, 8])?),
+            (
+                "rope",
+                product(&[context as u64, config.head_dim as u64 / 2, 8])?,
+            ),
             ("gate_up", product(&[rows, 2 * i, 4])?),
             ("qkv", product(&[rows, qkv, 4])?),
         ];
@@ -122,9 +133,13 @@ impl MemoryPlan {
         let activations = product(&[rows, 2 * h + qkv + config.q_dim() as u64 + 2 * i + v, 4])?
             .saturating_add(product(&[context as u64 + blocks.picks as u64, 4])?)
             .saturating_add(product(&[blocks.picks as u64, 8])?);
+        let loaded = names.join("+");
         let mut plan = MemoryPlan {
             weights,
-            weight_format: names.join("+"),
+            weight_format: match stored_as {
+                Some(f) if f.name() != loaded => format!("{f} from {loaded}"),
+                _ => loaded,
+            },
             kv_cache: product(&[2 * l, kv_layer])?,
             kv_format,
             context,
@@ -174,7 +189,8 @@ impl MemoryPlan {
             return Ok(());
         }
         let per_position = (config.kv_dim() * self.kv_format.bytes_per_value()) as u64;
-        let fits = (max_binding / per_position.max(1)).min((max_binding / (config.head_dim as u64 * 4)).max(1));
+        let fits = (max_binding / per_position.max(1))
+            .min((max_binding / (config.head_dim as u64 * 4)).max(1));
         let hint = match self.largest_buffer.as_str() {
             "k_cache[0]" | "rope" => {
                 let f16 = match self.kv_format {
@@ -207,4 +223,3 @@ impl MemoryPlan {
         }
     }
 }
-

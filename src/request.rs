@@ -35,7 +35,10 @@ pub struct GenerateRequest {
     #[cfg_attr(not(target_arch = "wasm32"), arg(long, default_value_t = defaults::MAX_NEW_TOKENS))]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 (the default) decodes greedily.
-    #[cfg_attr(not(target_arch = "wasm32"), arg(long, default_value_t = 0.0, allow_negative_numbers = true))]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        arg(long, default_value_t = 0.0, allow_negative_numbers = true)
+    )]
     pub temperature: f32,
     /// Sample among the K most likely tokens only (0 = all).
     #[cfg_attr(not(target_arch = "wasm32"), arg(long, default_value_t = 0))]
@@ -113,7 +116,11 @@ impl GenerateRequest {
                 self.stop.len()
             )));
         }
-        if let Some(s) = self.stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+        if let Some(s) = self
+            .stop
+            .iter()
+            .find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
             return Err(invalid(format!(
                 "stop strings must be 1 to {MAX_STOP_BYTES} bytes, got {} bytes",
                 s.len()
@@ -182,25 +189,108 @@ mod tests {
         );
         assert_eq!(o.sampling.unwrap().top_k, 4);
         let err = serde_json::from_str::<GenerateRequest>(r#"{"maxTokens": 3}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `maxTokens`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `maxTokens`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn every_bad_value_is_refused_whatever_the_mode() {
         let cases: Vec<(GenerateRequest, &str)> = vec![
-            (GenerateRequest { temperature: -0.5, ..Default::default() }, "temperature"),
-            (GenerateRequest { temperature: f32::INFINITY, ..Default::default() }, "temperature"),
-            (GenerateRequest { temperature: f32::NAN, ..Default::default() }, "temperature"),
-            (GenerateRequest { top_p: 0.0, ..Default::default() }, "top_p"),
-            (GenerateRequest { top_p: f32::NAN, ..Default::default() }, "top_p"),
-            (GenerateRequest { draft_confidence: Some(1.5), ..Default::default() }, "draft_confidence"),
-            (GenerateRequest { draft_confidence: Some(f32::NAN), ..Default::default() }, "draft_confidence"),
-            (GenerateRequest { num_speculations: 0, ..Default::default() }, "num_speculations"),
-            (GenerateRequest { exit_layer: Some(0), ..Default::default() }, "exit_layer"),
-            (GenerateRequest { stop: vec![String::new()], ..Default::default() }, "stop strings"),
-            (GenerateRequest { stop: vec!["x".into(); 17], ..Default::default() }, "stop strings"),
-            (GenerateRequest { strategy: StrategyKind::EarlyExit, exit_layer: Some(9), ..Default::default() }, "exit layer 9 is outside 1..=8"),
-            (GenerateRequest { strategy: StrategyKind::SelfSpeculative, exit_layer: Some(8), ..Default::default() }, "exit layer 8 is outside 1..=7"),
+            (
+                GenerateRequest {
+                    temperature: -0.5,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                GenerateRequest {
+                    temperature: f32::INFINITY,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                GenerateRequest {
+                    temperature: f32::NAN,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                GenerateRequest {
+                    top_p: 0.0,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                GenerateRequest {
+                    top_p: f32::NAN,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                GenerateRequest {
+                    draft_confidence: Some(1.5),
+                    ..Default::default()
+                },
+                "draft_confidence",
+            ),
+            (
+                GenerateRequest {
+                    draft_confidence: Some(f32::NAN),
+                    ..Default::default()
+                },
+                "draft_confidence",
+            ),
+            (
+                GenerateRequest {
+                    num_speculations: 0,
+                    ..Default::default()
+                },
+                "num_speculations",
+            ),
+            (
+                GenerateRequest {
+                    exit_layer: Some(0),
+                    ..Default::default()
+                },
+                "exit_layer",
+            ),
+            (
+                GenerateRequest {
+                    stop: vec![String::new()],
+                    ..Default::default()
+                },
+                "stop strings",
+            ),
+            (
+                GenerateRequest {
+                    stop: vec!["x".into(); 17],
+                    ..Default::default()
+                },
+                "stop strings",
+            ),
+            (
+                GenerateRequest {
+                    strategy: StrategyKind::EarlyExit,
+                    exit_layer: Some(9),
+                    ..Default::default()
+                },
+                "exit layer 9 is outside 1..=8",
+            ),
+            (
+                GenerateRequest {
+                    strategy: StrategyKind::SelfSpeculative,
+                    exit_layer: Some(8),
+                    ..Default::default()
+                },
+                "exit layer 8 is outside 1..=7",
+            ),
         ];
         for (r, expected) in cases {
             let err = r.options(8, 2).unwrap_err().to_string();

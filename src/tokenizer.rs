@@ -52,7 +52,8 @@ impl Tokenizer {
 /// untagged enum whose syntax errors hit an `expect`.
 fn check_tokenizer_json(bytes: &[u8]) -> Result<()> {
     let bad = |why: String| Error::Tokenizer(format!("tokenizer.json: {why}"));
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(bad("the top level must be a JSON object".into()));
     }
@@ -88,7 +89,9 @@ fn check_template(obj: &serde_json::Map<String, Value>) -> std::result::Result<(
                 })?;
                 let count = |key: &str| token.get(key).and_then(Value::as_array).map(Vec::len);
                 if count("ids") != count("tokens") {
-                    return Err(format!("special token {id:?} has a different number of ids and tokens"));
+                    return Err(format!(
+                        "special token {id:?} has a different number of ids and tokens"
+                    ));
                 }
             }
             let sequence = piece.pointer("/Sequence/id").and_then(Value::as_str);

@@ -154,7 +154,11 @@ fn devices() -> [Device; 2] {
 }
 
 fn load(files: &impl layerskip::Files, device: &Device, context: usize) -> Result<Model, Error> {
-    pollster::block_on(Model::load(files, &options(device.clone(), context), |_| {}))
+    pollster::block_on(Model::load(
+        files,
+        &options(device.clone(), context),
+        |_| {},
+    ))
 }
 
 /// Loads on both backends and checks the error mentions every part of `expected`.
@@ -166,7 +170,10 @@ fn assert_error(files: &impl layerskip::Files, expected: &[&str]) {
         };
         assert!(!err.contains('\n'), "one line: {err}");
         for part in expected {
-            assert!(err.contains(part), "{device:?}: {err:?} should mention {part:?}");
+            assert!(
+                err.contains(part),
+                "{device:?}: {err:?} should mention {part:?}"
+            );
         }
     }
 }
@@ -242,7 +249,10 @@ fn safetensors_files_are_validated_as_the_format_specifies() {
             }),
             vec!["model.safetensors", "not valid JSON"],
         ),
-        (raw(&|_| vec![1, 2, 3]), vec!["model.safetensors", "too short"]),
+        (
+            raw(&|_| vec![1, 2, 3]),
+            vec!["model.safetensors", "too short"],
+        ),
         // The length prefix one byte short of a space-padded header: the JSON still parses and
         // every tensor would be read one byte early.
         (
@@ -259,7 +269,8 @@ fn safetensors_files_are_validated_as_the_format_specifies() {
         (
             raw(&|t| {
                 let mut b = safetensors_bytes(t);
-                let header = header_of(&b).replacen("\"data_offsets\":[0,", "\"data_offsets\":[2,", 1);
+                let header =
+                    header_of(&b).replacen("\"data_offsets\":[0,", "\"data_offsets\":[2,", 1);
                 b = with_header(&header, data_of(&b));
                 b
             }),
@@ -273,7 +284,10 @@ fn safetensors_files_are_validated_as_the_format_specifies() {
                 let end = first.3.len();
                 let header = header_of(&b).replacen(
                     &format!("\"data_offsets\":[0,{end}]"),
-                    &format!("\"data_offsets\":[18446744073709551600,{}]", (end as u64).wrapping_sub(16)),
+                    &format!(
+                        "\"data_offsets\":[18446744073709551600,{}]",
+                        (end as u64).wrapping_sub(16)
+                    ),
                     1,
                 );
                 with_header(&header, data_of(&b))
@@ -293,7 +307,10 @@ fn safetensors_files_are_validated_as_the_format_specifies() {
             raw(&|t| {
                 let b = safetensors_bytes(t);
                 let h = header_of(&b);
-                let extra = format!(",\"model.norm.weight\":{}}}", &json!({"dtype": "BF16", "shape": [0], "data_offsets": [0, 0]}));
+                let extra = format!(
+                    ",\"model.norm.weight\":{}}}",
+                    &json!({"dtype": "BF16", "shape": [0], "data_offsets": [0, 0]})
+                );
                 with_header(&format!("{}{extra}", &h[..h.len() - 1]), data_of(&b))
             }),
             vec!["model.safetensors", "`model.norm.weight` appears twice"],
@@ -309,14 +326,23 @@ fn safetensors_files_are_validated_as_the_format_specifies() {
     let mut index = wrong.json("model.safetensors.index.json");
     index["weight_map"]["lm_head.weight"] = json!(shard);
     wrong.set_json("model.safetensors.index.json", &index);
-    list.push((wrong, vec!["model.safetensors.index.json", "`lm_head.weight`", "but it is in"]));
+    list.push((
+        wrong,
+        vec![
+            "model.safetensors.index.json",
+            "`lm_head.weight`",
+            "but it is in",
+        ],
+    ));
     let mut ghost = Checkpoint::llama2();
     let mut index = ghost.json("model.safetensors.index.json");
     index["weight_map"]["model.ghost"] = json!(shard);
     ghost.set_json("model.safetensors.index.json", &index);
     list.push((ghost, vec!["`model.ghost`", "does not hold it"]));
     let mut unlisted = Checkpoint::llama2();
-    unlisted.shards[1].1.push(("extra".into(), "F32".into(), vec![1], vec![0; 4]));
+    unlisted.shards[1]
+        .1
+        .push(("extra".into(), "F32".into(), vec![1], vec![0; 4]));
     list.push((unlisted, vec!["does not list `extra`"]));
     cases("safetensors validation", list);
 }
@@ -352,10 +378,16 @@ fn file_access_is_confined_to_the_model_folder() {
         let mut index = c.json("model.safetensors.index.json");
         index["weight_map"]["lm_head.weight"] = json!(name);
         c.set_json("model.safetensors.index.json", &index);
-        assert_error(&c.memory(), &["model.safetensors.index.json", "not a plain file name"]);
+        assert_error(
+            &c.memory(),
+            &["model.safetensors.index.json", "not a plain file name"],
+        );
         c.write(&model);
         for device in devices() {
-            let err = load(&DirFiles::new(&model).unwrap(), &device, 64).err().unwrap().to_string();
+            let err = load(&DirFiles::new(&model).unwrap(), &device, 64)
+                .err()
+                .unwrap()
+                .to_string();
             assert!(err.contains("not a plain file name"), "{name}: {err}");
             assert!(!err.contains("SECRET") && !err.contains("root:"), "{err}");
         }
@@ -378,7 +410,10 @@ fn file_access_is_confined_to_the_model_folder() {
     c.write(&model);
     std::fs::remove_file(model.join("config.json")).unwrap();
     make_fifo(&model.join("config.json"));
-    assert_error(&DirFiles::new(&model).unwrap(), &["config.json", "not a regular file"]);
+    assert_error(
+        &DirFiles::new(&model).unwrap(),
+        &["config.json", "not a regular file"],
+    );
     // JSON files are capped before they are read (a sparse 17 MB config.json).
     c.write(&model);
     std::fs::File::options()
@@ -387,9 +422,15 @@ fn file_access_is_confined_to_the_model_folder() {
         .unwrap()
         .set_len(17 << 20)
         .unwrap();
-    assert_error(&DirFiles::new(&model).unwrap(), &["config.json", "more than the 16777216 bytes allowed"]);
+    assert_error(
+        &DirFiles::new(&model).unwrap(),
+        &["config.json", "more than the 16777216 bytes allowed"],
+    );
     // --model naming a file, or nothing.
-    let err = DirFiles::new(model.join("tokenizer.json")).err().unwrap().to_string();
+    let err = DirFiles::new(model.join("tokenizer.json"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("is a file; --model takes the folder"), "{err}");
     let err = DirFiles::new(tmp.0.join("nope")).err().unwrap().to_string();
     assert!(err.contains("no such model folder"), "{err}");
@@ -415,7 +456,10 @@ fn hugging_face_cache_snapshots_load() {
 }
 
 fn make_fifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -489,23 +533,53 @@ fn contexts_too_large_for_memory_fail_before_allocating() {
     // 10^9 positions: the GPU's KV cache exceeds the binding limit, the CPU's the host memory.
     let c = Checkpoint::llama32().config("max_position_embeddings", json!(1_000_000_000));
     let files = c.memory();
-    let err = load(&files, &Device::Gpu(GpuOptions::default()), 1_000_000_000).err().unwrap().to_string();
-    assert!(err.contains("k_cache") && err.contains("max_storage_buffer_binding_size"), "{err}");
-    let err = load(&files, &Device::Cpu, 1_000_000_000).err().unwrap().to_string();
-    assert!(err.contains("KV cache") && err.contains("--max-context"), "{err}");
+    let err = load(&files, &Device::Gpu(GpuOptions::default()), 1_000_000_000)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("k_cache") && err.contains("max_storage_buffer_binding_size"),
+        "{err}"
+    );
+    let err = load(&files, &Device::Cpu, 1_000_000_000)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("KV cache") && err.contains("--max-context"),
+        "{err}"
+    );
     // Tensor checks, as before.
     let mut missing = Checkpoint::llama32();
-    missing.shards[0].1.retain(|t| t.0 != "model.layers.2.mlp.up_proj.weight");
+    missing.shards[0]
+        .1
+        .retain(|t| t.0 != "model.layers.2.mlp.up_proj.weight");
     let mut misshapen = Checkpoint::llama32();
-    misshapen.tensor("model.layers.0.self_attn.q_proj.weight").2.reverse();
+    misshapen
+        .tensor("model.layers.0.self_attn.q_proj.weight")
+        .2
+        .reverse();
     let mut dtype = Checkpoint::llama32();
     dtype.tensor("model.norm.weight").1 = "I16".into();
     cases(
         "tensors",
         vec![
-            (missing, vec!["missing tensor", "model.layers.2.mlp.up_proj.weight"]),
-            (misshapen, vec!["model.layers.0.self_attn.q_proj.weight", "shape [96, 80]", "expected [80, 96]"]),
-            (dtype, vec!["model.norm.weight", "I16", "expected F32, F16 or BF16"]),
+            (
+                missing,
+                vec!["missing tensor", "model.layers.2.mlp.up_proj.weight"],
+            ),
+            (
+                misshapen,
+                vec![
+                    "model.layers.0.self_attn.q_proj.weight",
+                    "shape [96, 80]",
+                    "expected [80, 96]",
+                ],
+            ),
+            (
+                dtype,
+                vec!["model.norm.weight", "I16", "expected F32, F16 or BF16"],
+            ),
         ],
     );
 }
@@ -518,15 +592,29 @@ fn bf16_bits(x: f32) -> [u8; 2] {
 fn non_finite_values_are_caught() {
     // NaN and infinity in the weights, named at load.
     let mut nan = Checkpoint::llama32();
-    nan.tensor("model.layers.3.mlp.down_proj.weight").3[10..12].copy_from_slice(&bf16_bits(f32::NAN));
+    nan.tensor("model.layers.3.mlp.down_proj.weight").3[10..12]
+        .copy_from_slice(&bf16_bits(f32::NAN));
     let mut inf = Checkpoint::llama2();
     inf.tensor("model.layers.1.self_attn.q_proj.weight").3[400..404]
         .copy_from_slice(&f32::INFINITY.to_le_bytes());
     cases(
         "non-finite weights",
         vec![
-            (nan, vec!["`model.layers.3.mlp.down_proj.weight`", "non-finite value (NaN) at element 5"]),
-            (inf, vec!["`model.layers.1.self_attn.q_proj.weight`", "model-00001-of-00003.safetensors", "(inf) at element 100"]),
+            (
+                nan,
+                vec![
+                    "`model.layers.3.mlp.down_proj.weight`",
+                    "non-finite value (NaN) at element 5",
+                ],
+            ),
+            (
+                inf,
+                vec![
+                    "`model.layers.1.self_attn.q_proj.weight`",
+                    "model-00001-of-00003.safetensors",
+                    "(inf) at element 100",
+                ],
+            ),
         ],
     );
     // Finite weights whose activations overflow: the final norm at the largest bf16.
@@ -541,9 +629,18 @@ fn non_finite_values_are_caught() {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("non-finite logits after layer 5"), "{device:?}: {err}");
-        let err = pollster::block_on(model.logit_lens("x")).err().unwrap().to_string();
-        assert!(err.contains("non-finite logits after layer 1"), "{device:?}: {err}");
+        assert!(
+            err.contains("non-finite logits after layer 5"),
+            "{device:?}: {err}"
+        );
+        let err = pollster::block_on(model.logit_lens("x"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("non-finite logits after layer 1"),
+            "{device:?}: {err}"
+        );
     }
 }
 
@@ -555,7 +652,10 @@ fn device_limits_too_small() {
         ..GpuOptions::default()
     });
     let err = load(&files, &device, 64).err().unwrap().to_string();
-    assert!(err.contains("max_storage_buffer_binding_size") && err.contains("64"), "{err}");
+    assert!(
+        err.contains("max_storage_buffer_binding_size") && err.contains("64"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -611,27 +711,99 @@ fn command_line_arguments_are_checked() {
     let model = fixture("llama32_tiny");
     let model = model.to_str().unwrap();
     let g = |extra: &[&'static str]| -> Vec<String> {
-        ["generate", "--prompt", "x"].iter().chain(extra).map(|s| s.to_string()).collect()
+        ["generate", "--prompt", "x"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
     };
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (g(&["--temperature", "inf"]), "temperature must be a finite number >= 0"),
-        (g(&["--temperature", "NaN"]), "temperature must be a finite number >= 0"),
-        (g(&["--temperature", "-1"]), "temperature must be a finite number >= 0"),
+        (
+            g(&["--temperature", "inf"]),
+            "temperature must be a finite number >= 0",
+        ),
+        (
+            g(&["--temperature", "NaN"]),
+            "temperature must be a finite number >= 0",
+        ),
+        (
+            g(&["--temperature", "-1"]),
+            "temperature must be a finite number >= 0",
+        ),
         (g(&["--top-p", "0"]), "top_p must be in (0, 1]"),
         (g(&["--top-p", "1.5"]), "top_p must be in (0, 1]"),
-        (g(&["--draft-confidence", "2"]), "draft_confidence must be in [0, 1]"),
-        (g(&["--num-speculations", "0"]), "num_speculations must be at least 1"),
+        (
+            g(&["--draft-confidence", "2"]),
+            "draft_confidence must be in [0, 1]",
+        ),
+        (
+            g(&["--num-speculations", "0"]),
+            "num_speculations must be at least 1",
+        ),
         (g(&["--exit-layer", "0"]), "exit_layer counts from 1"),
-        (g(&["--strategy", "early-exit", "--exit-layer", "99"]), "exit layer 99 is outside 1..=8"),
-        (g(&["--max-new-tokens", "18446744073709551615"]), "context holds"),
-        (g(&["--max-context", "16", "--max-new-tokens", "64"]), "context holds 16"),
-        (g(&["--model", "/nonexistent/model"]), "/nonexistent/model: no such model folder"),
+        (
+            g(&["--strategy", "early-exit", "--exit-layer", "99"]),
+            "exit layer 99 is outside 1..=8",
+        ),
+        (
+            g(&["--max-new-tokens", "18446744073709551615"]),
+            "context holds",
+        ),
+        (
+            g(&["--max-context", "16", "--max-new-tokens", "64"]),
+            "context holds 16",
+        ),
+        (
+            g(&["--model", "/nonexistent/model"]),
+            "/nonexistent/model: no such model folder",
+        ),
         (g(&["--model", "Cargo.toml"]), "Cargo.toml: is a file"),
-        (vec!["sweep".into(), "--prompt".into(), "x".into(), "--exit-layers".into(), "1..1000000000".into()], "--exit-layers: expected A..B"),
-        (vec!["sweep".into(), "--prompt".into(), "x".into(), "--num-speculations".into(), "1..18446744073709551615".into()], "--num-speculations: expected A..B"),
-        (vec!["bench".into(), "--prompt".into(), "x".into(), "--repetitions".into(), "0".into()], "--repetitions must be at least 1"),
-        (vec!["bench".into(), "--prompts".into(), empty.into()], "no prompts to run"),
-        (vec!["bench".into(), "--model".into(), model.into(), "--prompt".into(), "x".into(), "--exit-layer".into(), "5".into()], "exit layer 5 is outside 1..=4"),
+        (
+            vec![
+                "sweep".into(),
+                "--prompt".into(),
+                "x".into(),
+                "--exit-layers".into(),
+                "1..1000000000".into(),
+            ],
+            "--exit-layers: expected A..B",
+        ),
+        (
+            vec![
+                "sweep".into(),
+                "--prompt".into(),
+                "x".into(),
+                "--num-speculations".into(),
+                "1..18446744073709551615".into(),
+            ],
+            "--num-speculations: expected A..B",
+        ),
+        (
+            vec![
+                "bench".into(),
+                "--prompt".into(),
+                "x".into(),
+                "--repetitions".into(),
+                "0".into(),
+            ],
+            "--repetitions must be at least 1",
+        ),
+        (
+            vec!["bench".into(), "--prompts".into(), empty.into()],
+            "no prompts to run",
+        ),
+        (
+            vec![
+                "bench".into(),
+                "--model".into(),
+                model.into(),
+                "--prompt".into(),
+                "x".into(),
+                "--exit-layer".into(),
+                "5".into(),
+            ],
+            "exit layer 5 is outside 1..=4",
+        ),
     ];
     let n = cases.len();
     for (args, expected) in cases {
@@ -645,7 +817,11 @@ fn command_line_arguments_are_checked() {
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {stderr}"
+        );
     }
     println!("arguments: {n} cases");
 }

@@ -62,7 +62,14 @@ fn generate_and_logits_json_agree_with_hugging_face() {
             assert!(out["stats"]["tokens_per_second"].as_f64().unwrap() > 0.0);
         }
         let out = json(&[
-            "logits", "--model", dir, "--prompt", prompt, "--kv-cache", "f32", "--json",
+            "logits",
+            "--model",
+            dir,
+            "--prompt",
+            prompt,
+            "--kv-cache",
+            "f32",
+            "--json",
         ]);
         let exits = out["exits"].as_array().unwrap();
         assert_eq!(

@@ -28,8 +28,12 @@ fn load_kv(name: &str, device: layerskip::Device, kv_cache: KvFormat) -> Model {
         kv_cache,
         ..options(device, 128)
     };
-    pollster::block_on(Model::load(&DirFiles::new(fixture(name)).unwrap(), &options, |_| {}))
-        .expect("fixture loads")
+    pollster::block_on(Model::load(
+        &DirFiles::new(fixture(name)).unwrap(),
+        &options,
+        |_| {},
+    ))
+    .expect("fixture loads")
 }
 
 fn devices() -> Vec<(&'static str, layerskip::Device)> {
@@ -126,7 +130,11 @@ const F16_KV_TOLERANCE: f32 = 0.1;
 fn f16_kv_cache_stays_close_to_hugging_face() {
     for name in FIXTURES {
         let r = reference(name);
-        let mut gpu = load_kv(name, layerskip::Device::Gpu(GpuOptions::default()), KvFormat::F16);
+        let mut gpu = load_kv(
+            name,
+            layerskip::Device::Gpu(GpuOptions::default()),
+            KvFormat::F16,
+        );
         let mut cpu = load_kv(name, layerskip::Device::Cpu, KvFormat::F16);
         for (device, model) in [("gpu", &mut gpu), ("cpu", &mut cpu)] {
             let worst = check_logits_within(name, model, &r, F16_KV_TOLERANCE);
@@ -134,13 +142,19 @@ fn f16_kv_cache_stays_close_to_hugging_face() {
         }
         let mut worst = 0f32;
         for p in &r.prompts {
-            for (g, c) in lens(&mut gpu, &p.input_ids).iter().zip(lens(&mut cpu, &p.input_ids)) {
+            for (g, c) in lens(&mut gpu, &p.input_ids)
+                .iter()
+                .zip(lens(&mut cpu, &p.input_ids))
+            {
                 worst = worst.max(max_abs_diff(g, &c));
             }
         }
         println!("{name}: f16 KV cache, max |GPU - CPU reference| {worst}");
         // A key rounded differently after a 1e-6 difference moves a score by one f16 step.
-        assert!(worst < 5e-3, "{name}: GPU and CPU reference differ by {worst}");
+        assert!(
+            worst < 5e-3,
+            "{name}: GPU and CPU reference differ by {worst}"
+        );
     }
 }
 

@@ -7,13 +7,19 @@ mod common;
 use common::*;
 use layerskip::cpu;
 use layerskip::format::Packed;
+use layerskip::format::{f16_to_f32, f32_to_f16};
 use layerskip::gpu::kernels::{run_once, Access, Defines, Grid, Shader};
 use layerskip::gpu::tensor::Matrix;
 use layerskip::gpu::{GpuContext, GpuOptions};
-use layerskip::format::{f16_to_f32, f32_to_f16};
 use layerskip::{Format, KvFormat};
 
-const FORMATS: [Format; 5] = [Format::F32, Format::F16, Format::Bf16, Format::Q8, Format::Q4];
+const FORMATS: [Format; 5] = [
+    Format::F32,
+    Format::F16,
+    Format::Bf16,
+    Format::Q8,
+    Format::Q4,
+];
 
 fn run(
     ctx: &GpuContext,
@@ -38,14 +44,26 @@ fn matrix(ctx: &GpuContext, format: Format, values: &[f32], cols: usize) -> (Mat
 /// under a binding limit small enough to split the matrix into row blocks.
 #[test]
 fn matmul_all_formats_and_variants() {
-    for (ctx, limit) in [(gpu(), None), (gpu_with(GpuOptions { max_binding_override: Some(6400), ..GpuOptions::default() }), Some(6400))] {
+    for (ctx, limit) in [
+        (gpu(), None),
+        (
+            gpu_with(GpuOptions {
+                max_binding_override: Some(6400),
+                ..GpuOptions::default()
+            }),
+            Some(6400),
+        ),
+    ] {
         let mut rng = Rng::new(1);
         let (k, rows, t) = (150, 150, 5);
         let w = rng.values(rows * k);
         for format in FORMATS {
             let (m, packed) = matrix(&ctx, format, &w, k);
             if limit.is_some() {
-                assert!(m.blocks.len() > 1, "{format:?}: the limit splits the matrix");
+                assert!(
+                    m.blocks.len() > 1,
+                    "{format:?}: the limit splits the matrix"
+                );
             }
             let dequantized = format.unpack(&packed, rows, k);
             for variant in [None, Some("ACCUMULATE"), Some("SWIGLU")] {
@@ -64,7 +82,10 @@ fn matmul_all_formats_and_variants() {
                     Shader::Matmul,
                     &defines,
                     [t as u32, 0, 0, 0, 0],
-                    &[(Access::Read, &f32_bytes(&x)), (Access::Write, &f32_bytes(&y0))],
+                    &[
+                        (Access::Read, &f32_bytes(&x)),
+                        (Access::Write, &f32_bytes(&y0)),
+                    ],
                     Some((&m, &packed)),
                     Grid::Fixed(rows as u32),
                 ))
@@ -82,12 +103,19 @@ fn matmul_all_formats_and_variants() {
                     for r in 0..rows {
                         let at = ti * n + r;
                         let v = product[ti * rows + r];
-                        expected[at] = if variant == Some("ACCUMULATE") { expected[at] + v } else { v };
+                        expected[at] = if variant == Some("ACCUMULATE") {
+                            expected[at] + v
+                        } else {
+                            v
+                        };
                     }
                 }
                 let got = floats(&out[1]);
                 let err = max_abs_diff(&got, &expected);
-                assert!(err < 1e-4, "{format:?} {variant:?} limit {limit:?}: max error {err}");
+                assert!(
+                    err < 1e-4,
+                    "{format:?} {variant:?} limit {limit:?}: max error {err}"
+                );
             }
         }
     }
@@ -95,7 +123,10 @@ fn matmul_all_formats_and_variants() {
 
 #[test]
 fn embed_gathers_rows_of_every_format_and_block() {
-    let ctx = gpu_with(GpuOptions { max_binding_override: Some(2048), ..GpuOptions::default() });
+    let ctx = gpu_with(GpuOptions {
+        max_binding_override: Some(2048),
+        ..GpuOptions::default()
+    });
     let mut rng = Rng::new(3);
     let (h, rows) = (70, 200);
     let table = rng.values(rows * h);
@@ -110,7 +141,10 @@ fn embed_gathers_rows_of_every_format_and_block() {
             Shader::Embed,
             &Defines::new().u32("H", h),
             [5, 0, 0, 1, 0],
-            &[(Access::Read, &u32_bytes(&tokens)), (Access::Write, &f32_bytes(&x0))],
+            &[
+                (Access::Read, &u32_bytes(&tokens)),
+                (Access::Write, &f32_bytes(&x0)),
+            ],
             Some((&m, &packed)),
             Grid::Threads(h.div_ceil(32) as u32),
         ))
@@ -118,7 +152,11 @@ fn embed_gathers_rows_of_every_format_and_block() {
         let got = floats(&out[1]);
         for (t, &id) in tokens[1..].iter().enumerate() {
             let id = id as usize;
-            assert_eq!(&got[t * h..(t + 1) * h], &dequantized[id * h..(id + 1) * h], "{format:?} token {id}");
+            assert_eq!(
+                &got[t * h..(t + 1) * h],
+                &dequantized[id * h..(id + 1) * h],
+                "{format:?} token {id}"
+            );
         }
     }
 }
@@ -151,7 +189,10 @@ fn rmsnorm_reads_rows_from_row0() {
 fn kv_bytes(values: &[f32], format: KvFormat) -> Vec<u8> {
     match format {
         KvFormat::F32 => f32_bytes(values),
-        KvFormat::F16 => values.iter().flat_map(|&v| f32_to_f16(v).to_le_bytes()).collect(),
+        KvFormat::F16 => values
+            .iter()
+            .flat_map(|&v| f32_to_f16(v).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -195,12 +236,20 @@ fn rope_rotates_queries_and_fills_the_kv_cache() {
         })
         .collect();
     for format in [KvFormat::F32, KvFormat::F16] {
-        let cache0: Vec<f32> = rng.values(capacity * nkv * hd).iter().map(|&v| format.round(v)).collect();
+        let cache0: Vec<f32> = rng
+            .values(capacity * nkv * hd)
+            .iter()
+            .map(|&v| format.round(v))
+            .collect();
         let out = run(
             &ctx,
             Shader::Rope,
             &kv_defines(
-                Defines::new().u32("HD", hd).u32("NH", nh).u32("NKV", nkv).u32("QKV", qkv_dim),
+                Defines::new()
+                    .u32("HD", hd)
+                    .u32("NH", nh)
+                    .u32("NKV", nkv)
+                    .u32("QKV", qkv_dim),
                 format,
             ),
             [t as u32, pos0 as u32, 0, 0, 0],
@@ -212,7 +261,11 @@ fn rope_rotates_queries_and_fills_the_kv_cache() {
             ],
             Grid::Threads(((nh + nkv) * hd / 2) as u32),
         );
-        let (got_qkv, got_k, got_v) = (floats(&out[0]), kv_values(&out[2], format), kv_values(&out[3], format));
+        let (got_qkv, got_k, got_v) = (
+            floats(&out[0]),
+            kv_values(&out[2], format),
+            kv_values(&out[3], format),
+        );
         let (mut k_cache, mut v_cache) = (cache0.clone(), cache0.clone());
         for ti in 0..t {
             let row = &qkv[ti * qkv_dim..(ti + 1) * qkv_dim];
@@ -231,12 +284,19 @@ fn rope_rotates_queries_and_fills_the_kv_cache() {
             KvFormat::F32 => 1e-5,
             KvFormat::F16 => 2f32.powi(-10) + 1e-5,
         };
-        assert!(max_abs_diff(&got_k, &k_cache) < tolerance, "{format:?} keys");
+        assert!(
+            max_abs_diff(&got_k, &k_cache) < tolerance,
+            "{format:?} keys"
+        );
         let v_err = max_abs_diff(&got_v, &v_cache);
         assert!(v_err <= tolerance, "{format:?} values {v_err}");
         for p in (0..capacity).filter(|p| !(pos0..pos0 + t).contains(p)) {
             let at = p * nkv * hd..(p + 1) * nkv * hd;
-            assert_eq!(got_v[at.clone()], cache0[at], "{format:?}: position {p} untouched");
+            assert_eq!(
+                got_v[at.clone()],
+                cache0[at],
+                "{format:?}: position {p} untouched"
+            );
         }
     }
 }
@@ -253,8 +313,16 @@ fn attention_over_several_tiles_with_gqa_and_mqa() {
             let capacity = pos0 + t;
             let qkv = rng.values(t * qkv_dim);
             // The cache holds what the format can: the reference reads the same values.
-            let k_cache: Vec<f32> = rng.values(capacity * nkv * hd).iter().map(|&v| format.round(v)).collect();
-            let v_cache: Vec<f32> = rng.values(capacity * nkv * hd).iter().map(|&v| format.round(v)).collect();
+            let k_cache: Vec<f32> = rng
+                .values(capacity * nkv * hd)
+                .iter()
+                .map(|&v| format.round(v))
+                .collect();
+            let v_cache: Vec<f32> = rng
+                .values(capacity * nkv * hd)
+                .iter()
+                .map(|&v| format.round(v))
+                .collect();
             let out = run(
                 &ctx,
                 Shader::Attention,
@@ -282,7 +350,10 @@ fn attention_over_several_tiles_with_gqa_and_mqa() {
                 .collect();
             let expected = cpu::attention(&q, &k_cache, &v_cache, pos0, nh, nkv, hd);
             let err = max_abs_diff(&floats(&out[3]), &expected);
-            assert!(err < 1e-5, "{format:?} hd {hd} nh {nh} nkv {nkv}: max error {err}");
+            assert!(
+                err < 1e-5,
+                "{format:?} hd {hd} nh {nh} nkv {nkv}: max error {err}"
+            );
         }
     }
 }

@@ -14,7 +14,12 @@ use layerskip::{
 use std::collections::HashMap;
 
 fn load(name: &str, device: Device) -> Model {
-    pollster::block_on(Model::load(&DirFiles::new(fixture(name)).unwrap(), &options(device, 128), |_| {})).unwrap()
+    pollster::block_on(Model::load(
+        &DirFiles::new(fixture(name)).unwrap(),
+        &options(device, 128),
+        |_| {},
+    ))
+    .unwrap()
 }
 
 fn run(model: &mut Model, prompt: &[u32], options: &GenerateOptions) -> layerskip::Generation {

@@ -5,8 +5,8 @@
 
 use layerskip::gpu::GpuOptions;
 use layerskip::{
-    generate, Call, Device, Engine, Flow, GenerateOptions, Head, Input, LoadOptions, MemoryFiles, Model,
-    Strategy,
+    generate, Call, Device, Engine, Flow, GenerateOptions, Head, Input, KvFormat, LoadOptions,
+    MemoryFiles, Model, Strategy,
 };
 use std::borrow::Cow;
 use wasm_bindgen::JsValue;
@@ -52,16 +52,35 @@ fn fixtures() -> Vec<(&'static str, MemoryFiles, &'static str)> {
 }
 
 async fn load(files: &MemoryFiles) -> Model {
-    Model::load(files, &LoadOptions { max_context: 128, ..LoadOptions::on(Device::Gpu(GpuOptions::default())) }, |_| {})
+    load_kv(files, KvFormat::default()).await
+}
+
+async fn load_kv(files: &MemoryFiles, kv_cache: KvFormat) -> Model {
+    let options = LoadOptions {
+        max_context: 128,
+        kv_cache,
+        ..LoadOptions::on(Device::Gpu(GpuOptions::default()))
+    };
+    Model::load(files, &options, |_| {})
         .await
         .expect("fixture loads on WebGPU")
 }
 
+/// As natively (tests/hf_reference.rs): within 2e-4 of Hugging Face with an f32 KV cache, within
+/// 0.1 with the default f16 one.
 #[wasm_bindgen_test]
 async fn logits_match_hugging_face_at_every_exit_layer() {
     for (name, files, json) in fixtures() {
+        for (kv, tolerance) in [(KvFormat::F32, 2e-4), (KvFormat::F16, 0.1)] {
+            check_logits(name, &files, json, kv, tolerance).await;
+        }
+    }
+}
+
+async fn check_logits(name: &str, files: &MemoryFiles, json: &str, kv: KvFormat, tolerance: f32) {
+    {
         let r = reference::parse(json);
-        let mut model = load(&files).await;
+        let mut model = load_kv(files, kv).await;
         let layers = model.engine.config().num_hidden_layers;
         let mut worst = vec![0.0f32; layers];
         for p in &r.prompts {
@@ -74,10 +93,14 @@ async fn logits_match_hugging_face_at_every_exit_layer() {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
                 worst[l] = worst[l].max(err);
-                assert!(err < 2e-4, "{name} layer {}: max logit error {err}", l + 1);
+                assert!(
+                    err < tolerance,
+                    "{name} {kv} layer {}: max logit error {err}",
+                    l + 1
+                );
             }
         }
-        console_log!("{name} on WebGPU: max |logit - HF| per exit layer: {worst:?}");
+        console_log!("{name} on WebGPU, {kv} KV cache: max |logit - HF| per exit layer: {worst:?}");
     }
 }
 
@@ -115,14 +138,19 @@ async fn greedy_self_speculative_equals_hugging_face_greedy() {
 fn js_files(files: &MemoryFiles) -> js_sys::Map {
     let map = js_sys::Map::new();
     for (name, bytes) in &files.0 {
-        map.set(&name.as_str().into(), &js_sys::Uint8Array::from(bytes.as_ref()).into());
+        map.set(
+            &name.as_str().into(),
+            &js_sys::Uint8Array::from(bytes.as_ref()).into(),
+        );
     }
     map
 }
 
 async fn call(object: &JsValue, method: &str, args: &[JsValue]) -> Result<JsValue, String> {
     let f: js_sys::Function = js_sys::Reflect::get(object, &method.into()).unwrap().into();
-    let promise = f.apply(object, &args.iter().collect::<js_sys::Array>()).unwrap();
+    let promise = f
+        .apply(object, &args.iter().collect::<js_sys::Array>())
+        .unwrap();
     JsFuture::from(js_sys::Promise::from(promise))
         .await
         .map_err(|e| js_sys::Error::from(e).message().into())
@@ -137,36 +165,65 @@ fn object(json: &str) -> JsValue {
 #[wasm_bindgen_test]
 async fn the_javascript_api_refuses_bad_options() {
     let (_, files, _) = fixtures().remove(1);
-    let promise = layerskip::wasm::LayerSkip::from_files(js_files(&files).into(), JsValue::UNDEFINED);
-    let model = JsFuture::from(promise).await.expect("loads through the JS API");
+    let promise =
+        layerskip::wasm::LayerSkip::from_files(js_files(&files).into(), JsValue::UNDEFINED);
+    let model = JsFuture::from(promise)
+        .await
+        .expect("loads through the JS API");
     let prompt: JsValue = "x".into();
     let temperature = js_sys::Object::new();
     js_sys::Reflect::set(&temperature, &"temperature".into(), &f64::NAN.into()).unwrap();
     let cases: Vec<(JsValue, &str)> = vec![
-        (object(r#"{"temperature": -1}"#), "temperature must be a finite number >= 0"),
+        (
+            object(r#"{"temperature": -1}"#),
+            "temperature must be a finite number >= 0",
+        ),
         (temperature.into(), "`temperature` must be a finite number"),
         (object(r#"{"topP": 2}"#), "top_p must be in (0, 1]"),
         (object(r#"{"maxTokens": 3}"#), "unknown field `maxTokens`"),
         (object(r#"{"strategy": "fast"}"#), "unknown variant `fast`"),
-        (object(r#"{"strategy": "self-speculative", "exitLayer": 5}"#), "exit layer 5 is outside 1..=4"),
-        (object(r#"{"numSpeculations": 0}"#), "num_speculations must be at least 1"),
+        (
+            object(r#"{"strategy": "self-speculative", "exitLayer": 5}"#),
+            "exit layer 5 is outside 1..=4",
+        ),
+        (
+            object(r#"{"numSpeculations": 0}"#),
+            "num_speculations must be at least 1",
+        ),
         (object(r#"{"seed": -1}"#), "invalid options"),
     ];
     for (options, expected) in cases {
-        let err = call(&model, "generate", &[prompt.clone(), options]).await.unwrap_err();
+        let err = call(&model, "generate", &[prompt.clone(), options])
+            .await
+            .unwrap_err();
         assert!(err.contains(expected), "{err}");
     }
-    let ok = call(&model, "generate", &[prompt, object(r#"{"maxNewTokens": 2, "strategy": "self-speculative"}"#)]).await.unwrap();
+    let ok = call(
+        &model,
+        "generate",
+        &[
+            prompt,
+            object(r#"{"maxNewTokens": 2, "strategy": "self-speculative"}"#),
+        ],
+    )
+    .await
+    .unwrap();
     let stats = js_sys::Reflect::get(&ok, &"stats".into()).unwrap();
-    assert_eq!(js_sys::Reflect::get(&stats, &"stop_reason".into()).unwrap(), "max_new_tokens");
+    assert_eq!(
+        js_sys::Reflect::get(&stats, &"stop_reason".into()).unwrap(),
+        "max_new_tokens"
+    );
 
     let mut hostile = fixtures().remove(1).1;
     hostile.0.insert(
         "model.safetensors.index.json".into(),
         Cow::Borrowed(br#"{"weight_map": {"lm_head.weight": "../model.safetensors"}}"#),
     );
-    let promise = layerskip::wasm::LayerSkip::from_files(js_files(&hostile).into(), JsValue::UNDEFINED);
-    let err: String = js_sys::Error::from(JsFuture::from(promise).await.unwrap_err()).message().into();
+    let promise =
+        layerskip::wasm::LayerSkip::from_files(js_files(&hostile).into(), JsValue::UNDEFINED);
+    let err: String = js_sys::Error::from(JsFuture::from(promise).await.unwrap_err())
+        .message()
+        .into();
     assert!(err.contains("not a plain file name"), "{err}");
 }
 
@@ -181,7 +238,74 @@ async fn a_panic_rejects_the_promise_in_flight() {
         Ok(JsValue::NULL)
     });
     let before = layerskip::wasm::guard::panics();
-    let err: String = js_sys::Error::from(JsFuture::from(promise).await.unwrap_err()).message().into();
-    assert!(err.contains("deliberate test panic") && err.contains("load it again"), "{err}");
+    let err: String = js_sys::Error::from(JsFuture::from(promise).await.unwrap_err())
+        .message()
+        .into();
+    assert!(
+        err.contains("deliberate test panic") && err.contains("load it again"),
+        "{err}"
+    );
     assert_eq!(layerskip::wasm::guard::panics(), before + 1);
+}
+
+/// In the browser as natively: a q4 checkpoint written by `quantize` (here into memory) loads
+/// through the JavaScript API into exactly the weights quantizing on load gives, with either KV
+/// cache format.
+#[wasm_bindgen_test]
+async fn a_saved_quantized_checkpoint_equals_quantizing_on_load() {
+    let (_, files, _) = fixtures().remove(1);
+    let mut saved: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    layerskip::quantize::quantize(
+        &files,
+        layerskip::Quantization::Q4,
+        u64::MAX,
+        1 << 20,
+        |name, bytes| {
+            saved
+                .entry(name.to_string())
+                .or_default()
+                .extend_from_slice(bytes);
+            Ok(())
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let saved = MemoryFiles(saved.into_iter().map(|(k, v)| (k, Cow::Owned(v))).collect());
+    let load_js = |files: &MemoryFiles, options: &str| {
+        JsFuture::from(layerskip::wasm::LayerSkip::from_files(
+            js_files(files).into(),
+            object(options),
+        ))
+    };
+    for kv in ["f16", "f32"] {
+        let on_load = load_js(
+            &files,
+            &format!(r#"{{"quantize": "q4", "kvCache": "{kv}"}}"#),
+        )
+        .await
+        .unwrap();
+        let from_file = load_js(&saved, &format!(r#"{{"kvCache": "{kv}"}}"#))
+            .await
+            .unwrap();
+        let info = js_sys::Reflect::get(&from_file, &"info".into()).unwrap();
+        let info = js_sys::Function::from(info).call0(&from_file).unwrap();
+        let memory = js_sys::Reflect::get(&info, &"memory".into()).unwrap();
+        assert_eq!(
+            js_sys::Reflect::get(&memory, &"weight_format".into()).unwrap(),
+            "q4"
+        );
+        let prompt: JsValue = "def add(a, b):".into();
+        let a = call(&on_load, "logits", &[prompt.clone(), 8.into()])
+            .await
+            .unwrap();
+        let b = call(&from_file, "logits", &[prompt, 8.into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            js_sys::JSON::stringify(&a).unwrap(),
+            js_sys::JSON::stringify(&b).unwrap(),
+            "kv {kv}: the same top tokens and logits at every layer"
+        );
+    }
 }

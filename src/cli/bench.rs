@@ -3,9 +3,7 @@
 
 use super::{load, ModelArgs};
 use layerskip::request::defaults;
-use layerskip::{
-    Error, GenerateOptions, GenerateRequest, Generation, Model, Result, StrategyKind,
-};
+use layerskip::{Error, GenerateOptions, GenerateRequest, Generation, Model, Result, StrategyKind};
 use serde::Serialize;
 use serde_json::json;
 use std::path::PathBuf;
@@ -60,7 +58,9 @@ impl PromptArgs {
             (None, None) => vec![],
         };
         if texts.is_empty() {
-            return Err(Error::Invalid("no prompts to run (the prompts file is empty)".into()));
+            return Err(Error::Invalid(
+                "no prompts to run (the prompts file is empty)".into(),
+            ));
         }
         texts
             .iter()

@@ -72,11 +72,20 @@ pub fn info(args: InfoArgs) -> Result<()> {
     }
     println!(
         "layers {}  hidden {}  intermediate {}  heads {}  kv heads {}  head_dim {}",
-        info.layers, info.hidden_size, info.intermediate_size, info.heads, info.kv_heads, info.head_dim
+        info.layers,
+        info.hidden_size,
+        info.intermediate_size,
+        info.heads,
+        info.kv_heads,
+        info.head_dim
     );
     println!(
         "vocab {}  max positions {}  tied embeddings {}  rope theta {}  rope scaling {}",
-        info.vocab_size, info.max_position_embeddings, info.tied_embeddings, info.rope_theta, info.rope_scaling
+        info.vocab_size,
+        info.max_position_embeddings,
+        info.tied_embeddings,
+        info.rope_theta,
+        info.rope_scaling
     );
     println!(
         "dtype {}  parameters {}  eos ids {:?}  default exit layer {}",
@@ -108,7 +117,10 @@ pub fn info(args: InfoArgs) -> Result<()> {
             println!("limits: max_storage_buffer_binding_size {max_storage_buffer_binding_size}  max_buffer_size {max_buffer_size}  max_compute_workgroups_per_dimension {max_compute_workgroups_per_dimension}  max_compute_invocations_per_workgroup {max_compute_invocations_per_workgroup}");
         }
         DeviceInfo::Cpu { implementation } => {
-            println!("device cpu ({implementation}), {} positions", info.max_context)
+            println!(
+                "device cpu ({implementation}), {} positions",
+                info.max_context
+            )
         }
     }
     println!("memory plan: {}", info.memory.describe());

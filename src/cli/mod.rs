@@ -2,8 +2,10 @@
 
 mod bench;
 mod default_model;
+mod eval;
 mod generate;
 mod inspect;
+mod quantize;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use layerskip::checkpoint::Progress;
@@ -36,6 +38,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Acceptance rate and speed of self-speculative decoding over a grid of exit layers and depths.
     Sweep(bench::SweepArgs),
+    /// Write a q8 or q4 copy of a checkpoint.
+    Quantize(quantize::QuantizeArgs),
+    /// Cross-entropy, perplexity and top-1 accuracy of the exit head after every layer on a text.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,12 +91,10 @@ impl ModelArgs {
     }
 }
 
-/// A progress bar of bytes on stderr, drawn only when stderr is a terminal.
+/// A progress bar on stderr, drawn only when stderr is a terminal.
 pub fn progress_bar(what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        None,
-        indicatif::ProgressDrawTarget::stderr(),
-    );
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     let style = indicatif::ProgressStyle::with_template(
         "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
     );
@@ -123,5 +127,7 @@ pub fn main() -> Result<()> {
         Command::Info(args) => inspect::info(args),
         Command::Bench(args) => bench::bench(args),
         Command::Sweep(args) => bench::sweep(args),
+        Command::Quantize(args) => quantize::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

@@ -298,7 +298,12 @@ impl Kernels {
             .map(|(i, &(access, buffer))| (i as u32 + 1, access, buffer))
             .collect();
         if let Some(block) = weights {
-            bound.extend(block.bindings().into_iter().map(|(b, buf)| (b, Access::Read, buf)));
+            bound.extend(
+                block
+                    .bindings()
+                    .into_iter()
+                    .map(|(b, buf)| (b, Access::Read, buf)),
+            );
         }
         let slots: Vec<(u32, Access)> = bound.iter().map(|&(b, a, _)| (b, a)).collect();
         let key = format!("{}|{}|{slots:?}", shader.name(), defines.key());

@@ -14,7 +14,12 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(ctx: &GpuContext, config: &Config, capacity: usize, format: KvFormat) -> Result<Self> {
+    pub fn new(
+        ctx: &GpuContext,
+        config: &Config,
+        capacity: usize,
+        format: KvFormat,
+    ) -> Result<Self> {
         let bytes = (capacity as u64)
             .checked_mul((config.kv_dim() * format.bytes_per_value()) as u64)
             .ok_or_else(|| crate::error::Error::Invalid("the KV cache size overflows".into()))?;

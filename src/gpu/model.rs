@@ -132,9 +132,9 @@ impl Store for GpuStore<'_> {
         Ok(())
     }
     fn vector(&mut self, name: &str, values: &[f32]) -> Result<wgpu::Buffer> {
-        let buffer = self
-            .ctx
-            .storage(name, (values.len() * 4) as u64, wgpu::BufferUsages::empty())?;
+        let buffer =
+            self.ctx
+                .storage(name, (values.len() * 4) as u64, wgpu::BufferUsages::empty())?;
         self.ctx
             .queue
             .write_buffer(&buffer, 0, bytemuck::cast_slice(values));
@@ -189,6 +189,7 @@ impl GpuModel {
             &config,
             &specs,
             &formats,
+            None,
             max_context,
             options.kv_cache,
             Blocks {
@@ -276,7 +277,14 @@ impl GpuModel {
         let mut layer_ops = vec![];
         for (l, w) in weights.layers.iter().enumerate() {
             let mut ops = vec![norm(&mut k, &w.input_norm)];
-            ops.extend(matmul_ops(&mut k, &buf.step, &w.qkv, &buf.xn, &buf.qkv, &[]));
+            ops.extend(matmul_ops(
+                &mut k,
+                &buf.step,
+                &w.qkv,
+                &buf.xn,
+                &buf.qkv,
+                &[],
+            ));
             ops.push(k.op(
                 Shader::Rope,
                 &attn_defines,
@@ -303,9 +311,23 @@ impl GpuModel {
                 None,
                 Grid::PerToken(nh as u32),
             ));
-            ops.extend(matmul_ops(&mut k, &buf.step, &w.o, &buf.attn, &buf.x, &["ACCUMULATE"]));
+            ops.extend(matmul_ops(
+                &mut k,
+                &buf.step,
+                &w.o,
+                &buf.attn,
+                &buf.x,
+                &["ACCUMULATE"],
+            ));
             ops.push(norm(&mut k, &w.post_norm));
-            ops.extend(matmul_ops(&mut k, &buf.step, &w.gate_up, &buf.xn, &buf.gate_up, &[]));
+            ops.extend(matmul_ops(
+                &mut k,
+                &buf.step,
+                &w.gate_up,
+                &buf.xn,
+                &buf.gate_up,
+                &[],
+            ));
             ops.extend(matmul_ops(
                 &mut k,
                 &buf.step,
@@ -317,7 +339,14 @@ impl GpuModel {
             layer_ops.push(ops);
         }
         let mut head = vec![norm(&mut k, &weights.final_norm)];
-        head.extend(matmul_ops(&mut k, &buf.step, weights.head(), &buf.xn, &buf.logits, &[]));
+        head.extend(matmul_ops(
+            &mut k,
+            &buf.step,
+            weights.head(),
+            &buf.xn,
+            &buf.logits,
+            &[],
+        ));
         let argmax = k.op(
             Shader::Argmax,
             &Defines::new().u32("V", v),
@@ -385,7 +414,10 @@ impl GpuModel {
     /// were larger than the binding limit and were split).
     pub fn row_blocks(&self) -> (usize, usize) {
         let matrices: Vec<&Matrix> = self.weights.matrices().collect();
-        (matrices.len(), matrices.iter().map(|m| m.blocks.len()).sum())
+        (
+            matrices.len(),
+            matrices.iter().map(|m| m.blocks.len()).sum(),
+        )
     }
 
     /// Bytes of the KV cache on the GPU.

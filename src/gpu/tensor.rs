@@ -67,7 +67,11 @@ impl Matrix {
             blocks.push(Block {
                 data: ctx.storage(&label, n as u64 * data_row, usage)?,
                 scales: match format.quantized() {
-                    true => Some(ctx.storage(&format!("{label} scales"), n as u64 * scale_row, usage)?),
+                    true => Some(ctx.storage(
+                        &format!("{label} scales"),
+                        n as u64 * scale_row,
+                        usage,
+                    )?),
                     false => None,
                 },
                 row0,

@@ -5,9 +5,10 @@
 mod files;
 pub mod guard;
 
+use crate::format::{KvFormat, Quantization};
 use crate::generate::TokenKind;
 use crate::gpu::GpuOptions;
-use crate::model::{Device, Model};
+use crate::model::{Device, LoadOptions, Model};
 use crate::request::GenerateRequest;
 use crate::sampler::top_k;
 use files::BlobFiles;
@@ -33,6 +34,10 @@ export interface LoadOptions {
   onProgress?: (phase: "download" | "upload", done: number, total: number) => void;
   /** KV cache positions (default 2048, capped by the model). */
   maxContext?: number;
+  /** Quantize f32/f16/bf16 weights while loading: 8-bit or 4-bit, groups of 32. */
+  quantize?: "q8" | "q4";
+  /** Precision of the KV cache (default f16, half the memory of f32). */
+  kvCache?: "f16" | "f32";
 }
 export interface GenerateOptions {
   strategy?: "autoregressive" | "early-exit" | "self-speculative";
@@ -65,8 +70,10 @@ export interface LogitLens { prompt_tokens: number[]; exits: { layer: number; to
 /// Load options as JavaScript passes them (the progress callback is read separately).
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-struct LoadOptions {
+struct JsLoadOptions {
     max_context: Option<usize>,
+    quantize: Option<Quantization>,
+    kv_cache: Option<KvFormat>,
 }
 
 /// Plain data from a JS options object: the named callback fields are left out, and numbers that
@@ -84,14 +91,18 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(
     let data = js_sys::Object::new();
     let object: &js_sys::Object = options.unchecked_ref();
     for key in js_sys::Object::keys(object).iter() {
-        let Some(name) = key.as_string() else { continue };
+        let Some(name) = key.as_string() else {
+            continue;
+        };
         if callbacks.contains(&name.as_str()) {
             continue;
         }
         let value = js_sys::Reflect::get(options, &key)?;
         if let Some(x) = value.as_f64() {
             if !x.is_finite() {
-                return Err(error(format!("invalid options: `{name}` must be a finite number, got {x}")));
+                return Err(error(format!(
+                    "invalid options: `{name}` must be a finite number, got {x}"
+                )));
             }
         }
         js_sys::Reflect::set(&data, &key, &value)?;
@@ -121,12 +132,19 @@ pub struct LayerSkip {
 }
 
 async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> {
-    let parsed: LoadOptions = parse(&options, &["onProgress"])?;
+    let parsed: JsLoadOptions = parse(&options, &["onProgress"])?;
     let on_progress = js_sys::Function::from(field(&options, "onProgress"));
     let has_progress = on_progress.is_function();
-    let device = Device::Gpu(GpuOptions::default());
+    let defaults = LoadOptions::default();
+    let options = LoadOptions {
+        device: Device::Gpu(GpuOptions::default()),
+        max_context: parsed.max_context.unwrap_or(defaults.max_context),
+        quantize: parsed.quantize,
+        kv_cache: parsed.kv_cache.unwrap_or(defaults.kv_cache),
+        ..defaults
+    };
     let panics = guard::panics();
-    let model = Model::load(&files, &device, parsed.max_context.unwrap_or(2048), |p| {
+    let model = Model::load(&files, &options, |p| {
         if has_progress {
             let _ = on_progress.call3(
                 &JsValue::NULL,
