@@ -111,6 +111,8 @@ pub trait Engine {
     /// Rows the exit-query cache holds (bounds speculation depth + 1).
     fn max_rows(&self) -> usize;
     fn counters(&self) -> Counters;
+    /// Which backend this is (reported in the stats).
+    fn backend(&self) -> crate::model::Backend;
     /// Runs the calls in order as one unit of work (one GPU submission); one output per call.
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>>;
 }

@@ -312,24 +312,61 @@ impl Format {
         Ok(())
     }
 
+    /// Dequantizes (or widens) one group: its data bytes (`group_bytes()` of them) and, for
+    /// quantized formats, its scale. The CPU's dequantization of this format, used by the
+    /// reference and, inside its dot products, by the fast backend.
+    #[inline]
+    pub fn unpack_group(self, bytes: &[u8], scale: f32, out: &mut [f32; GROUP]) {
+        match self {
+            Format::F32 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            Format::F16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                }
+            }
+            Format::Bf16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                }
+            }
+            Format::Q8 => {
+                for (o, &b) in out.iter_mut().zip(bytes) {
+                    *o = b as i8 as f32 * scale;
+                }
+            }
+            Format::Q4 => {
+                for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+                    pair[0] = ((b & 15) as f32 - 8.0) * scale;
+                    pair[1] = ((b >> 4) as f32 - 8.0) * scale;
+                }
+            }
+        }
+    }
+
+    /// The scale of group `g` from a row's scale bytes (0 for float formats).
+    #[inline]
+    pub fn group_scale(self, scales: &[u8], g: usize) -> f32 {
+        match self.quantized() {
+            true => half_to_f32(u16::from_le_bytes([scales[2 * g], scales[2 * g + 1]])),
+            false => 0.0,
+        }
+    }
+
     /// Dequantizes (or widens) one row into `out` (`cols` = out.len() values).
     pub fn unpack_row(self, data: &[u8], scales: &[u8], out: &mut [f32]) {
+        let mut group = [0f32; GROUP];
+        let size = self.group_bytes();
         for (g, chunk) in out.chunks_mut(GROUP).enumerate() {
-            let bytes = &data[g * self.group_bytes()..(g + 1) * self.group_bytes()];
-            let d = if self.quantized() {
-                f16_to_f32(u16::from_le_bytes([scales[2 * g], scales[2 * g + 1]]))
-            } else {
-                0.0
-            };
-            for (i, x) in chunk.iter_mut().enumerate() {
-                *x = match self {
-                    Format::F32 => FloatType::F32.read(&bytes[4 * i..]),
-                    Format::F16 => FloatType::F16.read(&bytes[2 * i..]),
-                    Format::Bf16 => FloatType::Bf16.read(&bytes[2 * i..]),
-                    Format::Q8 => bytes[i] as i8 as f32 * d,
-                    Format::Q4 => (((bytes[i / 2] >> (4 * (i % 2))) & 15) as f32 - 8.0) * d,
-                };
-            }
+            self.unpack_group(
+                &data[g * size..(g + 1) * size],
+                self.group_scale(scales, g),
+                &mut group,
+            );
+            chunk.copy_from_slice(&group[..chunk.len()]);
         }
     }
 
@@ -446,6 +483,15 @@ fn scale(d: f32) -> Result<f32> {
     Ok(h)
 }
 
+/// Half to single precision for finite halves, branch-free (weights and scales are checked to be
+/// finite when loaded): the half's exponent and mantissa moved into an f32 are its value times
+/// 2^-112, subnormals included, so one multiplication by 2^112 restores it exactly.
+#[inline]
+pub fn half_to_f32(h: u16) -> f32 {
+    let magnitude = f32::from_bits(((h & 0x7fff) as u32) << 13) * f32::from_bits(0x7780_0000);
+    f32::from_bits(magnitude.to_bits() | (((h & 0x8000) as u32) << 16))
+}
+
 /// IEEE half to single precision, subnormals and infinities included.
 pub fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h >> 15) as u32) << 31;
@@ -524,6 +570,9 @@ mod tests {
     fn half_conversions_round_trip_and_round_to_nearest_even() {
         for h in 0..=u16::MAX {
             let x = f16_to_f32(h);
+            if x.is_finite() {
+                assert_eq!(half_to_f32(h).to_bits(), x.to_bits(), "{h:#x}");
+            }
             if x.is_nan() {
                 assert!(f16_to_f32(f32_to_f16(x)).is_nan());
             } else {

@@ -157,6 +157,8 @@ pub enum Flow {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
+    /// Where the model ran.
+    pub backend: crate::model::Backend,
     pub strategy: StrategyKind,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
@@ -438,6 +440,7 @@ pub async fn generate<E: Engine>(
 
     let start = now_ms();
     let before = engine.counters();
+    let backend = engine.backend();
     let mut d = Decoder {
         engine,
         options,
@@ -445,6 +448,7 @@ pub async fn generate<E: Engine>(
         rng: Rng::new(options.sampling.map_or(0, |s| s.seed)),
         tokens: vec![],
         stats: Stats {
+            backend,
             strategy: options.strategy.kind(),
             prompt_tokens: prompt.len(),
             stop_reason: StopReason::MaxNewTokens,

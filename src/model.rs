@@ -2,7 +2,7 @@
 
 use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
-use crate::cpu::CpuModel;
+use crate::cpu::{CpuModel, Fast, Reference};
 use crate::engine::{Call, Counters, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
 use crate::files::{Files, MAX_TOKENIZER_BYTES};
@@ -18,8 +18,56 @@ use serde::Serialize;
 /// Where the model runs.
 #[derive(Debug, Clone)]
 pub enum Device {
+    /// A hardware GPU when there is one, else the CPU backend. A software adapter (llvmpipe,
+    /// SwiftShader, WARP) counts as none: the CPU backend is many times faster than it.
+    Auto {
+        gpu: GpuOptions,
+        threads: Option<usize>,
+    },
+    /// WGSL on wgpu, whatever the adapter.
     Gpu(GpuOptions),
+    /// The fast CPU backend on `threads` threads (default: every core).
+    Cpu { threads: Option<usize> },
+    /// The plain f32 reference, the oracle the kernels are tested against.
+    CpuReference,
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device::Auto {
+            gpu: GpuOptions::default(),
+            threads: None,
+        }
+    }
+}
+
+/// The backend a model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    #[default]
+    Gpu,
     Cpu,
+    CpuReference,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Gpu => "gpu",
+            Backend::Cpu => "cpu",
+            Backend::CpuReference => "cpu-reference",
+        })
+    }
+}
+
+/// Whether wgpu's adapter is a software rasterizer rather than a GPU.
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    let name = info.name.to_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu
+        || ["llvmpipe", "lavapipe", "swiftshader", "warp", "softpipe"]
+            .iter()
+            .any(|s| name.contains(s))
 }
 
 /// Positions the KV cache holds unless asked otherwise (capped by the model's own maximum).
@@ -41,7 +89,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            device: Device::Gpu(GpuOptions::default()),
+            device: Device::default(),
             max_context: DEFAULT_MAX_CONTEXT,
             quantize: None,
             kv_cache: KvFormat::default(),
@@ -59,42 +107,42 @@ impl LoadOptions {
     }
 }
 
-/// The GPU model or the CPU reference, behind one `Engine`.
+/// The GPU model, the fast CPU backend or the CPU reference, behind one `Engine`.
 pub enum AnyEngine {
     Gpu(Box<GpuModel>),
-    Cpu(Box<CpuModel>),
+    Cpu(Box<CpuModel<Fast>>),
+    CpuReference(Box<CpuModel<Reference>>),
+}
+
+/// `$body` with `$m` bound to whichever engine this is.
+macro_rules! each {
+    ($engine:expr, $m:ident => $body:expr) => {
+        match $engine {
+            AnyEngine::Gpu($m) => $body,
+            AnyEngine::Cpu($m) => $body,
+            AnyEngine::CpuReference($m) => $body,
+        }
+    };
 }
 
 impl Engine for AnyEngine {
     fn config(&self) -> &Config {
-        match self {
-            AnyEngine::Gpu(m) => m.config(),
-            AnyEngine::Cpu(m) => m.config(),
-        }
+        each!(self, m => m.config())
     }
     fn max_context(&self) -> usize {
-        match self {
-            AnyEngine::Gpu(m) => m.max_context(),
-            AnyEngine::Cpu(m) => m.max_context(),
-        }
+        each!(self, m => m.max_context())
     }
     fn max_rows(&self) -> usize {
-        match self {
-            AnyEngine::Gpu(m) => m.max_rows(),
-            AnyEngine::Cpu(m) => m.max_rows(),
-        }
+        each!(self, m => m.max_rows())
     }
     fn counters(&self) -> Counters {
-        match self {
-            AnyEngine::Gpu(m) => m.counters(),
-            AnyEngine::Cpu(m) => m.counters(),
-        }
+        each!(self, m => m.counters())
+    }
+    fn backend(&self) -> Backend {
+        each!(self, m => m.backend())
     }
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
-        match self {
-            AnyEngine::Gpu(m) => m.run(calls).await,
-            AnyEngine::Cpu(m) => m.run(calls).await,
-        }
+        each!(self, m => m.run(calls).await)
     }
 }
 
@@ -102,6 +150,8 @@ impl Engine for AnyEngine {
 /// research code that drive the layer-range API directly.
 pub struct Model {
     pub engine: AnyEngine,
+    /// Why this backend: the adapter found, or why the CPU runs instead.
+    backend_reason: String,
     pub tokenizer: Tokenizer,
     /// End-of-sequence ids from config.json and generation_config.json.
     pub eos_token_ids: Vec<u32>,
@@ -128,6 +178,9 @@ pub struct ModelInfo {
     pub eos_token_ids: Vec<u32>,
     pub default_exit_layer: usize,
     pub max_context: usize,
+    pub backend: Backend,
+    /// Why this backend runs (the adapter found, or why the CPU runs instead).
+    pub backend_reason: String,
     /// What the model occupies, by part (computed before loading).
     pub memory: MemoryPlan,
     /// The most host bytes the loader held at once while streaming weights.
@@ -228,17 +281,16 @@ impl Model {
     }
 
     pub fn plan(&self) -> &MemoryPlan {
-        match &self.engine {
-            AnyEngine::Gpu(m) => m.plan(),
-            AnyEngine::Cpu(m) => m.plan(),
-        }
+        each!(&self.engine, m => m.plan())
     }
 
     pub fn load_report(&self) -> LoadReport {
-        match &self.engine {
-            AnyEngine::Gpu(m) => m.load_report(),
-            AnyEngine::Cpu(m) => m.load_report(),
-        }
+        each!(&self.engine, m => m.load_report())
+    }
+
+    /// The backend and why it was chosen, as the first line of a run reports it.
+    pub fn backend(&self) -> (Backend, &str) {
+        (self.engine.backend(), &self.backend_reason)
     }
 
     pub fn info(&self) -> ModelInfo {
@@ -265,8 +317,11 @@ impl Model {
                         .max_compute_invocations_per_workgroup,
                 }
             }
-            AnyEngine::Cpu(_) => DeviceInfo::Cpu {
-                implementation: "f32 reference".into(),
+            AnyEngine::Cpu(m) => DeviceInfo::Cpu {
+                implementation: m.name(),
+            },
+            AnyEngine::CpuReference(m) => DeviceInfo::Cpu {
+                implementation: m.name(),
             },
         };
         ModelInfo {
@@ -286,6 +341,8 @@ impl Model {
             eos_token_ids: self.eos_token_ids.clone(),
             default_exit_layer: self.default_exit_layer(),
             max_context: self.engine.max_context(),
+            backend: self.engine.backend(),
+            backend_reason: self.backend_reason.clone(),
             memory: self.plan().clone(),
             loader_peak_staging_bytes: self.load_report().peak_staging_bytes,
             device,
@@ -310,19 +367,44 @@ impl Model {
                 checkpoint.config.vocab_size
             )));
         }
-        let engine = match &options.device {
+        let (ctx, threads, reason) = match &options.device {
             Device::Gpu(gpu) => {
                 let ctx = GpuContext::new(gpu).await?;
-                AnyEngine::Gpu(Box::new(
-                    GpuModel::load(ctx, &checkpoint, files, options, progress).await?,
-                ))
+                let reason = format!("--device gpu: {}", ctx.describe());
+                (Some(ctx), None, reason)
             }
-            Device::Cpu => AnyEngine::Cpu(Box::new(
-                CpuModel::load(&checkpoint, files, options, progress).await?,
+            Device::Auto { gpu, threads } => match GpuContext::new(gpu).await {
+                Ok(ctx) if !is_software(&ctx.info) => {
+                    let reason = format!("a hardware GPU: {}", ctx.describe());
+                    (Some(ctx), None, reason)
+                }
+                Ok(ctx) => (
+                    None,
+                    *threads,
+                    format!(
+                        "the only GPU adapter, {}, is software rendering, slower than the CPU backend (--device gpu uses it anyway)",
+                        ctx.describe()
+                    ),
+                ),
+                Err(e) => (None, *threads, format!("no GPU adapter ({e})")),
+            },
+            Device::Cpu { threads } => (None, *threads, "--device cpu".to_string()),
+            Device::CpuReference => (None, None, "--device cpu-reference".to_string()),
+        };
+        let engine = match (ctx, &options.device) {
+            (Some(ctx), _) => AnyEngine::Gpu(Box::new(
+                GpuModel::load(ctx, &checkpoint, files, options, progress).await?,
+            )),
+            (None, Device::CpuReference) => AnyEngine::CpuReference(Box::new(
+                CpuModel::load(Reference, &checkpoint, files, options, progress).await?,
+            )),
+            (None, _) => AnyEngine::Cpu(Box::new(
+                CpuModel::load(Fast::new(threads)?, &checkpoint, files, options, progress).await?,
             )),
         };
         Ok(Self {
             engine,
+            backend_reason: reason,
             tokenizer,
             eos_token_ids: checkpoint.eos_token_ids,
             checkpoint_exit_layer: checkpoint.default_exit_layer,

@@ -40,7 +40,12 @@ fn generate_and_logits_json_agree_with_hugging_face() {
         let r = reference(name);
         let p = &r["prompts"][1];
         let prompt = p["text"].as_str().unwrap();
-        for strategy in [["autoregressive", "1"], ["self-speculative", "2"]] {
+        let runs = [
+            ["autoregressive", "1", "gpu"],
+            ["self-speculative", "2", "gpu"],
+            ["self-speculative", "2", "cpu"],
+        ];
+        for strategy in runs {
             let out = json(&[
                 "generate",
                 "--model",
@@ -55,7 +60,10 @@ fn generate_and_logits_json_agree_with_hugging_face() {
                 strategy[0],
                 "--exit-layer",
                 strategy[1],
+                "--device",
+                strategy[2],
             ]);
+            assert_eq!(out["stats"]["backend"], strategy[2]);
             assert_eq!(out["prompt_tokens"], p["input_ids"], "{name}");
             assert_eq!(out["tokens"], p["greedy"]["tokens"], "{name} {strategy:?}");
             assert_eq!(out["text"], p["greedy"]["text"], "{name} {strategy:?}");
@@ -69,6 +77,8 @@ fn generate_and_logits_json_agree_with_hugging_face() {
             prompt,
             "--kv-cache",
             "f32",
+            "--device",
+            "gpu",
             "--json",
         ]);
         let exits = out["exits"].as_array().unwrap();
@@ -117,13 +127,57 @@ fn the_embedded_default_model_needs_no_model_flag() {
         ];
         json(&base.iter().chain(extra).copied().collect::<Vec<_>>())
     };
-    let out = run(&["--strategy", "self-speculative"]);
+    let out = run(&["--strategy", "self-speculative", "--device", "gpu"]);
     assert_eq!(out["tokens"].as_array().unwrap().len(), 8);
     assert_eq!(out["stats"]["strategy"], "self-speculative");
     let cpu = run(&["--device", "cpu"]);
     assert_eq!(
         cpu["tokens"], out["tokens"],
         "GPU self-speculative equals CPU autoregressive"
+    );
+}
+
+/// Without --device the binary picks a hardware GPU, else the CPU backend (a software adapter
+/// counts as none), and says which and why on the first line of stderr and in the JSON.
+#[test]
+fn the_backend_is_chosen_and_reported() {
+    let (ok, stdout, stderr) = layerskip(&["info", "--json"]);
+    assert!(ok, "{stderr}");
+    let info: Value = serde_json::from_str(&stdout).unwrap();
+    let software = ["llvmpipe", "swiftshader", "lavapipe"]
+        .iter()
+        .any(|s| info["backend_reason"].as_str().unwrap().contains(s));
+    let expected = if software
+        || info["backend_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no GPU")
+    {
+        "cpu"
+    } else {
+        "gpu"
+    };
+    assert_eq!(info["backend"], expected, "{info}");
+    let (ok, _, stderr) = layerskip(&["generate", "--prompt", "x", "--max-new-tokens", "2"]);
+    assert!(ok, "{stderr}");
+    let first = stderr.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!("backend: {expected} (")),
+        "{first}"
+    );
+    let (ok, _, stderr) = layerskip(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "gpu",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.starts_with("backend: gpu (--device gpu: "),
+        "{stderr}"
     );
 }
 

@@ -17,8 +17,12 @@ use std::collections::HashMap;
 
 const FIXTURES: [&str; 2] = ["llama2_tiny", "llama32_tiny"];
 
-fn devices() -> [Device; 2] {
-    [Device::Cpu, Device::Gpu(GpuOptions::default())]
+fn devices() -> [Device; 3] {
+    [
+        Device::CpuReference,
+        cpu(),
+        Device::Gpu(GpuOptions::default()),
+    ]
 }
 
 /// The fixture quantized by `quantize` into files in memory.
@@ -288,7 +292,7 @@ fn bad_quantized_checkpoints_are_named_errors() {
     // Quantizing what is quantized already, on load and into a file.
     let err = pollster::block_on(Model::load(
         &q4,
-        &opts(Device::Cpu, Some(Quantization::Q8)),
+        &opts(cpu(), Some(Quantization::Q8)),
         |_| {},
     ))
     .err()
@@ -337,10 +341,10 @@ fn q8_greedy_tokens_mostly_equal_f16_on_the_embedded_model() {
         "print(",
         "@property\n",
     ];
-    let mut f16 = load(&files, &opts(Device::Cpu, None));
+    let mut f16 = load(&files, &opts(cpu(), None));
     let mut counts = vec![];
     for q in [Quantization::Q8, Quantization::Q4] {
-        let mut model = load(&files, &opts(Device::Cpu, Some(q)));
+        let mut model = load(&files, &opts(cpu(), Some(q)));
         let mut equal = 0;
         for p in prompts {
             let request = layerskip::GenerateRequest {

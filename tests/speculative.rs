@@ -53,7 +53,7 @@ fn greedy_self_speculative_equals_hugging_face_greedy() {
     for name in ["llama2_tiny", "llama32_tiny"] {
         let r = reference(name);
         for (device, depths, prompts) in [
-            (Device::Cpu, vec![1, 2, 3, 4, 5, 6, 7, 8], r.prompts.len()),
+            (cpu(), vec![1, 2, 3, 4, 5, 6, 7, 8], r.prompts.len()),
             (Device::Gpu(GpuOptions::default()), vec![1, 3, 8], 1),
         ] {
             let mut model = load(name, device.clone());
@@ -231,7 +231,7 @@ fn tv_at(samples: &[Vec<u32>], exact: &HashMap<Vec<u32>, f64>, index: usize) -> 
 fn speculative_sampling_keeps_the_full_models_distribution() {
     let r = reference("llama32_tiny");
     let prompt = &r.prompts[0].input_ids;
-    let mut model = load("llama32_tiny", Device::Cpu);
+    let mut model = load("llama32_tiny", Device::CpuReference);
     let layers = model.engine.config().num_hidden_layers;
     let params = sampled(1.0, 0);
     let exact = exact_distribution(&mut model, prompt, &params, 3, layers);
@@ -274,4 +274,29 @@ fn speculative_sampling_keeps_the_full_models_distribution() {
             "the test could not tell a wrong rule apart: {wrong}"
         );
     }
+}
+
+/// On the fast CPU backend a verification block reads every weight once, however many rows it
+/// has: the exact bytes read by a block of 1 row and of 6 rows through the same layers are equal.
+#[test]
+fn cpu_verification_blocks_read_each_weight_once() {
+    let mut model = load("llama32_tiny", cpu());
+    let layers = model.config().num_hidden_layers;
+    let mut bytes_for = |rows: usize| {
+        let ids: Vec<u32> = (0..rows as u32).map(|i| 10 + i).collect();
+        let before = match &model.engine {
+            layerskip::AnyEngine::Cpu(m) => m.math().weight_bytes_read(),
+            _ => unreachable!(),
+        };
+        let call = Call::new(Input::Tokens(&ids), 0, 0..layers).head(layerskip::Head::All);
+        pollster::block_on(model.engine.run(&[call])).unwrap();
+        match &model.engine {
+            layerskip::AnyEngine::Cpu(m) => m.math().weight_bytes_read() - before,
+            _ => unreachable!(),
+        }
+    };
+    let (one, six) = (bytes_for(1), bytes_for(6));
+    println!("weight bytes read: {one} for 1 row, {six} for 6 rows");
+    assert!(one > 0);
+    assert_eq!(one, six);
 }

@@ -87,6 +87,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
         info.rope_theta,
         info.rope_scaling
     );
+    println!("backend {} ({})", info.backend, info.backend_reason);
     println!(
         "dtype {}  parameters {}  eos ids {:?}  default exit layer {}",
         info.dtype.as_deref().unwrap_or("?"),

@@ -12,7 +12,7 @@ use layerskip::checkpoint::Progress;
 use layerskip::gpu::context::parse_backend;
 use layerskip::gpu::GpuOptions;
 use layerskip::model::DEFAULT_MAX_CONTEXT;
-use layerskip::{DirFiles, KvFormat, LoadOptions, Model, Quantization, Result};
+use layerskip::{DirFiles, Error, KvFormat, LoadOptions, Model, Quantization, Result};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -44,10 +44,16 @@ enum Command {
     Eval(eval::EvalArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum DeviceArg {
+    /// A hardware GPU when there is one, else the CPU.
+    Auto,
+    /// WGSL on wgpu, even on a software adapter.
     Gpu,
+    /// The fast multi-threaded CPU backend.
     Cpu,
+    /// The plain f32 CPU reference (the test oracle; slow).
+    CpuReference,
 }
 
 #[derive(Args)]
@@ -56,11 +62,14 @@ pub struct ModelArgs {
     /// it, the small LayerSkip model embedded in this binary.
     #[arg(long)]
     model: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "gpu")]
+    #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
-    /// Restrict the GPU to one backend: vulkan, gl, metal or dx12.
+    /// Restrict the GPU to one graphics API: vulkan, gl, metal or dx12.
     #[arg(long)]
     backend: Option<String>,
+    /// Threads of the CPU backend (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Positions the KV cache holds (capped by the model's max_position_embeddings).
     #[arg(long, default_value_t = DEFAULT_MAX_CONTEXT)]
     max_context: usize,
@@ -74,12 +83,31 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn options(&self) -> Result<LoadOptions> {
+        let cpu = matches!(self.device, DeviceArg::Cpu | DeviceArg::CpuReference);
+        if cpu && self.backend.is_some() {
+            return Err(Error::Invalid(
+                "--backend chooses a GPU graphics API; it does not apply to --device cpu".into(),
+            ));
+        }
+        if self.threads.is_some() && matches!(self.device, DeviceArg::Gpu | DeviceArg::CpuReference)
+        {
+            return Err(Error::Invalid(
+                "--threads sets the CPU backend's threads (--device cpu or auto)".into(),
+            ));
+        }
+        if self.threads == Some(0) {
+            return Err(Error::Invalid("--threads must be at least 1".into()));
+        }
+        let gpu = GpuOptions {
+            backend: self.backend.as_deref().map(parse_backend).transpose()?,
+            ..GpuOptions::default()
+        };
+        let threads = self.threads;
         let device = match self.device {
-            DeviceArg::Cpu => layerskip::Device::Cpu,
-            DeviceArg::Gpu => layerskip::Device::Gpu(GpuOptions {
-                backend: self.backend.as_deref().map(parse_backend).transpose()?,
-                max_binding_override: None,
-            }),
+            DeviceArg::Auto => layerskip::Device::Auto { gpu, threads },
+            DeviceArg::Gpu => layerskip::Device::Gpu(gpu),
+            DeviceArg::Cpu => layerskip::Device::Cpu { threads },
+            DeviceArg::CpuReference => layerskip::Device::CpuReference,
         };
         Ok(LoadOptions {
             device,
@@ -117,7 +145,10 @@ pub fn load(args: &ModelArgs) -> Result<Model> {
         None => pollster::block_on(Model::load(&default_model::files(), &options, progress)),
     };
     bar.finish_and_clear();
-    model
+    let model = model?;
+    let (backend, why) = model.backend();
+    eprintln!("backend: {backend} ({why})");
+    Ok(model)
 }
 
 pub fn main() -> Result<()> {

@@ -115,6 +115,14 @@ impl GpuContext {
         })
     }
 
+    /// "NVIDIA H200 (Vulkan, DiscreteGpu)"
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
     /// Returns the first GPU error seen since the device was made, if any. After a device loss
     /// every call fails the same way, and the model must be loaded again.
     pub fn check(&self) -> Result<()> {

@@ -532,6 +532,9 @@ impl Engine for GpuModel {
     fn counters(&self) -> Counters {
         self.counters
     }
+    fn backend(&self) -> crate::model::Backend {
+        crate::model::Backend::Gpu
+    }
 
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
         let outputs = self.run_calls(calls).await?;

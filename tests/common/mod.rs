@@ -102,3 +102,8 @@ pub fn options(device: Device, context: usize) -> LoadOptions {
         ..LoadOptions::on(device)
     }
 }
+
+/// The fast CPU backend on every core.
+pub fn cpu() -> Device {
+    Device::Cpu { threads: None }
+}

@@ -1,0 +1,262 @@
+//! The fast CPU backend: weights stay in their format (f16 and bf16 widened, q8 and q4
+//! dequantized group by group inside the dot product; never expanded to f32 copies), the rows
+//! of each matrix are split over threads (natively; wasm runs on one thread), and a block of
+//! positions (a prompt chunk, or the d + 1 rows a self-speculative round verifies) reads each
+//! weight row once for all of them, so verifying d drafts costs about one pass over the weights,
+//! not d + 1.
+
+use super::Math;
+use crate::error::{Error, Result};
+use crate::format::{groups, Format, Packed, GROUP};
+use crate::llama::Store;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A matrix in its format, rows padded to whole groups (see `format.rs`).
+pub struct PackedMatrix {
+    pub format: Format,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<u8>,
+    pub scales: Vec<u8>,
+}
+
+impl PackedMatrix {
+    /// sum_k w[r, k] x[t, k] for the `n` rows of `x`, added into `out[..n]`.
+    fn dot_row(&self, r: usize, x: &[f32], out: &mut [f32]) {
+        let (f, cols) = (self.format, self.cols);
+        let (db, sb) = (f.row_data_bytes(cols), f.row_scale_bytes(cols));
+        let data = &self.data[r * db..(r + 1) * db];
+        let scales = &self.scales[r * sb..(r + 1) * sb];
+        let size = f.group_bytes();
+        let mut w = [0f32; GROUP];
+        for g in 0..groups(cols) {
+            f.unpack_group(
+                &data[g * size..(g + 1) * size],
+                f.group_scale(scales, g),
+                &mut w,
+            );
+            let k0 = g * GROUP;
+            let len = GROUP.min(cols - k0);
+            for (t, acc) in out.iter_mut().enumerate() {
+                let xs = &x[t * cols + k0..t * cols + k0 + len];
+                *acc += dot(&w[..len], xs);
+            }
+        }
+    }
+}
+
+/// A dot product written so the compiler vectorizes it (eight independent partial sums).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (xa, xb) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += xa[i] * xb[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Output rows one task computes: enough work to be worth a thread's wake-up.
+const MIN_WORK_PER_TASK: usize = 1 << 16;
+
+pub struct Fast {
+    threads: usize,
+    /// Weight bytes read by matrix products so far (data and scales), for the byte-count tests.
+    weight_bytes_read: AtomicU64,
+    #[cfg(not(target_arch = "wasm32"))]
+    pool: rayon::ThreadPool,
+}
+
+impl Fast {
+    /// A backend on `threads` threads (default: every core; wasm: one).
+    pub fn new(threads: Option<usize>) -> Result<Self> {
+        if threads == Some(0) {
+            return Err(Error::Invalid("--threads must be at least 1".into()));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("layerskip-cpu-{i}"))
+                .build()
+                .map_err(|e| Error::Invalid(format!("cannot start {threads} threads: {e}")))?;
+            Ok(Self {
+                threads,
+                pool,
+                weight_bytes_read: AtomicU64::new(0),
+            })
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = threads;
+            Ok(Self {
+                threads: 1,
+                weight_bytes_read: AtomicU64::new(0),
+            })
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Weight bytes matrix products have read so far.
+    pub fn weight_bytes_read(&self) -> u64 {
+        self.weight_bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on each chunk of `out` (chunks of `chunk` items, the chunk's index passed along),
+    /// spread over the threads natively.
+    fn for_chunks(
+        &self,
+        out: &mut [f32],
+        chunk: usize,
+        f: impl Fn(usize, &mut [f32]) + Sync + Send,
+    ) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            use rayon::prelude::*;
+            if self.threads > 1 && out.len() > chunk {
+                self.pool.install(|| {
+                    out.par_chunks_mut(chunk)
+                        .enumerate()
+                        .for_each(|(i, c)| f(i, c))
+                });
+                return;
+            }
+        }
+        for (i, c) in out.chunks_mut(chunk.max(1)).enumerate() {
+            f(i, c)
+        }
+    }
+}
+
+impl Store for Fast {
+    type Matrix = PackedMatrix;
+    type Vector = Vec<f32>;
+    fn matrix(
+        &mut self,
+        _: &str,
+        format: Format,
+        rows: usize,
+        cols: usize,
+    ) -> Result<PackedMatrix> {
+        Ok(PackedMatrix {
+            format,
+            rows,
+            cols,
+            data: vec![0; rows * format.row_data_bytes(cols)],
+            scales: vec![0; rows * format.row_scale_bytes(cols)],
+        })
+    }
+    fn write(&mut self, m: &mut PackedMatrix, row0: usize, rows: &Packed) -> Result<()> {
+        let (db, sb) = (
+            m.format.row_data_bytes(m.cols),
+            m.format.row_scale_bytes(m.cols),
+        );
+        m.data[row0 * db..row0 * db + rows.data.len()].copy_from_slice(&rows.data);
+        m.scales[row0 * sb..row0 * sb + rows.scales.len()].copy_from_slice(&rows.scales);
+        Ok(())
+    }
+    fn vector(&mut self, _: &str, values: &[f32]) -> Result<Vec<f32>> {
+        Ok(values.to_vec())
+    }
+}
+
+impl Math for Fast {
+    fn name(&self) -> String {
+        format!(
+            "fast, {} thread{}",
+            self.threads,
+            if self.threads == 1 { "" } else { "s" }
+        )
+    }
+
+    fn stored_as(&self) -> Option<Format> {
+        None
+    }
+
+    fn backend(&self) -> crate::model::Backend {
+        crate::model::Backend::Cpu
+    }
+
+    fn matmul(&self, x: &[f32], w: &PackedMatrix) -> Vec<f32> {
+        let n = x.len() / w.cols;
+        // Row-major [row][token] while computing, so each task owns a contiguous range of rows
+        // and reads each of their weights once for every token.
+        let rows_per_task = (MIN_WORK_PER_TASK / (w.cols * n).max(1)).clamp(1, w.rows);
+        let mut by_row = vec![0f32; w.rows * n];
+        self.for_chunks(&mut by_row, rows_per_task * n, |i, out| {
+            for (j, acc) in out.chunks_mut(n).enumerate() {
+                w.dot_row(i * rows_per_task + j, x, acc);
+            }
+        });
+        let row_bytes = w.format.row_data_bytes(w.cols) + w.format.row_scale_bytes(w.cols);
+        self.weight_bytes_read
+            .fetch_add((w.rows * row_bytes) as u64, Ordering::Relaxed);
+        let mut y = vec![0f32; n * w.rows];
+        for (r, accs) in by_row.chunks(n).enumerate() {
+            for (t, &v) in accs.iter().enumerate() {
+                y[t * w.rows + r] = v;
+            }
+        }
+        y
+    }
+
+    fn row(&self, w: &PackedMatrix, r: usize) -> Vec<f32> {
+        let (db, sb) = (
+            w.format.row_data_bytes(w.cols),
+            w.format.row_scale_bytes(w.cols),
+        );
+        let mut out = vec![0f32; w.cols];
+        w.format.unpack_row(
+            &w.data[r * db..(r + 1) * db],
+            &w.scales[r * sb..(r + 1) * sb],
+            &mut out,
+        );
+        out
+    }
+
+    /// One (token, head) pair per task when the context is long enough to be worth it.
+    fn attention(
+        &self,
+        q: &[f32],
+        k_cache: &[f32],
+        v_cache: &[f32],
+        pos0: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; q.len()];
+        let keys = pos0 + q.len() / (nh * hd);
+        let per_task = (MIN_WORK_PER_TASK / (keys * hd).max(1)).max(1) * hd;
+        self.for_chunks(&mut out, per_task, |i, chunk| {
+            for (j, o) in chunk.chunks_mut(hd).enumerate() {
+                let pair = i * per_task / hd + j;
+                let (t, head) = (pair / nh, pair % nh);
+                let qh = &q[(t * nh + head) * hd..][..hd];
+                super::reference::attend(
+                    qh,
+                    k_cache,
+                    v_cache,
+                    pos0 + t + 1,
+                    head / (nh / nkv),
+                    nkv,
+                    o,
+                );
+            }
+        });
+        out
+    }
+}

@@ -1,0 +1,312 @@
+//! The Llama forward pass on the CPU, written once over a matrix backend (`Math`): the plain f32
+//! reference (`reference.rs`), which is the oracle every kernel is tested against, and the fast
+//! backend (`fast.rs`) that keeps weights in their format, splits rows over threads and reads
+//! each weight row once for a whole block of positions.
+
+pub mod fast;
+pub mod reference;
+
+pub use fast::Fast;
+pub use reference::{attention, matmul, pick, rms_norm, rope, rope_cos_sin, swiglu, Reference};
+
+use crate::checkpoint::{Checkpoint, Progress};
+use crate::config::Config;
+use crate::engine::{Call, Counters, Engine, Head, Input, Output};
+use crate::error::{Error, Result};
+use crate::files::Files;
+use crate::format::{Format, KvFormat};
+use crate::llama::{LoadReport, Store, Weights};
+use crate::model::LoadOptions;
+
+/// A CPU matrix backend: how weights are held and multiplied.
+pub trait Math: Store<Vector = Vec<f32>> {
+    /// What `info` calls it.
+    fn name(&self) -> String;
+    fn backend(&self) -> crate::model::Backend;
+    /// The format weights are held in whatever they were loaded from (the reference's f32).
+    fn stored_as(&self) -> Option<Format>;
+    /// y[t, r] = sum_k x[t, k] W[r, k] for every row t of `x`.
+    fn matmul(&self, x: &[f32], w: &Self::Matrix) -> Vec<f32>;
+    /// Row `r` of `w` in f32 (the embedding lookup).
+    fn row(&self, w: &Self::Matrix, r: usize) -> Vec<f32>;
+    /// Causal attention of a block's queries over the cache (see [`attention`]).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &[f32],
+        k_cache: &[f32],
+        v_cache: &[f32],
+        pos0: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Vec<f32> {
+        attention(q, k_cache, v_cache, pos0, nh, nkv, hd)
+    }
+}
+
+pub struct CpuModel<M: Math> {
+    math: M,
+    config: Config,
+    weights: Weights<M::Matrix, Vec<f32>>,
+    /// Keys and values per layer, [position][kv head][head_dim], stored as `kv_format` rounds them.
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    kv_format: KvFormat,
+    inv_freq: Vec<f32>,
+    max_context: usize,
+    max_rows: usize,
+    /// Hidden rows of the current block.
+    x: Vec<f32>,
+    exit_cache: Vec<f32>,
+    calls: u64,
+    report: LoadReport,
+    plan: crate::plan::MemoryPlan,
+}
+
+impl<M: Math> CpuModel<M> {
+    pub async fn load(
+        mut math: M,
+        checkpoint: &Checkpoint,
+        files: &impl Files,
+        options: &LoadOptions,
+        progress: impl FnMut(Progress),
+    ) -> Result<Self> {
+        let config = checkpoint.config.clone();
+        let max_context = options.max_context.min(config.max_position_embeddings);
+        // Weights as the backend holds them and an f32 KV cache, checked before anything is
+        // allocated.
+        let specs = crate::llama::matrix_specs(&config);
+        let formats = crate::llama::matrix_formats(checkpoint, &specs, options.quantize)?;
+        let plan = crate::plan::MemoryPlan::new(
+            &config,
+            &specs,
+            &formats,
+            math.stored_as(),
+            max_context,
+            KvFormat::F32,
+            crate::plan::Blocks {
+                rows: 64,
+                picks: 64,
+            },
+            options.staging_bytes,
+        )?;
+        plan.check_host(match math.stored_as() {
+            Some(_) => "try --device cpu (weights in their format) or a smaller --max-context",
+            None => "try --quantize q4 or a smaller --max-context",
+        })?;
+        let kv_len = max_context
+            .checked_mul(config.kv_dim())
+            .ok_or_else(|| Error::Invalid("the KV cache size overflows".into()))?;
+        let (weights, report) = crate::llama::load(
+            checkpoint,
+            files,
+            options.quantize,
+            options.staging_bytes,
+            &mut math,
+            progress,
+        )
+        .await?;
+        let layers = config.num_hidden_layers;
+        Ok(Self {
+            math,
+            inv_freq: config.rope_inv_freq(),
+            weights,
+            k_cache: vec![vec![0.0; kv_len]; layers],
+            v_cache: vec![vec![0.0; kv_len]; layers],
+            kv_format: options.kv_cache,
+            max_context,
+            max_rows: 64,
+            x: vec![],
+            exit_cache: vec![],
+            calls: 0,
+            report,
+            plan,
+            config,
+        })
+    }
+
+    pub fn load_report(&self) -> LoadReport {
+        self.report
+    }
+
+    pub fn plan(&self) -> &crate::plan::MemoryPlan {
+        &self.plan
+    }
+
+    fn layer(&mut self, l: usize, pos0: usize) {
+        let c = &self.config;
+        let (h, hd, nh, nkv) = (
+            c.hidden_size,
+            c.head_dim,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+        );
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+        let inv_freq = &self.inv_freq;
+        let w = &self.weights.layers[l];
+        let n = self.x.len() / h;
+
+        let xn = rms_norm(&self.x, &w.input_norm, c.rms_norm_eps);
+        let qkv = self.math.matmul(&xn, &w.qkv);
+        let width = q_dim + 2 * kv_dim;
+        let mut q: Vec<f32> = qkv
+            .chunks(width)
+            .flat_map(|r| r[..q_dim].to_vec())
+            .collect();
+        let mut k: Vec<f32> = qkv
+            .chunks(width)
+            .flat_map(|r| r[q_dim..q_dim + kv_dim].to_vec())
+            .collect();
+        let v: Vec<f32> = qkv
+            .chunks(width)
+            .flat_map(|r| r[q_dim + kv_dim..].to_vec())
+            .collect();
+        rope(&mut q, nh, hd, pos0, inv_freq);
+        rope(&mut k, nkv, hd, pos0, inv_freq);
+        let round = |x: &f32| self.kv_format.round(*x);
+        let (k_cache, v_cache) = (&mut self.k_cache[l], &mut self.v_cache[l]);
+        for t in 0..n {
+            let at = (pos0 + t) * kv_dim;
+            let rows = t * kv_dim..(t + 1) * kv_dim;
+            for (dst, src) in k_cache[at..at + kv_dim].iter_mut().zip(&k[rows.clone()]) {
+                *dst = round(src);
+            }
+            for (dst, src) in v_cache[at..at + kv_dim].iter_mut().zip(&v[rows]) {
+                *dst = round(src);
+            }
+        }
+
+        let attn = self.math.attention(&q, k_cache, v_cache, pos0, nh, nkv, hd);
+        for (x, o) in self.x.iter_mut().zip(self.math.matmul(&attn, &w.o)) {
+            *x += o;
+        }
+
+        let xn = rms_norm(&self.x, &w.post_norm, c.rms_norm_eps);
+        let i = c.intermediate_size;
+        let gate_up = self.math.matmul(&xn, &w.gate_up);
+        let act: Vec<f32> = gate_up
+            .chunks(2 * i)
+            .flat_map(|r| swiglu(&r[..i], &r[i..]))
+            .collect();
+        for (x, d) in self.x.iter_mut().zip(self.math.matmul(&act, &w.down)) {
+            *x += d;
+        }
+    }
+
+    /// Exit-head logits of hidden rows.
+    fn logits(&self, rows: &[f32]) -> Vec<f32> {
+        let xn = rms_norm(rows, &self.weights.final_norm, self.config.rms_norm_eps);
+        self.math.matmul(&xn, self.weights.head())
+    }
+
+    fn last_row(&self) -> &[f32] {
+        &self.x[self.x.len() - self.config.hidden_size..]
+    }
+}
+
+impl<M: Math> Engine for CpuModel<M> {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+    fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+    fn counters(&self) -> Counters {
+        Counters {
+            submits: self.calls,
+            dispatches: 0,
+        }
+    }
+    fn backend(&self) -> crate::model::Backend {
+        self.math.backend()
+    }
+
+    async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
+        let outputs = self.run_calls(calls)?;
+        crate::engine::check_finite(calls, &outputs)?;
+        Ok(outputs)
+    }
+}
+
+impl<M: Math> CpuModel<M> {
+    /// What `info` calls the backend.
+    pub fn name(&self) -> String {
+        self.math.name()
+    }
+
+    /// The matrix backend (its counters, its threads).
+    pub fn math(&self) -> &M {
+        &self.math
+    }
+
+    fn run_calls(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
+        self.calls += 1;
+        let h = self.config.hidden_size;
+        let v = self.config.vocab_size;
+        let mut outputs: Vec<Output> = Vec::with_capacity(calls.len());
+        for call in calls {
+            crate::engine::validate(call, &self.config, self.max_context, self.max_rows)?;
+        }
+        for call in calls {
+            let embed = |ids: &[u32], x: &mut Vec<f32>| {
+                x.clear();
+                for &id in ids {
+                    x.extend(self.math.row(&self.weights.embed, id as usize));
+                }
+            };
+            let mut x = std::mem::take(&mut self.x);
+            match call.input {
+                Input::Tokens(ids) => embed(ids, &mut x),
+                Input::PreviousPick => {
+                    let token = match outputs.last().and_then(|o| o.picks.last()) {
+                        Some(p) => p.token,
+                        None => {
+                            return Err(Error::Invalid(
+                                "PreviousPick needs a previous call with a head".into(),
+                            ))
+                        }
+                    };
+                    embed(&[token], &mut x)
+                }
+                Input::ExitCache { rows } => x = self.exit_cache[..rows * h].to_vec(),
+            }
+            self.x = x;
+            let mut lens = vec![];
+            for l in call.layers.clone() {
+                self.layer(l, call.pos0);
+                if call.head == Head::Lens {
+                    lens.push(self.logits(self.last_row()));
+                }
+            }
+            if let Some(row) = call.save {
+                let end = (row * h + self.x.len()).max(self.exit_cache.len());
+                self.exit_cache.resize(end, 0.0);
+                self.exit_cache[row * h..row * h + self.x.len()].copy_from_slice(&self.x);
+            }
+            let rows: Vec<Vec<f32>> = match call.head {
+                Head::None | Head::Lens => vec![],
+                Head::Last => vec![self.logits(self.last_row())],
+                Head::All => self
+                    .logits(&self.x)
+                    .chunks(v)
+                    .map(<[f32]>::to_vec)
+                    .collect(),
+            };
+            outputs.push(Output {
+                picks: rows.iter().map(|r| pick(r)).collect(),
+                logits: if call.head == Head::Lens {
+                    lens
+                } else if call.logits {
+                    rows
+                } else {
+                    vec![]
+                },
+            });
+        }
+        Ok(outputs)
+    }
+}

@@ -1,0 +1,189 @@
+//! The reference CPU backend: every weight dequantized to f32 and every operation a plain loop,
+//! written to be obviously right. It is the oracle the kernel tests compare against and
+//! `--device cpu-reference`.
+
+use super::Math;
+use crate::engine::Pick;
+use crate::error::Result;
+use crate::format::{Format, Packed};
+use crate::llama::Store;
+
+/// A matrix as the reference keeps it: dequantized to f32, row-major, no padding.
+pub struct Dense {
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Vec<f32>,
+    /// The format it was loaded from (kept for reporting).
+    pub format: Format,
+}
+
+/// Weights in f32: the reference computes everything in f32 on dequantized weights, which is
+/// what every kernel is compared against.
+pub struct Reference;
+
+impl Store for Reference {
+    type Matrix = Dense;
+    type Vector = Vec<f32>;
+    fn matrix(&mut self, _: &str, format: Format, rows: usize, cols: usize) -> Result<Dense> {
+        Ok(Dense {
+            rows,
+            cols,
+            values: vec![0.0; rows * cols],
+            format,
+        })
+    }
+    fn write(&mut self, m: &mut Dense, row0: usize, rows: &Packed) -> Result<()> {
+        let n = rows.data.len() / m.format.row_data_bytes(m.cols);
+        let values = m.format.unpack(rows, n, m.cols);
+        m.values[row0 * m.cols..(row0 + n) * m.cols].copy_from_slice(&values);
+        Ok(())
+    }
+    fn vector(&mut self, _: &str, values: &[f32]) -> Result<Vec<f32>> {
+        Ok(values.to_vec())
+    }
+}
+
+impl Math for Reference {
+    fn name(&self) -> String {
+        "f32 reference".into()
+    }
+    fn stored_as(&self) -> Option<Format> {
+        Some(Format::F32)
+    }
+    fn backend(&self) -> crate::model::Backend {
+        crate::model::Backend::CpuReference
+    }
+    fn matmul(&self, x: &[f32], w: &Dense) -> Vec<f32> {
+        matmul(x, &w.values, w.cols)
+    }
+    fn row(&self, w: &Dense, r: usize) -> Vec<f32> {
+        w.values[r * w.cols..(r + 1) * w.cols].to_vec()
+    }
+}
+
+/// y[t, r] = sum_k x[t, k] w[r, k]
+pub fn matmul(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
+    x.chunks(k)
+        .flat_map(|xt| {
+            w.chunks(k)
+                .map(move |wr| xt.iter().zip(wr).map(|(a, b)| a * b).sum::<f32>())
+        })
+        .collect()
+}
+
+/// The SwiGLU activation: silu(gate) * up.
+pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect()
+}
+
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let h = weight.len();
+    x.chunks(h)
+        .flat_map(|row| {
+            let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / h as f32 + eps).sqrt();
+            row.iter().zip(weight).map(move |(v, w)| v * inv * w)
+        })
+        .collect()
+}
+
+/// cos and sin of the rotary angle, with the angle rounded to f32 as transformers computes it.
+pub fn rope_cos_sin(pos: usize, inv_freq: f32) -> (f32, f32) {
+    let angle = (pos as f32 * inv_freq) as f64;
+    (angle.cos() as f32, angle.sin() as f32)
+}
+
+fn rotate(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
+    let half = head.len() / 2;
+    for i in 0..half {
+        let (c, s) = rope_cos_sin(pos, inv_freq[i]);
+        let (a, b) = (head[i], head[i + half]);
+        head[i] = a * c - b * s;
+        head[i + half] = b * c + a * s;
+    }
+}
+
+/// Causal attention of `n` query rows (`nh` heads each) at positions pos0.. over a KV cache laid
+/// out as [position][kv head][head_dim].
+pub fn attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> Vec<f32> {
+    let n = q.len() / (nh * hd);
+    let mut out = vec![0.0; q.len()];
+    for t in 0..n {
+        for head in 0..nh {
+            let at = (t * nh + head) * hd..(t * nh + head + 1) * hd;
+            let kvh = head / (nh / nkv);
+            attend(
+                &q[at.clone()],
+                k_cache,
+                v_cache,
+                pos0 + t + 1,
+                kvh,
+                nkv,
+                &mut out[at],
+            );
+        }
+    }
+    out
+}
+
+/// One query head `q` over the first `keys` positions of kv head `kvh`, written into `out`.
+pub fn attend(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    keys: usize,
+    kvh: usize,
+    nkv: usize,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let scores: Vec<f32> = (0..keys)
+        .map(|j| {
+            let kj = &k_cache[(j * nkv + kvh) * hd..][..hd];
+            q.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale
+        })
+        .collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+    let total: f32 = weights.iter().sum();
+    for (j, w) in weights.iter().enumerate() {
+        let vj = &v_cache[(j * nkv + kvh) * hd..][..hd];
+        for d in 0..hd {
+            out[d] += w / total * vj[d];
+        }
+    }
+}
+
+/// Rotates every head of `rows` (each `heads` heads of `hd`) for positions pos0.. in place.
+pub fn rope(rows: &mut [f32], heads: usize, hd: usize, pos0: usize, inv_freq: &[f32]) {
+    for (t, row) in rows.chunks_mut(heads * hd).enumerate() {
+        for head in row.chunks_mut(hd) {
+            rotate(head, pos0 + t, inv_freq);
+        }
+    }
+}
+
+pub fn pick(logits: &[f32]) -> Pick {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    let top = logits[best];
+    Pick {
+        token: best as u32,
+        sum_exp: logits.iter().map(|v| (v - top).exp()).sum(),
+    }
+}
