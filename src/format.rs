@@ -185,6 +185,22 @@ impl Packed {
     pub fn bytes(&self) -> usize {
         self.data.len() + self.scales.len()
     }
+
+    /// The data as little-endian u32 words (rows are whole groups, so whole words).
+    pub fn words(&self) -> Vec<u32> {
+        self.data
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    /// The scales as f16 bits.
+    pub fn halves(&self) -> Vec<u16> {
+        self.scales
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect()
+    }
 }
 
 pub fn groups(cols: usize) -> usize {
@@ -312,54 +328,66 @@ impl Format {
         Ok(())
     }
 
-    /// Dequantizes (or widens) one group: its data bytes (`group_bytes()` of them) and, for
-    /// quantized formats, its scale. The CPU's dequantization of this format, used by the
-    /// reference and, inside its dot products, by the fast backend.
+    /// Dequantizes (or widens) one group: its data as little-endian u32 words (`group_bytes()`
+    /// / 4 of them, laid out as the GPU reads them) and, for quantized formats, its scale. The
+    /// CPU's dequantization of this format, used by the reference and, inside its dot products,
+    /// by the fast backend; it mirrors shaders/formats/*.wgsl word for word.
     #[inline]
-    pub fn unpack_group(self, bytes: &[u8], scale: f32, out: &mut [f32; GROUP]) {
+    pub fn unpack_group(self, words: &[u32], scale: f32, out: &mut [f32; GROUP]) {
         match self {
             Format::F32 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                for (o, &w) in out.iter_mut().zip(words) {
+                    *o = f32::from_bits(w);
                 }
             }
             Format::F16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                for (pair, &w) in out.chunks_exact_mut(2).zip(words) {
+                    pair[0] = half_to_f32(w as u16);
+                    pair[1] = half_to_f32((w >> 16) as u16);
                 }
             }
             Format::Bf16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                for (pair, &w) in out.chunks_exact_mut(2).zip(words) {
+                    pair[0] = f32::from_bits(w << 16);
+                    pair[1] = f32::from_bits(w & 0xffff_0000);
                 }
             }
             Format::Q8 => {
-                for (o, &b) in out.iter_mut().zip(bytes) {
-                    *o = b as i8 as f32 * scale;
+                for (four, &w) in out.chunks_exact_mut(4).zip(words) {
+                    for (j, o) in four.iter_mut().enumerate() {
+                        *o = ((w << (24 - 8 * j)) as i32 >> 24) as f32 * scale;
+                    }
                 }
             }
             Format::Q4 => {
-                for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
-                    pair[0] = ((b & 15) as f32 - 8.0) * scale;
-                    pair[1] = ((b >> 4) as f32 - 8.0) * scale;
+                for (eight, &w) in out.chunks_exact_mut(8).zip(words) {
+                    for (j, o) in eight.iter_mut().enumerate() {
+                        *o = (((w >> (4 * j)) & 15) as f32 - 8.0) * scale;
+                    }
                 }
             }
         }
     }
 
-    /// The scale of group `g` from a row's scale bytes (0 for float formats).
+    /// The scale of group `g` from a row's scales (0 for float formats).
     #[inline]
-    pub fn group_scale(self, scales: &[u8], g: usize) -> f32 {
+    pub fn group_scale(self, scales: &[u16], g: usize) -> f32 {
         match self.quantized() {
-            true => half_to_f32(u16::from_le_bytes([scales[2 * g], scales[2 * g + 1]])),
+            true => half_to_f32(scales[g]),
             false => 0.0,
         }
     }
 
-    /// Dequantizes (or widens) one row into `out` (`cols` = out.len() values).
-    pub fn unpack_row(self, data: &[u8], scales: &[u8], out: &mut [f32]) {
+    /// u32 words of a row's data per group.
+    pub fn group_words(self) -> usize {
+        self.group_bytes() / 4
+    }
+
+    /// Dequantizes (or widens) one row into `out` (`cols` = out.len() values), from its data
+    /// words and its scales.
+    pub fn unpack_row(self, data: &[u32], scales: &[u16], out: &mut [f32]) {
         let mut group = [0f32; GROUP];
-        let size = self.group_bytes();
+        let size = self.group_words();
         for (g, chunk) in out.chunks_mut(GROUP).enumerate() {
             self.unpack_group(
                 &data[g * size..(g + 1) * size],
@@ -372,12 +400,16 @@ impl Format {
 
     /// Dequantizes `rows` packed rows of `cols` into f32 (no padding).
     pub fn unpack(self, packed: &Packed, rows: usize, cols: usize) -> Vec<f32> {
-        let (db, sb) = (self.row_data_bytes(cols), self.row_scale_bytes(cols));
+        let (data, scales) = (packed.words(), packed.halves());
+        let (dw, sh) = (
+            self.row_data_bytes(cols) / 4,
+            self.row_scale_bytes(cols) / 2,
+        );
         let mut out = vec![0f32; rows * cols];
         for (r, row) in out.chunks_mut(cols.max(1)).enumerate() {
             self.unpack_row(
-                &packed.data[r * db..(r + 1) * db],
-                &packed.scales[r * sb..(r + 1) * sb],
+                &data[r * dw..(r + 1) * dw],
+                &scales[r * sh..(r + 1) * sh],
                 row,
             );
         }

@@ -386,7 +386,8 @@ impl Model {
                         ctx.describe()
                     ),
                 ),
-                Err(e) => (None, *threads, format!("no GPU adapter ({e})")),
+                Err(Error::NoAdapter(_)) => (None, *threads, "no GPU adapter was found".into()),
+                Err(e) => (None, *threads, format!("the GPU could not be used ({e})")),
             },
             Device::Cpu { threads } => (None, *threads, "--device cpu".to_string()),
             Device::CpuReference => (None, None, "--device cpu-reference".to_string()),

@@ -62,12 +62,16 @@ fn check_tokenizer_json(bytes: &[u8]) -> Result<()> {
 
 /// Every TemplateProcessing post-processor (also inside a Sequence) names only special tokens it
 /// defines, each with as many ids as tokens, and its single-sequence template uses sequence A
-/// only: otherwise encoding indexes out of bounds.
+/// only: otherwise encoding indexes out of bounds. Processors are matched by shape, not by their
+/// "type" (the crate reads them untagged), so any object with a template is checked.
 fn check_templates(value: &Value) -> std::result::Result<(), String> {
     match value {
         Value::Array(items) => items.iter().try_for_each(check_templates),
         Value::Object(obj) => {
-            if obj.get("type").and_then(Value::as_str) == Some("TemplateProcessing") {
+            if ["single", "pair", "special_tokens"]
+                .iter()
+                .any(|k| obj.contains_key(*k))
+            {
                 check_template(obj)?;
             }
             obj.values().try_for_each(check_templates)

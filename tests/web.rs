@@ -51,36 +51,54 @@ fn fixtures() -> Vec<(&'static str, MemoryFiles, &'static str)> {
     vec![("llama2_tiny", a, ra), ("llama32_tiny", b, rb)]
 }
 
-async fn load(files: &MemoryFiles) -> Model {
-    load_kv(files, KvFormat::default()).await
+/// Both backends a browser runs: WebGPU, and the wasm CPU backend (what a browser without
+/// WebGPU falls back to).
+fn devices() -> [Device; 2] {
+    [
+        Device::Gpu(GpuOptions::default()),
+        Device::Cpu { threads: None },
+    ]
 }
 
-async fn load_kv(files: &MemoryFiles, kv_cache: KvFormat) -> Model {
+async fn load(files: &MemoryFiles, device: Device) -> Model {
+    load_kv(files, device, KvFormat::default()).await
+}
+
+async fn load_kv(files: &MemoryFiles, device: Device, kv_cache: KvFormat) -> Model {
     let options = LoadOptions {
         max_context: 128,
         kv_cache,
-        ..LoadOptions::on(Device::Gpu(GpuOptions::default()))
+        ..LoadOptions::on(device)
     };
     Model::load(files, &options, |_| {})
         .await
         .expect("fixture loads on WebGPU")
 }
 
-/// As natively (tests/hf_reference.rs): within 2e-4 of Hugging Face with an f32 KV cache, within
-/// 0.1 with the default f16 one.
+/// As natively (tests/hf_reference.rs), on WebGPU and on the wasm CPU backend: within 2e-4 of
+/// Hugging Face with an f32 KV cache, within 0.1 with the default f16 one.
 #[wasm_bindgen_test]
 async fn logits_match_hugging_face_at_every_exit_layer() {
     for (name, files, json) in fixtures() {
-        for (kv, tolerance) in [(KvFormat::F32, 2e-4), (KvFormat::F16, 0.1)] {
-            check_logits(name, &files, json, kv, tolerance).await;
+        for device in devices() {
+            for (kv, tolerance) in [(KvFormat::F32, 2e-4), (KvFormat::F16, 0.1)] {
+                check_logits(name, &files, json, device.clone(), kv, tolerance).await;
+            }
         }
     }
 }
 
-async fn check_logits(name: &str, files: &MemoryFiles, json: &str, kv: KvFormat, tolerance: f32) {
+async fn check_logits(
+    name: &str,
+    files: &MemoryFiles,
+    json: &str,
+    device: Device,
+    kv: KvFormat,
+    tolerance: f32,
+) {
     {
         let r = reference::parse(json);
-        let mut model = load_kv(files, kv).await;
+        let mut model = load_kv(files, device.clone(), kv).await;
         let layers = model.engine.config().num_hidden_layers;
         let mut worst = vec![0.0f32; layers];
         for p in &r.prompts {
@@ -107,28 +125,30 @@ async fn check_logits(name: &str, files: &MemoryFiles, json: &str, kv: KvFormat,
 #[wasm_bindgen_test]
 async fn greedy_self_speculative_equals_hugging_face_greedy() {
     for (name, files, json) in fixtures() {
-        let r = reference::parse(json);
-        let mut model = load(&files).await;
-        let layers = model.engine.config().num_hidden_layers;
-        let p = &r.prompts[0];
-        for e in 1..layers {
-            for d in [1, 3, 8] {
-                let options = GenerateOptions {
-                    ignore_eos: true,
-                    ..GenerateOptions::greedy(
-                        Strategy::SelfSpeculative {
-                            exit_layer: e,
-                            num_speculations: d,
-                        },
-                        p.greedy.tokens.len(),
-                    )
-                };
-                let g = generate(&mut model.engine, &p.input_ids, &options, |_, _| {
-                    Flow::Continue
-                })
-                .await
-                .unwrap();
-                assert_eq!(g.tokens, p.greedy.tokens, "{name} E={e} D={d}");
+        for device in devices() {
+            let r = reference::parse(json);
+            let mut model = load(&files, device.clone()).await;
+            let layers = model.engine.config().num_hidden_layers;
+            let p = &r.prompts[0];
+            for e in 1..layers {
+                for d in [1, 3, 8] {
+                    let options = GenerateOptions {
+                        ignore_eos: true,
+                        ..GenerateOptions::greedy(
+                            Strategy::SelfSpeculative {
+                                exit_layer: e,
+                                num_speculations: d,
+                            },
+                            p.greedy.tokens.len(),
+                        )
+                    };
+                    let g = generate(&mut model.engine, &p.input_ids, &options, |_, _| {
+                        Flow::Continue
+                    })
+                    .await
+                    .unwrap();
+                    assert_eq!(g.tokens, p.greedy.tokens, "{name} {device:?} E={e} D={d}");
+                }
             }
         }
     }
@@ -198,6 +218,16 @@ async fn the_javascript_api_refuses_bad_options() {
             .unwrap_err();
         assert!(err.contains(expected), "{err}");
     }
+    // On SwiftShader (a software adapter) "auto" chooses the CPU and says why.
+    let info = js_sys::Reflect::get(&model, &"info".into()).unwrap();
+    let info = js_sys::Function::from(info).call0(&model).unwrap();
+    let backend = js_sys::Reflect::get(&info, &"backend".into()).unwrap();
+    let reason: String = js_sys::Reflect::get(&info, &"backend_reason".into())
+        .unwrap()
+        .as_string()
+        .unwrap();
+    console_log!("auto chose {backend:?}: {reason}");
+    assert_eq!(backend, "cpu", "{reason}");
     let ok = call(
         &model,
         "generate",

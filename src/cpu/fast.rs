@@ -11,23 +11,39 @@ use crate::format::{groups, Format, Packed, GROUP};
 use crate::llama::Store;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A matrix in its format, rows padded to whole groups (see `format.rs`).
+/// A matrix in its format, rows padded to whole groups (see `format.rs`), in u32 words as the GPU
+/// holds it.
 pub struct PackedMatrix {
     pub format: Format,
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<u8>,
-    pub scales: Vec<u8>,
+    pub data: Vec<u32>,
+    pub scales: Vec<u16>,
 }
 
 impl PackedMatrix {
+    fn row_words(&self) -> usize {
+        self.format.row_data_bytes(self.cols) / 4
+    }
+
+    fn row_scales(&self) -> usize {
+        self.format.row_scale_bytes(self.cols) / 2
+    }
+
+    /// Row `r`'s data words and scales.
+    fn row_parts(&self, r: usize) -> (&[u32], &[u16]) {
+        let (dw, sh) = (self.row_words(), self.row_scales());
+        (
+            &self.data[r * dw..(r + 1) * dw],
+            &self.scales[r * sh..(r + 1) * sh],
+        )
+    }
+
     /// sum_k w[r, k] x[t, k] for the `n` rows of `x`, added into `out[..n]`.
     fn dot_row(&self, r: usize, x: &[f32], out: &mut [f32]) {
         let (f, cols) = (self.format, self.cols);
-        let (db, sb) = (f.row_data_bytes(cols), f.row_scale_bytes(cols));
-        let data = &self.data[r * db..(r + 1) * db];
-        let scales = &self.scales[r * sb..(r + 1) * sb];
-        let size = f.group_bytes();
+        let (data, scales) = self.row_parts(r);
+        let size = f.group_words();
         let mut w = [0f32; GROUP];
         for g in 0..groups(cols) {
             f.unpack_group(
@@ -155,17 +171,15 @@ impl Store for Fast {
             format,
             rows,
             cols,
-            data: vec![0; rows * format.row_data_bytes(cols)],
-            scales: vec![0; rows * format.row_scale_bytes(cols)],
+            data: vec![0; rows * format.row_data_bytes(cols) / 4],
+            scales: vec![0; rows * format.row_scale_bytes(cols) / 2],
         })
     }
     fn write(&mut self, m: &mut PackedMatrix, row0: usize, rows: &Packed) -> Result<()> {
-        let (db, sb) = (
-            m.format.row_data_bytes(m.cols),
-            m.format.row_scale_bytes(m.cols),
-        );
-        m.data[row0 * db..row0 * db + rows.data.len()].copy_from_slice(&rows.data);
-        m.scales[row0 * sb..row0 * sb + rows.scales.len()].copy_from_slice(&rows.scales);
+        let (words, halves) = (rows.words(), rows.halves());
+        let (dw, sh) = (m.row_words(), m.row_scales());
+        m.data[row0 * dw..row0 * dw + words.len()].copy_from_slice(&words);
+        m.scales[row0 * sh..row0 * sh + halves.len()].copy_from_slice(&halves);
         Ok(())
     }
     fn vector(&mut self, _: &str, values: &[f32]) -> Result<Vec<f32>> {
@@ -214,16 +228,9 @@ impl Math for Fast {
     }
 
     fn row(&self, w: &PackedMatrix, r: usize) -> Vec<f32> {
-        let (db, sb) = (
-            w.format.row_data_bytes(w.cols),
-            w.format.row_scale_bytes(w.cols),
-        );
+        let (data, scales) = w.row_parts(r);
         let mut out = vec![0f32; w.cols];
-        w.format.unpack_row(
-            &w.data[r * db..(r + 1) * db],
-            &w.scales[r * sb..(r + 1) * sb],
-            &mut out,
-        );
+        w.format.unpack_row(data, scales, &mut out);
         out
     }
 

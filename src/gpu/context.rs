@@ -115,12 +115,16 @@ impl GpuContext {
         })
     }
 
-    /// "NVIDIA H200 (Vulkan, DiscreteGpu)"
+    /// "NVIDIA H200 (Vulkan, DiscreteGpu)"; in a browser, which does not name its adapter to
+    /// wgpu, "the browser's WebGPU adapter (Cpu)".
     pub fn describe(&self) -> String {
-        format!(
-            "{} ({:?}, {:?})",
-            self.info.name, self.info.backend, self.info.device_type
-        )
+        match self.info.name.is_empty() {
+            true => format!("the browser's WebGPU adapter ({:?})", self.info.device_type),
+            false => format!(
+                "{} ({:?}, {:?})",
+                self.info.name, self.info.backend, self.info.device_type
+            ),
+        }
     }
 
     /// Returns the first GPU error seen since the device was made, if any. After a device loss

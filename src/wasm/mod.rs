@@ -38,6 +38,9 @@ export interface LoadOptions {
   quantize?: "q8" | "q4";
   /** Precision of the KV cache (default f16, half the memory of f32). */
   kvCache?: "f16" | "f32";
+  /** "auto" (default): WebGPU when the browser has a hardware adapter, else the wasm CPU backend.
+   *  "gpu" fails clearly without WebGPU; "cpu" always runs on the CPU. */
+  device?: "auto" | "gpu" | "cpu";
 }
 export interface GenerateOptions {
   strategy?: "autoregressive" | "early-exit" | "self-speculative";
@@ -74,6 +77,16 @@ struct JsLoadOptions {
     max_context: Option<usize>,
     quantize: Option<Quantization>,
     kv_cache: Option<KvFormat>,
+    device: Option<JsDevice>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum JsDevice {
+    #[default]
+    Auto,
+    Gpu,
+    Cpu,
 }
 
 /// Plain data from a JS options object: the named callback fields are left out, and numbers that
@@ -123,7 +136,7 @@ fn to_js(value: &serde_json::Value) -> Result<JsValue, JsValue> {
     js_sys::JSON::parse(&value.to_string())
 }
 
-/// A model loaded onto the browser's GPU.
+/// A model loaded onto the browser's GPU, or its CPU.
 #[wasm_bindgen]
 pub struct LayerSkip {
     model: Rc<RefCell<Model>>,
@@ -136,8 +149,16 @@ async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> 
     let on_progress = js_sys::Function::from(field(&options, "onProgress"));
     let has_progress = on_progress.is_function();
     let defaults = LoadOptions::default();
+    let device = parsed.device.unwrap_or_default();
     let options = LoadOptions {
-        device: Device::Gpu(GpuOptions::default()),
+        device: match device {
+            JsDevice::Auto => Device::Auto {
+                gpu: GpuOptions::default(),
+                threads: None,
+            },
+            JsDevice::Gpu => Device::Gpu(GpuOptions::default()),
+            JsDevice::Cpu => Device::Cpu { threads: None },
+        },
         max_context: parsed.max_context.unwrap_or(defaults.max_context),
         quantize: parsed.quantize,
         kv_cache: parsed.kv_cache.unwrap_or(defaults.kv_cache),
@@ -157,7 +178,7 @@ async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> 
     .await
     .map_err(|e| match e {
         crate::Error::NoAdapter(_) => error(
-            "WebGPU is not available in this browser (no GPU adapter); try a current Chrome, Edge or Safari",
+            "WebGPU is not available in this browser (no GPU adapter); try a current Chrome, Edge or Safari, or { device: 'cpu' }",
         ),
         e => error(e),
     })?;

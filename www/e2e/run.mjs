@@ -1,13 +1,18 @@
-// End-to-end test of the demo page: serves the built page (www/dist) on 127.0.0.1, drives
-// Debian's Chromium through it with playwright-core, loads the default model, generates greedily
-// with both strategies, checks both texts equal the native CLI's greedy output for the same prompt,
-// checks that a reload takes the weights from the Cache API,
-// and saves screenshots (desktop and phone size) next to the build.
+// End-to-end test of the demo page: serves the built page (www/dist) on 127.0.0.1 and drives
+// Debian's Chromium through it with playwright-core.
+//
+// With WebGPU (--enable-unsafe-webgpu, SwiftShader): "auto" chooses the CPU backend (SwiftShader
+// is software); then WebGPU chosen explicitly generates greedily with both strategies, and both
+// texts must equal the native CLI's; the logit lens fills its table; a q4 checkpoint written by
+// `layerskip quantize` loads by URL; a hostile shard index is refused without fetching the file
+// it points at; a reload takes the weights from the Cache API. Screenshots (desktop, phone).
+// Without WebGPU (no flag): the page falls back to the wasm CPU backend and generates the same
+// text; its tokens/s is printed.
 //
 // Needs: `npm run build` done, the CLI built (LAYERSKIP_BIN, default target/release/layerskip), /usr/bin/chromium.
 import { chromium } from 'playwright-core';
 import { execFileSync } from 'node:child_process';
-import { createReadStream, existsSync, statSync } from 'node:fs';
+import { cpSync, createReadStream, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { dirname, extname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,21 +22,35 @@ const root = join(www, '..');
 const dist = join(www, 'dist');
 const prompt = 'def fibonacci(n):';
 const maxTokens = 24;
+let failures = 0;
 
 function fail(message) {
   console.error(`e2e: FAIL: ${message}`);
-  process.exitCode = 1;
+  failures += 1;
 }
 
 // What the native binary produces for the same prompt: the reference the page must match.
 const cli = process.env.LAYERSKIP_BIN || join(root, 'target', 'release', 'layerskip');
 // No --model: the binary's embedded default model, the same files the page loads.
 const native = JSON.parse(execFileSync(cli, ['generate', '--prompt', prompt, '--max-new-tokens', String(maxTokens), '--json'],
-  { encoding: 'utf8' }));
+  { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
 console.log(`native CLI greedy text: ${JSON.stringify(native.text)}`);
 
+// A q4 copy of the default model, and a hostile folder whose index points outside it.
+const models = join(dist, 'models');
+rmSync(join(models, 'default-q4'), { recursive: true, force: true });
+execFileSync(cli, ['quantize', '--format', 'q4', '--out', join(models, 'default-q4')], { stdio: 'ignore' });
+const hostile = join(models, 'hostile');
+rmSync(hostile, { recursive: true, force: true });
+mkdirSync(hostile, { recursive: true });
+for (const name of ['config.json', 'tokenizer.json']) cpSync(join(models, 'default', name), join(hostile, name));
+writeFileSync(join(hostile, 'model.safetensors.index.json'),
+  JSON.stringify({ weight_map: { 'model.embed_tokens.weight': '../default/model.safetensors' } }));
+
 const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json', '.svg': 'image/svg+xml' };
+const requests = [];
 const server = http.createServer((req, res) => {
+  requests.push(req.url);
   const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
   let file = join(dist, path);
   if (existsSync(file) && statSync(file).isDirectory()) file = join(file, 'index.html');
@@ -46,58 +65,129 @@ const server = http.createServer((req, res) => {
 await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
 const url = `http://127.0.0.1:${server.address().port}/`;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--no-first-run', '--disable-quic'],
-});
-try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+const quiet = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--no-first-run', '--disable-quic'];
+
+async function open(browser, viewport) {
+  const page = await browser.newPage({ viewport });
   page.on('console', (m) => console.log(`page: ${m.text()}`));
   page.on('pageerror', (e) => fail(`page error: ${e.message}`));
   await page.goto(url);
-  const settle = () => page.waitForFunction(() => ['ready', 'done', 'error'].includes(document.getElementById('status').dataset.state),
-    null, { timeout: 300_000 });
-  await settle();
-  const state = await page.$eval('#status', (e) => [e.dataset.state, e.textContent]);
-  if (state[0] === 'error') throw new Error(`model did not load: ${state[1]}`);
-  console.log(`loaded: ${await page.$eval('#model-info', (e) => e.textContent)}`);
+  return page;
+}
 
+const settle = (page) => page.waitForFunction(
+  () => ['ready', 'done', 'error'].includes(document.getElementById('status').dataset.state), null, { timeout: 600_000 });
+
+async function state(page) {
+  return page.$eval('#status', (e) => [e.dataset.state, e.textContent]);
+}
+
+async function load(page, device, modelUrl) {
+  await page.selectOption('#device', device);
+  if (modelUrl) {
+    await page.fill('#url', modelUrl);
+    await page.click('#load-url');
+  } else {
+    await page.click('#load-default');
+  }
+  await settle(page);
+  return state(page);
+}
+
+// "Compare" generates autoregressively, then self-speculatively; both must equal the CLI's text.
+async function compare(page, label) {
   await page.fill('#prompt', prompt);
   await page.fill('#max-tokens', String(maxTokens));
   await page.fill('#temperature', '0');
-  // "Compare" generates autoregressively, then self-speculatively, on the same prompt.
   await page.click('#compare');
-  await settle();
-  const [state2, message] = await page.$eval('#status', (e) => [e.dataset.state, e.textContent]);
-  if (state2 !== 'done') throw new Error(`generation failed: ${message}`);
-  console.log(`self-speculative: ${await page.$eval('#stats', (e) => e.textContent)}`);
-  console.log(`compare: ${await page.$eval('#compare-result', (e) => e.textContent)}`);
+  await settle(page);
+  const [s, message] = await state(page);
+  if (s !== 'done') throw new Error(`${label}: generation failed: ${message}`);
+  console.log(`${label}: ${await page.$eval('#stats', (e) => e.textContent)}`);
+  console.log(`${label}: ${await page.$eval('#compare-result', (e) => e.textContent)}`);
   const text = await page.$eval('#output', (e) => e.dataset.text);
-  if (text !== native.text) fail(`self-speculative text ${JSON.stringify(text)} differs from the native CLI's`);
-  if ((await page.$eval('#compare-result', (e) => e.dataset.same)) !== 'true') fail('autoregressive and self-speculative text differ');
-  await page.click('#lens');
-  await settle();
-  const rows = await page.$$eval('#lens-table tr', (r) => r.length);
-  if (rows < 2) fail('the logit lens table is empty');
-  await page.screenshot({ path: join(dist, 'e2e-screenshot.png'), fullPage: true });
-  await page.setViewportSize({ width: 390, height: 844 });
-  await page.screenshot({ path: join(dist, 'e2e-phone.png'), fullPage: true });
+  if (text !== native.text) fail(`${label}: self-speculative text ${JSON.stringify(text)} differs from the native CLI's`);
+  if ((await page.$eval('#compare-result', (e) => e.dataset.same)) !== 'true') fail(`${label}: autoregressive and self-speculative text differ`);
+}
 
-  // A reload must read the weights from the Cache API, not the network.
-  let weightRequests = 0;
-  page.on('request', (r) => { if (r.url().endsWith('.safetensors')) weightRequests += 1; });
-  await page.reload();
-  await settle();
-  if ((await page.$eval('#status', (e) => e.dataset.state)) !== 'ready') fail('the model did not load again after a reload');
-  if (weightRequests > 0) fail(`a reload fetched weights ${weightRequests} time(s) instead of using the cache`);
-  console.log(`reload: ${weightRequests} weight requests (served from the Cache API)`);
+async function withWebGpu() {
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--enable-unsafe-webgpu', ...quiet] });
+  try {
+    const page = await open(browser, { width: 1100, height: 1400 });
+    await settle(page);
+    const [first, message] = await state(page);
+    if (first === 'error') throw new Error(`model did not load: ${message}`);
+    const auto = await page.$eval('#model-info', (e) => [e.dataset.backend, e.textContent]);
+    console.log(`auto: ${auto[1]}`);
+    if (auto[0] !== 'cpu') fail(`"auto" on SwiftShader should choose the CPU, chose ${auto[0]}`);
 
-  console.log(`screenshots: ${join(dist, 'e2e-screenshot.png')} ${join(dist, 'e2e-phone.png')}`);
+    const [s] = await load(page, 'gpu');
+    if (s !== 'ready') throw new Error(`the model did not load on WebGPU: ${(await state(page))[1]}`);
+    console.log(`WebGPU: ${await page.$eval('#model-info', (e) => e.textContent)}`);
+    await compare(page, 'WebGPU');
+    await page.click('#lens');
+    await settle(page);
+    if ((await page.$$eval('#lens-table tr', (r) => r.length)) < 2) fail('the logit lens table is empty');
+    await page.screenshot({ path: join(dist, 'e2e-screenshot.png'), fullPage: true });
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.screenshot({ path: join(dist, 'e2e-phone.png'), fullPage: true });
+    await page.setViewportSize({ width: 1100, height: 1400 });
+
+    // A 4-bit checkpoint by URL, as a site would serve one.
+    const [q4] = await load(page, 'gpu', `${url}models/default-q4/`);
+    const q4info = await page.$eval('#model-info', (e) => e.textContent);
+    if (q4 !== 'ready' || !q4info.includes('weights q4')) fail(`the q4 checkpoint did not load: ${(await state(page))[1]} ${q4info}`);
+    else console.log(`q4 by URL: ${q4info}`);
+
+    // A hostile index: refused by name, and the file it names is never requested.
+    const before = requests.length;
+    const [h, why] = await load(page, 'gpu', `${url}models/hostile/`);
+    const fetched = requests.slice(before).filter((r) => r.includes('default/model.safetensors'));
+    if (h !== 'error' || !why.includes('not a plain file name')) fail(`the hostile index was not refused: ${why}`);
+    if (fetched.length > 0) fail(`the hostile index made the page fetch ${fetched}`);
+    console.log(`hostile index: ${why}`);
+
+    // A reload must read the weights from the Cache API, not the network.
+    let weightRequests = 0;
+    page.on('request', (r) => { if (r.url().endsWith('.safetensors')) weightRequests += 1; });
+    await page.reload();
+    await settle(page);
+    if ((await state(page))[0] !== 'ready') fail('the model did not load again after a reload');
+    if (weightRequests > 0) fail(`a reload fetched weights ${weightRequests} time(s) instead of using the cache`);
+    console.log(`reload: ${weightRequests} weight requests (served from the Cache API)`);
+    console.log(`screenshots: ${join(dist, 'e2e-screenshot.png')} ${join(dist, 'e2e-phone.png')}`);
+  } finally {
+    await browser.close();
+  }
+}
+
+async function withoutWebGpu() {
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: quiet });
+  try {
+    const page = await open(browser, { width: 1100, height: 1400 });
+    await settle(page);
+    const [s, message] = await state(page);
+    if (s !== 'ready') throw new Error(`without WebGPU the model did not load: ${message}`);
+    const info = await page.$eval('#model-info', (e) => [e.dataset.backend, e.textContent]);
+    console.log(`without WebGPU: ${info[1]}`);
+    if (info[0] !== 'cpu') fail(`without WebGPU the page should run on the CPU, ran on ${info[0]}`);
+    await compare(page, 'wasm CPU');
+    const [g, why] = await load(page, 'gpu');
+    if (g !== 'error' || !why.includes('WebGPU is not available')) fail(`asking for WebGPU without it: ${why}`);
+    console.log(`device gpu without WebGPU: ${why}`);
+  } finally {
+    await browser.close();
+  }
+}
+
+try {
+  await withWebGpu();
+  await withoutWebGpu();
 } catch (e) {
   fail(e.message);
 } finally {
-  await browser.close();
   server.close();
 }
-console.log(process.exitCode ? 'e2e: 0 passed, 1 failed' : 'e2e: 1 passed, 0 failed');
+console.log(failures ? `e2e: ${failures} failed` : 'e2e: all checks passed');
+process.exitCode = failures ? 1 : 0;

@@ -30,7 +30,7 @@ worker.onmessage = ({ data }) => {
       bar.hidden = false;
       bar.max = data.total || 1;
       bar.value = data.done;
-      status(`${data.phase === 'download' ? 'Downloading' : 'Uploading to the GPU'}: ${(data.done / 1e6).toFixed(1)} / ${(data.total / 1e6).toFixed(1)} MB`);
+      status(`${data.phase === 'download' ? 'Downloading' : 'Loading weights'}: ${(data.done / 1e6).toFixed(1)} / ${(data.total / 1e6).toFixed(1)} MB`);
       break;
     }
     case 'token':
@@ -57,10 +57,13 @@ async function load(message, label) {
   info = null;
   status(`Loading ${label}…`);
   try {
-    info = await request(message);
+    info = await request({ ...message, device: $('device').value });
     const g = info.gpu || {};
-    const a = { ...(info.adapter || {}), name: [g.vendor, g.architecture, g.description].filter(Boolean).join(' ') };
-    $('model-info').textContent = `${label}: ${info.layers} layers, hidden ${info.hidden_size}, ${info.heads} heads (${info.kv_heads} kv), vocab ${info.vocab_size}, ${(info.parameters / 1e6).toFixed(1)}M parameters, ${info.dtype || '?'} · GPU: ${a.name || a.vendor || 'WebGPU'} (${a.backend})`;
+    const where = info.backend === 'gpu'
+      ? `WebGPU on ${[g.vendor, g.architecture, g.description].filter(Boolean).join(' ') || info.device.adapter || 'the GPU'}`
+      : `the CPU (wasm) — ${info.backend_reason}`;
+    $('model-info').textContent = `${label}: ${info.layers} layers, hidden ${info.hidden_size}, ${info.heads} heads (${info.kv_heads} kv), vocab ${info.vocab_size}, ${(info.parameters / 1e6).toFixed(1)}M parameters, weights ${info.memory.weight_format} · runs on ${where}`;
+    $('model-info').dataset.backend = info.backend;
     $('exit-layer').max = info.layers - 1;
     $('exit-layer').value = Math.min(info.default_exit_layer || Math.max(1, Math.floor(info.layers / 4)), info.layers - 1);
     status('Ready', 'ready');
@@ -183,8 +186,5 @@ drop.ondrop = async (e) => {
   load({ type: 'loadFiles', files }, 'dropped files');
 };
 
-if (!navigator.gpu) {
-  status('This browser has no WebGPU: use a current Chrome, Edge or Safari (or enable WebGPU).', 'error');
-} else {
-  load({ type: 'load', url: defaultUrl }, 'default model');
-}
+// Without WebGPU the model runs on the CPU backend compiled to wasm ("auto").
+load({ type: 'load', url: defaultUrl }, 'default model');

@@ -18,11 +18,12 @@ async function handle(message) {
     case 'load':
     case 'loadFiles': {
       model = null;
+      const options = { onProgress, device: message.device || 'auto' };
       model = message.type === 'load'
-        ? await LayerSkip.fromUrl(message.url, { onProgress })
-        : await LayerSkip.fromFiles(message.files, { onProgress });
+        ? await LayerSkip.fromUrl(message.url, options)
+        : await LayerSkip.fromFiles(message.files, options);
       // wgpu's web backend does not know the adapter's name; the browser does.
-      const adapter = await navigator.gpu.requestAdapter();
+      const adapter = navigator.gpu ? await navigator.gpu.requestAdapter() : null;
       const gpu = adapter && adapter.info ? adapter.info : {};
       post({ type: 'loaded', info: { ...model.info(), gpu: { vendor: gpu.vendor, architecture: gpu.architecture, description: gpu.description } } });
       break;
