@@ -333,7 +333,10 @@ impl Checkpoint {
         let format = Format::from(q);
         let (dtype, expected) = match q {
             Quantization::Q8 => (safetensors::Dtype::I8, "I8 (q8 values)"),
-            Quantization::Q4 => (safetensors::Dtype::U8, "U8 (q4 values, two per byte)"),
+            Quantization::Q4 => (
+                safetensors::Dtype::U8,
+                "U8 (q4 values, 16 bytes per group of 32)",
+            ),
         };
         Self::expect_shape(entry, name, &[rows, format.file_row_bytes(cols)])?;
         if entry.dtype != dtype {

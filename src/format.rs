@@ -9,8 +9,9 @@
 //!   checkpoint's bytes, so no `shader-f16` is needed anywhere.
 //! - `q8` (Q8_0): 32 signed bytes q and one f16 scale d; x = q * d, d = max|x| / 127.
 //! - `q4` (Q4_0): 32 four-bit values q (0..15) and one f16 scale d; x = (q - 8) * d, where
-//!   d = m / -8 for the group's value m of largest magnitude. Element 2i is the low nibble of byte
-//!   i, so each u32 holds 8 consecutive elements.
+//!   d = m / -8 for the group's value m of largest magnitude. As in llama.cpp's Q4_0, byte i of
+//!   the group holds element i in its low nibble and element i + 16 in its high nibble, so the low
+//!   and the high nibbles each unpack to 16 consecutive elements (no interleaving shuffles).
 //!
 //! Scales live in a second buffer of f16, one per group, each row's padded to a whole u32 (GPU
 //! copies move multiples of 4 bytes).
@@ -322,7 +323,7 @@ impl Format {
                 let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
                 let q = |x: f32| ((x * inv + 8.5).floor().clamp(0.0, 15.0)) as u8;
                 out.data
-                    .extend(g.chunks(2).map(|p| q(p[0]) | (q(p[1]) << 4)));
+                    .extend((0..GROUP / 2).map(|i| q(g[i]) | (q(g[i + GROUP / 2]) << 4)));
             }
         }
         Ok(())
@@ -332,7 +333,7 @@ impl Format {
     /// / 4 of them, laid out as the GPU reads them) and, for quantized formats, its scale. The
     /// CPU's dequantization of this format, used by the reference and, inside its dot products,
     /// by the fast backend; it mirrors shaders/formats/*.wgsl word for word.
-    #[inline]
+    #[inline(always)]
     pub fn unpack_group(self, words: &[u32], scale: f32, out: &mut [f32; GROUP]) {
         match self {
             Format::F32 => {
@@ -352,17 +353,18 @@ impl Format {
                     pair[1] = f32::from_bits(w & 0xffff_0000);
                 }
             }
+            // Byte by byte (the words' little-endian bytes, in element order), in the shapes the
+            // compiler turns into whole-vector conversions (measured on x86-64 with AVX2).
             Format::Q8 => {
-                for (four, &w) in out.chunks_exact_mut(4).zip(words) {
-                    for (j, o) in four.iter_mut().enumerate() {
-                        *o = ((w << (24 - 8 * j)) as i32 >> 24) as f32 * scale;
-                    }
+                for (o, &b) in out.iter_mut().zip(le_bytes(words)) {
+                    *o = b as i8 as f32 * scale;
                 }
             }
             Format::Q4 => {
-                for (eight, &w) in out.chunks_exact_mut(8).zip(words) {
-                    for (j, o) in eight.iter_mut().enumerate() {
-                        *o = (((w >> (4 * j)) & 15) as f32 - 8.0) * scale;
+                if let Ok(b) = <&[u8; GROUP / 2]>::try_from(le_bytes(words)) {
+                    for i in 0..GROUP / 2 {
+                        out[i] = ((b[i] & 15) as i32 - 8) as f32 * scale;
+                        out[i + GROUP / 2] = ((b[i] >> 4) as i32 - 8) as f32 * scale;
                     }
                 }
             }
@@ -370,7 +372,7 @@ impl Format {
     }
 
     /// The scale of group `g` from a row's scales (0 for float formats).
-    #[inline]
+    #[inline(always)]
     pub fn group_scale(self, scales: &[u16], g: usize) -> f32 {
         match self.quantized() {
             true => half_to_f32(scales[g]),
@@ -437,17 +439,18 @@ impl Format {
         self.pack(&dtype.to_f32(bytes), cols)
     }
 
-    /// Bytes of one row of a quantized tensor as a file stores it (see [`Format::file_rows`]).
+    /// Bytes of one row of a quantized tensor as a file stores it (see [`Format::file_rows`]):
+    /// q8 one byte per value; q4 16 bytes per group of 32, the last group padded.
     pub fn file_row_bytes(self, cols: usize) -> usize {
         match self {
-            Format::Q4 => cols.div_ceil(2),
+            Format::Q4 => self.row_data_bytes(cols),
             Format::Q8 => cols,
             other => cols * other.group_bytes() / GROUP,
         }
     }
 
-    /// Rows of a quantized checkpoint tensor (the layout `layerskip quantize` writes: rows of
-    /// `cols` values without padding, q4 two per byte) into the runtime layout.
+    /// Rows of a quantized checkpoint tensor (the layout `layerskip quantize` writes: q8 rows of
+    /// `cols` values without padding, q4 rows of whole groups) into the runtime layout.
     pub fn pack_quantized_rows(self, data: &[u8], scales: &[u8], cols: usize) -> Packed {
         let (row_in, row_out) = (self.file_row_bytes(cols), self.row_data_bytes(cols));
         let rows = data.len() / row_in.max(1);
@@ -457,14 +460,6 @@ impl Format {
             .zip(out.chunks_mut(row_out.max(1)))
         {
             dst[..src.len()].copy_from_slice(src);
-            if self == Format::Q4 && cols % 2 == 1 {
-                // The unused high nibble of an odd row's last byte must dequantize to 0.
-                dst[src.len() - 1] = (dst[src.len() - 1] & 0x0f) | 0x80;
-            }
-            if self == Format::Q4 {
-                // Padding groups' elements are q = 8, that is zero.
-                dst[src.len()..].fill(0x88);
-            }
         }
         let (sin, sout) = (self.file_scale_bytes(cols), self.row_scale_bytes(cols));
         let mut padded = vec![0u8; rows * sout];
@@ -515,10 +510,20 @@ fn scale(d: f32) -> Result<f32> {
     Ok(h)
 }
 
+/// Little-endian u32 words as their bytes in order (a view: every supported target is
+/// little-endian).
+#[inline(always)]
+fn le_bytes(words: &[u32]) -> &[u8] {
+    bytemuck::cast_slice(words)
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("weights are stored and read as little-endian words");
+
 /// Half to single precision for finite halves, branch-free (weights and scales are checked to be
 /// finite when loaded): the half's exponent and mantissa moved into an f32 are its value times
 /// 2^-112, subnormals included, so one multiplication by 2^112 restores it exactly.
-#[inline]
+#[inline(always)]
 pub fn half_to_f32(h: u16) -> f32 {
     let magnitude = f32::from_bits(((h & 0x7fff) as u32) << 13) * f32::from_bits(0x7780_0000);
     f32::from_bits(magnitude.to_bits() | (((h & 0x8000) as u32) << 16))
@@ -647,10 +652,11 @@ mod tests {
         assert_eq!(q4.data.len(), 32);
         let d = f16_to_f32(u16::from_le_bytes([q4.scales[0], q4.scales[1]]));
         assert_eq!(d, 0.5, "m / -8 with m = -4");
+        assert_eq!(q4.data[3] & 15, 0, "element 3 maps to q = 0, that is -8 d");
         assert_eq!(
-            (q4.data[1] >> 4) & 15,
-            0,
-            "element 3 maps to q = 0, that is -8 d"
+            q4.data[3] >> 4,
+            8 + (row[19] / 0.5).round() as u8,
+            "element 19 beside it"
         );
         let back = Format::Q4.unpack(&q4, 1, 40);
         assert_eq!(back[3], -4.0);

@@ -5,8 +5,9 @@
 //!
 //! Tensors, for a weight `W` of shape [rows, cols]:
 //! - q8: `W` as I8 [rows, cols], and `W_scale` as F16 [rows, ceil(cols / 32)]; x = q * scale.
-//! - q4: `W` as U8 [rows, ceil(cols / 2)], two values per byte (element 2i in the low nibble),
-//!   stored as q + 8 in 0..15; and `W_scale` as above; x = (q - 8) * scale.
+//! - q4: `W` as U8 [rows, 16 * ceil(cols / 32)], 16 bytes per group of 32 (byte i holds element
+//!   i in its low nibble and element i + 16 in its high one, as llama.cpp's Q4_0), each stored as
+//!   q + 8 in 0..15; and `W_scale` as above; x = (q - 8) * scale.
 //!
 //! Output goes through a callback as (file name, bytes) appended in order, one file after the
 //! other, so the same code writes a folder on disk or files in memory (the browser tests).
@@ -93,10 +94,11 @@ pub async fn quantize(
     // The output tensors in the order Hugging Face writes them, each matrix's scales after it.
     let mut out: Vec<OutTensor> = vec![];
     let add_matrix = |out: &mut Vec<OutTensor>, source: &str, rows: usize, cols: usize| {
-        let (dtype, width) = match quantization {
-            Quantization::Q8 => ("I8", cols),
-            Quantization::Q4 => ("U8", cols.div_ceil(2)),
+        let dtype = match quantization {
+            Quantization::Q8 => "I8",
+            Quantization::Q4 => "U8",
         };
+        let width = format.file_row_bytes(cols);
         out.push(OutTensor {
             name: source.to_string(),
             dtype,

@@ -245,7 +245,11 @@ fn bad_quantized_checkpoints_are_named_errors() {
             edit_tensors(&q4, |t| {
                 t.iter_mut().find(|x| x.0 == w).unwrap().1 = "I8".into()
             }),
-            vec![w, "dtype I8", "expected U8 (q4 values, two per byte)"],
+            vec![
+                w,
+                "dtype I8",
+                "expected U8 (q4 values, 16 bytes per group of 32)",
+            ],
         ),
         (
             with_config(&q4, |c| c["quantization_config"]["format"] = "q3".into()),

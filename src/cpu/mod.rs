@@ -86,8 +86,8 @@ impl<M: Math> CpuModel<M> {
             max_context,
             KvFormat::F32,
             crate::plan::Blocks {
-                rows: 64,
-                picks: 64,
+                rows: fast::BLOCK_ROWS,
+                picks: fast::BLOCK_ROWS,
             },
             options.staging_bytes,
         )?;
@@ -116,7 +116,7 @@ impl<M: Math> CpuModel<M> {
             v_cache: vec![vec![0.0; kv_len]; layers],
             kv_format: options.kv_cache,
             max_context,
-            max_rows: 64,
+            max_rows: fast::BLOCK_ROWS,
             x: vec![],
             exit_cache: vec![],
             calls: 0,

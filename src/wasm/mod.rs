@@ -327,12 +327,17 @@ impl LayerSkip {
         })
     }
 
-    /// The model summary and where it runs (`device.backend`, adapter, limits, bytes on the GPU).
+    /// The model summary, where it runs and why (`backend`, `backend_reason`, adapter and limits),
+    /// its memory plan, and `wasm_memory_bytes`: the size of this module's memory now.
     pub fn info(&self) -> Result<JsValue, JsValue> {
         let model = self.model()?;
         let model = model
             .try_borrow()
             .map_err(|_| error("the model is busy with another request"))?;
-        to_js(&json!(model.info()))
+        let mut info = json!(model.info());
+        let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+        let buffer: js_sys::ArrayBuffer = memory.buffer().unchecked_into();
+        info["wasm_memory_bytes"] = json!(buffer.byte_length());
+        to_js(&info)
     }
 }

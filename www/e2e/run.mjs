@@ -12,10 +12,10 @@
 // Needs: `npm run build` done, the CLI built (LAYERSKIP_BIN, default target/release/layerskip), /usr/bin/chromium.
 import { chromium } from 'playwright-core';
 import { execFileSync } from 'node:child_process';
-import { cpSync, createReadStream, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
-import { dirname, extname, join, normalize } from 'node:path';
+import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { serve } from './serve.mjs';
 
 const www = join(dirname(fileURLToPath(import.meta.url)), '..');
 const root = join(www, '..');
@@ -47,23 +47,7 @@ for (const name of ['config.json', 'tokenizer.json']) cpSync(join(models, 'defau
 writeFileSync(join(hostile, 'model.safetensors.index.json'),
   JSON.stringify({ weight_map: { 'model.embed_tokens.weight': '../default/model.safetensors' } }));
 
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json', '.svg': 'image/svg+xml' };
-const requests = [];
-const server = http.createServer((req, res) => {
-  requests.push(req.url);
-  const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
-  let file = join(dist, path);
-  if (existsSync(file) && statSync(file).isDirectory()) file = join(file, 'index.html');
-  if (!file.startsWith(dist) || !existsSync(file)) {
-    res.writeHead(404).end();
-    return;
-  }
-  res.writeHead(200, { 'content-type': types[extname(file)] || 'application/octet-stream', 'content-length': statSync(file).size });
-  if (req.method === 'HEAD') res.end();
-  else createReadStream(file).pipe(res);
-});
-await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-const url = `http://127.0.0.1:${server.address().port}/`;
+const { url, requests, close } = await serve(dist);
 
 const quiet = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync',
   '--no-first-run', '--disable-quic'];
@@ -187,7 +171,7 @@ try {
 } catch (e) {
   fail(e.message);
 } finally {
-  server.close();
+  close();
 }
 console.log(failures ? `e2e: ${failures} failed` : 'e2e: all checks passed');
 process.exitCode = failures ? 1 : 0;

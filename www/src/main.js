@@ -62,7 +62,7 @@ async function load(message, label) {
     const where = info.backend === 'gpu'
       ? `WebGPU on ${[g.vendor, g.architecture, g.description].filter(Boolean).join(' ') || info.device.adapter || 'the GPU'}`
       : `the CPU (wasm) — ${info.backend_reason}`;
-    $('model-info').textContent = `${label}: ${info.layers} layers, hidden ${info.hidden_size}, ${info.heads} heads (${info.kv_heads} kv), vocab ${info.vocab_size}, ${(info.parameters / 1e6).toFixed(1)}M parameters, weights ${info.memory.weight_format} · runs on ${where}`;
+    $('model-info').textContent = `${label}: ${info.layers} layers, hidden ${info.hidden_size}, ${info.heads} heads (${info.kv_heads} kv), vocab ${info.vocab_size}, ${(info.parameters / 1e6).toFixed(1)}M parameters, weights ${info.memory.weight_format} (${(info.memory.weights / 1e6).toFixed(1)} MB) · runs on ${where} · wasm memory ${(info.wasm_memory_bytes / 1e6).toFixed(1)} MB`;
     $('model-info').dataset.backend = info.backend;
     $('exit-layer').max = info.layers - 1;
     $('exit-layer').value = Math.min(info.default_exit_layer || Math.max(1, Math.floor(info.layers / 4)), info.layers - 1);
