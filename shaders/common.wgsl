@@ -18,8 +18,6 @@ struct Step {
 
 @group(0) @binding(0) var<uniform> step: Step;
 
-const WG: u32 = 64u;
-
 // Workgroup index of a 1D grid folded into 2D (past 65535 workgroups per dimension).
 fn flat_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;

@@ -68,10 +68,46 @@ pub struct MemoryPlan {
 /// Shapes that size the activation buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct Blocks {
-    /// Rows one forward block holds (prefill chunk, verification block, exit-query cache).
+    /// Rows one forward block holds (a prompt chunk).
     pub rows: usize,
+    /// Rows the exit head and the exit-query cache take at once (a verification block).
+    pub head_rows: usize,
     /// Picks (and chained tokens) one run may produce.
     pub picks: usize,
+}
+
+impl Blocks {
+    /// Blocks of up to `rows` rows (and `head_rows` for the exit head), fewer where the
+    /// adapter's binding limit cannot hold an activation buffer that wide; at least one row.
+    pub fn fitting(
+        config: &Config,
+        max_binding: u64,
+        rows: usize,
+        head_rows: usize,
+        picks: usize,
+    ) -> Self {
+        let widest = [
+            2 * config.intermediate_size,
+            config.q_dim() + 2 * config.kv_dim(),
+            config.hidden_size,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1) as u64
+            * 4;
+        let rows = (max_binding / widest.max(1)).clamp(1, rows as u64) as usize;
+        // The logit lens reads back a row per layer plus a block of head rows.
+        let logit_rows = max_binding / (config.vocab_size as u64 * 4);
+        let head_rows = head_rows
+            .min(rows)
+            .min(logit_rows.saturating_sub(config.num_hidden_layers as u64) as usize)
+            .max(1);
+        Self {
+            rows,
+            head_rows,
+            picks,
+        }
+    }
 }
 
 impl MemoryPlan {
@@ -97,6 +133,7 @@ impl MemoryPlan {
         );
         let qkv = (config.q_dim() + 2 * config.kv_dim()) as u64;
         let rows = blocks.rows as u64;
+        let head_rows = blocks.head_rows as u64;
         let mut weights = product(&[2 * l + 1, h, 4])?;
         let mut largest = (String::new(), 0u64);
         for (spec, format) in specs.iter().zip(formats) {
@@ -116,8 +153,8 @@ impl MemoryPlan {
         ])?;
         let parts = [
             ("k_cache[0]", kv_layer),
-            ("logits", product(&[rows, v, 4])?),
-            ("out_logits", product(&[l + rows, v, 4])?),
+            ("logits", product(&[head_rows, v, 4])?),
+            ("out_logits", product(&[l + head_rows, v, 4])?),
             (
                 "rope",
                 product(&[context as u64, config.head_dim as u64 / 2, 8])?,
@@ -130,7 +167,8 @@ impl MemoryPlan {
                 largest = (name.to_string(), bytes);
             }
         }
-        let activations = product(&[rows, 2 * h + qkv + config.q_dim() as u64 + 2 * i + v, 4])?
+        let activations = product(&[rows, 2 * h + qkv + config.q_dim() as u64 + 2 * i, 4])?
+            .saturating_add(product(&[head_rows, v, 4])?)
             .saturating_add(product(&[context as u64 + blocks.picks as u64, 4])?)
             .saturating_add(product(&[blocks.picks as u64, 8])?);
         let loaded = names.join("+");
@@ -144,7 +182,7 @@ impl MemoryPlan {
             kv_format,
             context,
             activations,
-            exit_cache: product(&[rows, h, 4])?,
+            exit_cache: product(&[head_rows, h, 4])?,
             readback: parts[2].1,
             rope_table: parts[3].1,
             staging: staging as u64,

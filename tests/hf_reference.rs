@@ -247,3 +247,58 @@ fn long_prompts_equal_the_reference_on_every_backend() {
         }
     }
 }
+
+/// Past 256 keys a decode step's attention is split over ranges of keys and merged; the logits
+/// after every layer still equal the reference's (prefill through the tiled kernel, then single
+/// rows through the mat-vec kernel and split attention).
+#[test]
+fn long_contexts_split_attention_over_the_keys() {
+    let mut rng = Rng::new(8);
+    for name in FIXTURES {
+        // The fixtures say 128 positions; their weights do not mind 400.
+        let mut files = layerskip::MemoryFiles::default();
+        for entry in std::fs::read_dir(fixture(name)).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_str().unwrap().to_string();
+            let mut bytes = std::fs::read(&path).unwrap();
+            if file == "config.json" {
+                let mut config: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                config["max_position_embeddings"] = 400.into();
+                bytes = config.to_string().into_bytes();
+            }
+            files.0.insert(file, std::borrow::Cow::Owned(bytes));
+        }
+        let load_long = |device| {
+            let options = LoadOptions {
+                kv_cache: KvFormat::F32,
+                ..options(device, 400)
+            };
+            pollster::block_on(Model::load(&files, &options, |_| {})).unwrap()
+        };
+        let mut gpu = load_long(layerskip::Device::Gpu(GpuOptions::default()));
+        let mut reference = load_long(layerskip::Device::CpuReference);
+        let vocab = gpu.config().vocab_size as u64;
+        let layers = gpu.config().num_hidden_layers;
+        let ids: Vec<u32> = (0..300).map(|_| rng.below(vocab) as u32).collect();
+        let step = |model: &mut Model, ids: &[u32], pos0: usize| {
+            let call = Call::new(Input::Tokens(ids), pos0, 0..layers).head(Head::Lens);
+            pollster::block_on(model.engine.run(&[call]))
+                .unwrap()
+                .remove(0)
+                .logits
+        };
+        let mut pos = 0;
+        for chunk in [&ids[..], &[5], &[6, 7]] {
+            let (g, r) = (step(&mut gpu, chunk, pos), step(&mut reference, chunk, pos));
+            for (l, (g, r)) in g.iter().zip(&r).enumerate() {
+                let err = max_abs_diff(g, r);
+                assert!(
+                    err < TOLERANCE,
+                    "{name} at position {pos} layer {}: {err}",
+                    l + 1
+                );
+            }
+            pos += chunk.len();
+        }
+    }
+}

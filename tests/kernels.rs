@@ -8,7 +8,7 @@ use common::*;
 use layerskip::cpu;
 use layerskip::format::Packed;
 use layerskip::format::{f16_to_f32, f32_to_f16};
-use layerskip::gpu::kernels::{run_once, Access, Defines, Grid, Shader};
+use layerskip::gpu::kernels::{Access, Defines, Grid, KernelRunner, Shader};
 use layerskip::gpu::tensor::Matrix;
 use layerskip::gpu::{GpuContext, GpuOptions};
 use layerskip::{Format, KvFormat};
@@ -29,7 +29,8 @@ fn run(
     buffers: &[(Access, &[u8])],
     grid: Grid,
 ) -> Vec<Vec<u8>> {
-    pollster::block_on(run_once(ctx, shader, defines, step, buffers, None, grid)).unwrap()
+    pollster::block_on(KernelRunner::new(ctx).run(shader, defines, step, buffers, None, grid))
+        .unwrap()
 }
 
 /// A matrix of `values` (rows x cols) in `format` on the GPU, with its packed bytes.
@@ -39,82 +40,170 @@ fn matrix(ctx: &GpuContext, format: Format, values: &[f32], cols: usize) -> (Mat
     (Matrix::new(ctx, "w", format, rows, cols).unwrap(), packed)
 }
 
-/// Every format's mat-vec against f32 math on the CPU's dequantization of the same weights, with
-/// a width that is not a multiple of the 32-element group (150), for each variant; and again
-/// under a binding limit small enough to split the matrix into row blocks.
+/// The kernels a product can run on: mat-vec with subgroup sums (where the adapter has them),
+/// mat-vec with workgroup-memory sums, and the tiled kernel; each with the token counts it is used
+/// for, across its edges (the 4-token pass, the 32-token tile).
+fn product_kernels(ctx: &GpuContext) -> Vec<(&'static str, Shader, Defines, Grid, Vec<usize>)> {
+    let matvec = |subgroups: bool| {
+        let d = Defines::new().u32("WG", 256).u32("RPW", 4);
+        match subgroups {
+            true => d.flag("SUBGROUPS"),
+            false => d,
+        }
+    };
+    let grid = Grid::Rows { rows: 0, per: 4 };
+    let mut kernels = vec![(
+        "matvec",
+        Shader::Matvec,
+        matvec(false),
+        grid,
+        vec![1, 3, 4, 5, 8],
+    )];
+    if ctx.tuning.subgroups {
+        kernels.push((
+            "matvec+subgroups",
+            Shader::Matvec,
+            matvec(true),
+            grid,
+            vec![1, 3, 4, 5, 8],
+        ));
+    }
+    kernels.push((
+        "gemm",
+        Shader::Gemm,
+        Defines::new(),
+        Grid::Tiles { rows: 0 },
+        vec![1, 3, 31, 32, 33, 128, 130],
+    ));
+    kernels
+}
+
+/// y (t x n) after a product of `w` (rows x k) with x in `variant`, starting from y0.
+fn expected_product(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    n: usize,
+    y0: &[f32],
+    variant: Option<&str>,
+) -> Vec<f32> {
+    let rows = w.len() / k;
+    let input: Vec<f32> = match variant {
+        Some("SWIGLU") => x
+            .chunks(2 * k)
+            .flat_map(|row| cpu::swiglu(&row[..k], &row[k..]))
+            .collect(),
+        _ => x.to_vec(),
+    };
+    let product = cpu::matmul(&input, w, k);
+    let mut expected = y0.to_vec();
+    for (t, out) in expected.chunks_mut(n).enumerate() {
+        for r in 0..rows {
+            let v = product[t * rows + r];
+            out[r] = if variant == Some("ACCUMULATE") {
+                out[r] + v
+            } else {
+                v
+            };
+        }
+    }
+    expected
+}
+
+/// Every format's products on every kernel against f32 math on the CPU's dequantization of the
+/// same weights, with a width that is not a multiple of the 32-element group (150), for each
+/// variant and token counts across each kernel's edges. Output rows are wider than the matrix
+/// (`N`): the columns past it stay untouched.
 #[test]
-fn matmul_all_formats_and_variants() {
-    for (ctx, limit) in [
-        (gpu(), None),
-        (
-            gpu_with(GpuOptions {
-                max_binding_override: Some(6400),
-                ..GpuOptions::default()
-            }),
-            Some(6400),
-        ),
-    ] {
-        let mut rng = Rng::new(1);
-        let (k, rows, t) = (150, 150, 5);
-        let w = rng.values(rows * k);
-        for format in FORMATS {
-            let (m, packed) = matrix(&ctx, format, &w, k);
-            if limit.is_some() {
-                assert!(
-                    m.blocks.len() > 1,
-                    "{format:?}: the limit splits the matrix"
-                );
-            }
-            let dequantized = format.unpack(&packed, rows, k);
+fn products_in_every_format_and_kernel() {
+    let ctx = gpu();
+    println!("adapter subgroups: {}", ctx.tuning.subgroups);
+    let mut runner = KernelRunner::new(&ctx);
+    let mut rng = Rng::new(1);
+    let (k, rows) = (150, 45);
+    let n = rows + 6;
+    let w = rng.values(rows * k);
+    for format in FORMATS {
+        let (m, packed) = matrix(&ctx, format, &w, k);
+        let dequantized = format.unpack(&packed, rows, k);
+        for (name, shader, defines, grid, counts) in product_kernels(&ctx) {
             for variant in [None, Some("ACCUMULATE"), Some("SWIGLU")] {
-                // Output rows are wider than the matrix: columns past it stay untouched.
-                let n = rows + 6;
-                let width = if variant == Some("SWIGLU") { 2 * k } else { k };
-                let x = rng.values(t * width);
-                let y0 = rng.values(t * n);
-                let mut defines = Defines::new().u32("K", k).u32("N", n);
-                if let Some(v) = variant {
-                    defines = defines.flag(v);
+                for &t in &counts {
+                    let width = if variant == Some("SWIGLU") { 2 * k } else { k };
+                    let x = rng.values(t * width);
+                    let y0 = rng.values(t * n);
+                    let mut d = defines.clone().u32("K", k).u32("N", n);
+                    if let Some(v) = variant {
+                        d = d.flag(v);
+                    }
+                    let out = pollster::block_on(runner.run(
+                        shader,
+                        &d,
+                        [t as u32, 0, 0, 0, 0],
+                        &[
+                            (Access::Read, &f32_bytes(&x)),
+                            (Access::Write, &f32_bytes(&y0)),
+                        ],
+                        Some((&m, &packed)),
+                        grid,
+                    ))
+                    .unwrap();
+                    let expected = expected_product(&x, &dequantized, k, n, &y0, variant);
+                    let err = max_abs_diff(&floats(&out[1]), &expected);
+                    assert!(
+                        err < 1e-4,
+                        "{format:?} {name} {variant:?} {t} tokens: max error {err}"
+                    );
                 }
-                // The block's ROW0 is its first row within the matrix; shift the output by row0.
-                let out = pollster::block_on(run_once(
-                    &ctx,
-                    Shader::Matmul,
-                    &defines,
+            }
+        }
+    }
+}
+
+/// Matrices split into row blocks under a small binding limit: each block's dispatch writes its
+/// own rows, for every format and kernel.
+#[test]
+fn products_over_row_blocks() {
+    let mut rng = Rng::new(11);
+    let (k, rows) = (150, 300);
+    let n = rows + 2;
+    let w = rng.values(rows * k);
+    for format in FORMATS {
+        let limit = (format.row_data_bytes(k) as u64 * 100).max(8192);
+        let ctx = gpu_with(GpuOptions {
+            max_binding_override: Some(limit),
+            ..GpuOptions::default()
+        });
+        let mut runner = KernelRunner::new(&ctx);
+        let (m, packed) = matrix(&ctx, format, &w, k);
+        assert!(m.blocks.len() >= 3, "{format:?}: {} blocks", m.blocks.len());
+        let dequantized = format.unpack(&packed, rows, k);
+        for (name, shader, defines, grid, _) in product_kernels(&ctx) {
+            for t in [1, 5, 33]
+                .into_iter()
+                .filter(|&t| t <= 8 || shader == Shader::Gemm)
+            {
+                let x = rng.values(t * k);
+                let y0 = rng.values(t * n);
+                let d = defines.clone().u32("K", k).u32("N", n).flag("ACCUMULATE");
+                let out = pollster::block_on(runner.run(
+                    shader,
+                    &d,
                     [t as u32, 0, 0, 0, 0],
                     &[
                         (Access::Read, &f32_bytes(&x)),
                         (Access::Write, &f32_bytes(&y0)),
                     ],
                     Some((&m, &packed)),
-                    Grid::Fixed(rows as u32),
+                    grid,
                 ))
                 .unwrap();
-                let input = match variant {
-                    Some("SWIGLU") => x
-                        .chunks(2 * k)
-                        .flat_map(|row| cpu::swiglu(&row[..k], &row[k..]))
-                        .collect(),
-                    _ => x.clone(),
-                };
-                let product = cpu::matmul(&input, &dequantized, k);
-                let mut expected = y0.clone();
-                for ti in 0..t {
-                    for r in 0..rows {
-                        let at = ti * n + r;
-                        let v = product[ti * rows + r];
-                        expected[at] = if variant == Some("ACCUMULATE") {
-                            expected[at] + v
-                        } else {
-                            v
-                        };
-                    }
-                }
-                let got = floats(&out[1]);
-                let err = max_abs_diff(&got, &expected);
+                let expected = expected_product(&x, &dequantized, k, n, &y0, Some("ACCUMULATE"));
+                let err = max_abs_diff(&floats(&out[1]), &expected);
                 assert!(
                     err < 1e-4,
-                    "{format:?} {variant:?} limit {limit:?}: max error {err}"
+                    "{format:?} {name} {t} tokens over {} blocks: {err}",
+                    m.blocks.len()
                 );
             }
         }
@@ -127,6 +216,7 @@ fn embed_gathers_rows_of_every_format_and_block() {
         max_binding_override: Some(2048),
         ..GpuOptions::default()
     });
+    let mut runner = KernelRunner::new(&ctx);
     let mut rng = Rng::new(3);
     let (h, rows) = (70, 200);
     let table = rng.values(rows * h);
@@ -136,8 +226,7 @@ fn embed_gathers_rows_of_every_format_and_block() {
         assert!(m.blocks.len() > 1, "{format:?}: split into blocks");
         let dequantized = format.unpack(&packed, rows, h);
         let x0 = rng.values(5 * h);
-        let out = pollster::block_on(run_once(
-            &ctx,
+        let out = pollster::block_on(runner.run(
             Shader::Embed,
             &Defines::new().u32("H", h),
             [5, 0, 0, 1, 0],
@@ -394,4 +483,100 @@ fn argmax_picks_the_first_maximum_and_the_normaliser() {
         );
     }
     assert_eq!(picks[(out0 + 1) * 2], 7);
+}
+
+/// Attention split over ranges of CHUNK keys, then merged, equals the whole-context reference at
+/// key counts just below, at and just above each range boundary (and with more ranges than a
+/// token needs, which must count for nothing), in both KV formats.
+#[test]
+fn split_attention_matches_at_every_range_boundary() {
+    let ctx = gpu();
+    let mut runner = KernelRunner::new(&ctx);
+    let mut rng = Rng::new(9);
+    let (hd, nh, nkv, chunk, splits) = (20, 4, 2, 16, 8);
+    let qkv_dim = (nh + 2 * nkv) * hd;
+    let mut cases = 0;
+    for format in [KvFormat::F32, KvFormat::F16] {
+        // (first position, block rows): the last token sees pos0 + t keys.
+        for (pos0, t) in [
+            (12, 3),
+            (13, 3),
+            (14, 3),
+            (29, 3),
+            (30, 5),
+            (47, 2),
+            (48, 1),
+            (100, 4),
+        ] {
+            let capacity = pos0 + t;
+            let qkv = rng.values(t * qkv_dim);
+            let k_cache: Vec<f32> = rng
+                .values(capacity * nkv * hd)
+                .iter()
+                .map(|&v| format.round(v))
+                .collect();
+            let v_cache: Vec<f32> = rng
+                .values(capacity * nkv * hd)
+                .iter()
+                .map(|&v| format.round(v))
+                .collect();
+            let defines = kv_defines(
+                Defines::new()
+                    .u32("HD", hd)
+                    .u32("NH", nh)
+                    .u32("NKV", nkv)
+                    .u32("QKV", qkv_dim)
+                    .u32("DPT", hd.div_ceil(64))
+                    .u32("CHUNK", chunk)
+                    .u32("SPLITS", splits),
+                format,
+            );
+            let step = [t as u32, pos0 as u32, 0, 0, 0];
+            let parts = pollster::block_on(runner.run(
+                Shader::Attention,
+                &defines.clone().flag("SPLIT"),
+                step,
+                &[
+                    (Access::Read, &f32_bytes(&qkv)),
+                    (Access::Read, &kv_bytes(&k_cache, format)),
+                    (Access::Read, &kv_bytes(&v_cache, format)),
+                    (
+                        Access::Write,
+                        &f32_bytes(&vec![0.0; t * nh * splits * (hd + 2)]),
+                    ),
+                ],
+                None,
+                Grid::Splits {
+                    heads: nh as u32,
+                    chunk: chunk as u32,
+                },
+            ))
+            .unwrap()
+            .remove(3);
+            let out = pollster::block_on(runner.run(
+                Shader::AttentionMerge,
+                &defines,
+                step,
+                &[
+                    (Access::Read, &parts),
+                    (Access::Write, &f32_bytes(&vec![0.0; t * nh * hd])),
+                ],
+                None,
+                Grid::PerToken(nh as u32),
+            ))
+            .unwrap();
+            let q: Vec<f32> = qkv
+                .chunks(qkv_dim)
+                .flat_map(|row| row[..nh * hd].to_vec())
+                .collect();
+            let expected = cpu::attention(&q, &k_cache, &v_cache, pos0, nh, nkv, hd);
+            let err = max_abs_diff(&floats(&out[1]), &expected);
+            assert!(
+                err < 1e-5,
+                "{format:?} pos0 {pos0} rows {t}: max error {err}"
+            );
+            cases += 1;
+        }
+    }
+    println!("split attention: {cases} cases");
 }

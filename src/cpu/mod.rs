@@ -87,6 +87,7 @@ impl<M: Math> CpuModel<M> {
             KvFormat::F32,
             crate::plan::Blocks {
                 rows: fast::BLOCK_ROWS,
+                head_rows: fast::BLOCK_ROWS,
                 picks: fast::BLOCK_ROWS,
             },
             options.staging_bytes,

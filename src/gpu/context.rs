@@ -12,6 +12,59 @@ pub struct GpuOptions {
     /// Pretend the device's storage binding limit is this small (bytes). Used to test that
     /// big matrices are split into row blocks without needing a device that is actually small.
     pub max_binding_override: Option<u64>,
+    /// Mat-vec workgroup size (default: 256, or the adapter's limit if lower). For experiments.
+    pub workgroup_size: Option<u32>,
+    /// Weight rows per mat-vec workgroup (default 4). For experiments.
+    pub rows_per_workgroup: Option<u32>,
+    /// Never use subgroup operations, even where the adapter has them (to test the fallback).
+    pub no_subgroups: bool,
+}
+
+/// How the mat-vec kernel is shaped on this adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    pub workgroup_size: u32,
+    pub rows_per_workgroup: u32,
+    /// Sum a row's partial products with subgroup operations.
+    pub subgroups: bool,
+}
+
+impl Tuning {
+    /// From the adapter's limits and subgroup sizes, and the options' overrides. Subgroups are
+    /// used when the adapter has them and every subgroup size it may pick divides the
+    /// invocations that share a row (sizes are powers of two, so the largest must).
+    fn new(
+        options: &GpuOptions,
+        limits: &wgpu::Limits,
+        info: &wgpu::AdapterInfo,
+        subgroups: bool,
+    ) -> Result<Self> {
+        let cap = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        let workgroup_size = options.workgroup_size.unwrap_or(256.min(cap));
+        let rows_per_workgroup = options.rows_per_workgroup.unwrap_or(4);
+        let power = |n: u32| n.is_power_of_two();
+        if !power(workgroup_size) || workgroup_size > cap || workgroup_size < 4 {
+            return Err(Error::Invalid(format!(
+                "workgroup size {workgroup_size} must be a power of two from 4 to the adapter's {cap}"
+            )));
+        }
+        if !power(rows_per_workgroup) || rows_per_workgroup > workgroup_size {
+            return Err(Error::Invalid(format!(
+                "rows per workgroup {rows_per_workgroup} must be a power of two up to the workgroup size {workgroup_size}"
+            )));
+        }
+        let per_row = workgroup_size / rows_per_workgroup;
+        Ok(Self {
+            workgroup_size,
+            rows_per_workgroup,
+            subgroups: subgroups
+                && info.subgroup_max_size > 0
+                && info.subgroup_max_size <= per_row
+                && per_row % info.subgroup_max_size == 0,
+        })
+    }
 }
 
 pub struct GpuContext {
@@ -21,6 +74,9 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     /// Largest storage buffer binding we allow ourselves (the limit, or the override).
     pub max_binding: u64,
+    pub tuning: Tuning,
+    /// The device can write GPU timestamps between passes (`bench --profile`).
+    pub timestamps: bool,
     /// The first uncaptured validation error or the device loss, reported on the next call.
     failure: Arc<Mutex<Option<Failure>>>,
 }
@@ -77,10 +133,24 @@ impl GpuContext {
         let info = adapter.get_info();
         // Ask for everything the adapter offers: larger bindings mean fewer row blocks.
         let limits = adapter.limits();
+        let offered = adapter.features();
+        let mut features = wgpu::Features::empty();
+        if offered.contains(wgpu::Features::SUBGROUP) && !options.no_subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        if offered.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let tuning = Tuning::new(
+            options,
+            &limits,
+            &info,
+            features.contains(wgpu::Features::SUBGROUP),
+        )?;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("layerskip"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -111,6 +181,8 @@ impl GpuContext {
             info,
             limits,
             max_binding,
+            tuning,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             failure,
         })
     }

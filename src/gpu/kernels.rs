@@ -13,9 +13,13 @@ use std::collections::HashMap;
 pub enum Shader {
     Embed,
     RmsNorm,
-    Matmul,
+    /// Matrix times a few rows (decode, verification).
+    Matvec,
+    /// Matrix times many rows, tiled (prompt chunks).
+    Gemm,
     Rope,
     Attention,
+    AttentionMerge,
     Argmax,
 }
 
@@ -24,9 +28,11 @@ impl Shader {
         match self {
             Shader::Embed => "embed.wgsl",
             Shader::RmsNorm => "rmsnorm.wgsl",
-            Shader::Matmul => "matmul.wgsl",
+            Shader::Matvec => "matvec.wgsl",
+            Shader::Gemm => "gemm.wgsl",
             Shader::Rope => "rope.wgsl",
             Shader::Attention => "attention.wgsl",
+            Shader::AttentionMerge => "attention_merge.wgsl",
             Shader::Argmax => "argmax.wgsl",
         }
     }
@@ -42,11 +48,14 @@ fn source(name: &str) -> &'static str {
         "formats/q4.wgsl" => include_str!("../../shaders/formats/q4.wgsl"),
         "formats/scales.wgsl" => include_str!("../../shaders/formats/scales.wgsl"),
         "reduce.wgsl" => include_str!("../../shaders/reduce.wgsl"),
+        "inputs.wgsl" => include_str!("../../shaders/inputs.wgsl"),
         "embed.wgsl" => include_str!("../../shaders/embed.wgsl"),
         "rmsnorm.wgsl" => include_str!("../../shaders/rmsnorm.wgsl"),
-        "matmul.wgsl" => include_str!("../../shaders/matmul.wgsl"),
+        "matvec.wgsl" => include_str!("../../shaders/matvec.wgsl"),
+        "gemm.wgsl" => include_str!("../../shaders/gemm.wgsl"),
         "rope.wgsl" => include_str!("../../shaders/rope.wgsl"),
         "attention.wgsl" => include_str!("../../shaders/attention.wgsl"),
+        "attention_merge.wgsl" => include_str!("../../shaders/attention_merge.wgsl"),
         "argmax.wgsl" => include_str!("../../shaders/argmax.wgsl"),
         other => panic!("no shader named {other}"),
     }
@@ -101,9 +110,15 @@ impl Defines {
     }
 }
 
-/// Expands one shader for a set of defines.
+/// Workgroup size of the kernels that do not choose their own (`WG`).
+pub const WORKGROUP: u32 = 64;
+
+/// Expands one shader for a set of defines. `WG` is [`WORKGROUP`] unless the defines set it.
 pub fn preprocess(shader: Shader, defines: &Defines) -> String {
     let mut out = String::new();
+    if !defines.has("WG") {
+        out.push_str(&format!("const WG: u32 = {WORKGROUP}u;\n"));
+    }
     for (name, value) in &defines.0 {
         match value {
             Define::Flag | Define::File(_) => {}
@@ -160,32 +175,50 @@ pub enum Access {
     Write,
 }
 
-/// How many workgroups an op dispatches for a block of `tokens` rows.
-#[derive(Debug, Clone, Copy)]
+/// How many workgroups an op dispatches for a block of `tokens` rows at position `pos0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Grid {
-    /// A fixed count of workgroups, whatever the block size (mat-vec: one per weight row).
-    Fixed(u32),
+    /// One workgroup per `per` of `rows` (mat-vec: several weight rows per workgroup), whatever
+    /// the block size, folded into 2D past the per-dimension limit.
+    Rows { rows: u32, per: u32 },
+    /// Tiles of 64 weight rows x 32 tokens (the tiled product), tokens in `workgroup_id.y`.
+    Tiles { rows: u32 },
     /// This many workgroups per token, the token in `workgroup_id.y`.
     PerToken(u32),
-    /// One invocation per (token, item), `items` per token, in 64-wide workgroups.
+    /// Per token, per head, and per range of `chunk` keys up to the block's last position (split
+    /// attention), the range in `workgroup_id.z`.
+    Splits { heads: u32, chunk: u32 },
+    /// One invocation per (token, item), `items` per token, in [`WORKGROUP`]-wide workgroups.
     Threads(u32),
 }
 
-const WORKGROUP: u32 = 64;
-
 impl Grid {
-    fn dims(self, tokens: u32, max_dim: u32) -> (u32, u32) {
+    fn dims(self, tokens: u32, pos0: u32, max_dim: u32) -> (u32, u32, u32) {
         let fold = |n: u32| {
             if n <= max_dim {
-                (n, 1)
+                (n, 1, 1)
             } else {
-                (max_dim, n.div_ceil(max_dim))
+                (max_dim, n.div_ceil(max_dim), 1)
             }
         };
         match self {
-            Grid::Fixed(n) => fold(n),
-            Grid::PerToken(x) => (x, tokens),
+            Grid::Rows { rows, per } => fold(rows.div_ceil(per)),
+            Grid::Tiles { rows } => (rows.div_ceil(64), tokens.div_ceil(32), 1),
+            Grid::PerToken(x) => (x, tokens, 1),
+            Grid::Splits { heads, chunk } => (heads, tokens, (pos0 + tokens).div_ceil(chunk)),
             Grid::Threads(items) => fold((tokens * items).div_ceil(WORKGROUP)),
+        }
+    }
+
+    /// The same grid over a block of `rows` weight rows (a matrix split into row blocks).
+    pub fn for_rows(self, rows: usize) -> Grid {
+        match self {
+            Grid::Rows { per, .. } => Grid::Rows {
+                rows: rows as u32,
+                per,
+            },
+            Grid::Tiles { .. } => Grid::Tiles { rows: rows as u32 },
+            other => other,
         }
     }
 }
@@ -198,21 +231,23 @@ pub struct Op {
 }
 
 impl Op {
-    /// Records the dispatch for a block of `tokens` rows whose step parameters sit at `step_offset`.
+    /// Records the dispatch for a block of `tokens` rows at position `pos0` whose step
+    /// parameters sit at `step_offset`.
     pub fn encode(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         step_offset: u32,
         tokens: u32,
+        pos0: u32,
         max_dim: u32,
     ) {
-        let (x, y) = self.grid.dims(tokens, max_dim);
-        if x == 0 || y == 0 {
+        let (x, y, z) = self.grid.dims(tokens, pos0, max_dim);
+        if x == 0 || y == 0 || z == 0 {
             return;
         }
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[step_offset]);
-        pass.dispatch_workgroups(x, y, 1);
+        pass.dispatch_workgroups(x, y, z);
     }
 }
 
@@ -354,78 +389,105 @@ impl Kernels {
     }
 }
 
-/// Runs one kernel once over fresh copies of `buffers` (and, for kernels that read weights, a
-/// matrix of `rows` x `cols` in `format` holding `weights`) and returns the buffers' contents
-/// afterwards. This is how each kernel is tested on its own against the CPU implementation.
-pub async fn run_once(
-    ctx: &super::GpuContext,
-    shader: Shader,
-    defines: &Defines,
-    step: [u32; 5],
-    buffers: &[(Access, &[u8])],
-    weights: Option<(&Matrix, &Packed)>,
-    grid: Grid,
-) -> crate::error::Result<Vec<Vec<u8>>> {
-    let step_buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("step"),
-        size: STEP_STRIDE,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    ctx.queue
-        .write_buffer(&step_buffer, 0, bytemuck::cast_slice(&step));
-    let mut gpu = vec![];
-    for (i, (_, bytes)) in buffers.iter().enumerate() {
-        let b = ctx.storage(
-            &format!("binding {}", i + 1),
-            bytes.len() as u64,
-            wgpu::BufferUsages::COPY_SRC,
-        )?;
-        ctx.queue.write_buffer(&b, 0, bytes);
-        gpu.push(b);
+/// Runs single kernels over fresh copies of buffers and returns their contents afterwards, each
+/// kernel variant compiled once: how each kernel is tested on its own against the CPU.
+pub struct KernelRunner<'a> {
+    ctx: &'a super::GpuContext,
+    kernels: Kernels,
+}
+
+impl<'a> KernelRunner<'a> {
+    pub fn new(ctx: &'a super::GpuContext) -> Self {
+        Self {
+            ctx,
+            kernels: Kernels::new(&ctx.device),
+        }
     }
-    let bound: Vec<(Access, &wgpu::Buffer)> = buffers
-        .iter()
-        .zip(&gpu)
-        .map(|((a, _), b)| (*a, b))
-        .collect();
-    let mut kernels = Kernels::new(&ctx.device);
-    let mut ops = vec![];
-    match weights {
-        Some((matrix, packed)) => {
-            matrix.write_rows(&ctx.queue, 0, packed);
-            for block in &matrix.blocks {
-                let d = matrix
-                    .defines(defines.clone())
-                    .u32("ROW0", block.row0)
-                    .u32("ROWS", block.rows);
-                let grid = match grid {
-                    Grid::Fixed(_) => Grid::Fixed(block.rows as u32),
-                    other => other,
-                };
-                ops.push(kernels.op(shader, &d, &step_buffer, &bound, Some(block), grid));
+
+    /// Runs `shader` with `step` ([n_tokens, pos0, row0, tok0, out0]) over `buffers` (bound from
+    /// 1 up) and, for kernels that read weights, a matrix of `rows` x `cols` in `format` holding
+    /// `weights` (one dispatch per row block, `grid` fitted to each).
+    pub async fn run(
+        &mut self,
+        shader: Shader,
+        defines: &Defines,
+        step: [u32; 5],
+        buffers: &[(Access, &[u8])],
+        weights: Option<(&Matrix, &Packed)>,
+        grid: Grid,
+    ) -> crate::error::Result<Vec<Vec<u8>>> {
+        let ctx = self.ctx;
+        let step_buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step"),
+            size: STEP_STRIDE,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue
+            .write_buffer(&step_buffer, 0, bytemuck::cast_slice(&step));
+        let gpu: Vec<wgpu::Buffer> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, (_, bytes))| {
+                // Test buffers ignore a simulated binding limit, which is for the weights.
+                let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("binding {}", i + 1)),
+                    size: (bytes.len() as u64).max(4).next_multiple_of(4),
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                ctx.queue.write_buffer(&b, 0, bytes);
+                b
+            })
+            .collect();
+        let bound: Vec<(Access, &wgpu::Buffer)> = buffers
+            .iter()
+            .zip(&gpu)
+            .map(|((a, _), b)| (*a, b))
+            .collect();
+        let mut ops = vec![];
+        match weights {
+            Some((matrix, packed)) => {
+                matrix.write_rows(&ctx.queue, 0, packed);
+                for block in &matrix.blocks {
+                    let d = matrix
+                        .defines(defines.clone())
+                        .u32("ROW0", block.row0)
+                        .u32("ROWS", block.rows);
+                    let grid = grid.for_rows(block.rows);
+                    ops.push(
+                        self.kernels
+                            .op(shader, &d, &step_buffer, &bound, Some(block), grid),
+                    );
+                }
+            }
+            None => ops.push(
+                self.kernels
+                    .op(shader, defines, &step_buffer, &bound, None, grid),
+            ),
+        }
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            for op in &ops {
+                op.encode(
+                    &mut pass,
+                    0,
+                    step[0],
+                    step[1],
+                    ctx.limits.max_compute_workgroups_per_dimension,
+                );
             }
         }
-        None => ops.push(kernels.op(shader, defines, &step_buffer, &bound, None, grid)),
+        let reads: Vec<(&wgpu::Buffer, u64, u64)> = gpu
+            .iter()
+            .zip(buffers)
+            .map(|(b, (_, bytes))| (b, 0, bytes.len() as u64))
+            .collect();
+        ctx.read(encoder, &reads).await
     }
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-        for op in &ops {
-            op.encode(
-                &mut pass,
-                0,
-                step[0],
-                ctx.limits.max_compute_workgroups_per_dimension,
-            );
-        }
-    }
-    let reads: Vec<(&wgpu::Buffer, u64, u64)> = gpu
-        .iter()
-        .zip(buffers)
-        .map(|(b, (_, bytes))| (b, 0, bytes.len() as u64))
-        .collect();
-    ctx.read(encoder, &reads).await
 }
 
 #[cfg(test)]
@@ -435,13 +497,15 @@ mod tests {
     #[test]
     fn preprocessor_selects_variants_and_injects_constants() {
         let src = preprocess(
-            Shader::Matmul,
+            Shader::Matvec,
             &Defines::new()
                 .u32("K", 8)
                 .u32("ROWS", 3)
                 .u32("ROW0", 0)
                 .u32("N", 3)
                 .u32("GROUPS", 1)
+                .u32("WG", 256)
+                .u32("RPW", 4)
                 .file("WEIGHTS", "formats/bf16.wgsl")
                 .flag("SWIGLU"),
         );
@@ -456,14 +520,45 @@ mod tests {
         assert!(!src.contains('#'), "no directives left");
         assert!(src.contains("struct Step"), "common.wgsl included");
         let src = preprocess(Shader::RmsNorm, &Defines::new().f32("EPS", 1e-5));
-        assert!(src.starts_with("const EPS: f32 = 1e-5f;\n"));
+        assert!(src.contains("const EPS: f32 = 1e-5f;\n"));
     }
 
     #[test]
     fn grids_fold_past_the_dimension_limit() {
-        assert_eq!(Grid::Fixed(70000).dims(3, 65535), (65535, 2));
-        assert_eq!(Grid::Fixed(10).dims(3, 65535), (10, 1));
-        assert_eq!(Grid::PerToken(4).dims(3, 65535), (4, 3));
-        assert_eq!(Grid::Threads(100).dims(3, 65535), (5, 1));
+        let rows = |rows, per| Grid::Rows { rows, per };
+        assert_eq!(rows(70000, 1).dims(3, 0, 65535), (65535, 2, 1));
+        assert_eq!(rows(10, 4).dims(3, 0, 65535), (3, 1, 1));
+        assert_eq!(Grid::Tiles { rows: 130 }.dims(33, 0, 65535), (3, 2, 1));
+        assert_eq!(Grid::PerToken(4).dims(3, 0, 65535), (4, 3, 1));
+        assert_eq!(
+            Grid::Splits {
+                heads: 8,
+                chunk: 16
+            }
+            .dims(2, 31, 65535),
+            (8, 2, 3)
+        );
+        assert_eq!(Grid::Threads(100).dims(3, 0, 65535), (5, 1, 1));
+    }
+
+    #[test]
+    fn workgroup_size_is_defined_once() {
+        let src = preprocess(
+            Shader::Matvec,
+            &Defines::new()
+                .u32("K", 8)
+                .u32("GROUPS", 1)
+                .u32("WG", 256)
+                .u32("RPW", 4)
+                .file("WEIGHTS", "formats/f32.wgsl")
+                .flag("SUBGROUPS"),
+        );
+        assert_eq!(src.matches("const WG").count(), 1, "WG once, as defined");
+        assert!(src.contains("subgroupAdd"));
+        let src = preprocess(
+            Shader::RmsNorm,
+            &Defines::new().u32("H", 8).f32("EPS", 1e-5),
+        );
+        assert!(src.starts_with("const WG: u32 = 64u;\n"), "the default");
     }
 }

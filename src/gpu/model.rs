@@ -17,14 +17,52 @@ use crate::llama::{self, LoadReport, Store, Weights};
 use crate::model::LoadOptions;
 use crate::plan::{Blocks, MemoryPlan};
 
-/// Rows one forward block holds: the most tokens a prefill chunk, a verification block or the
-/// exit-query cache carries. Longer prompts are fed in chunks of this size.
-pub const MAX_ROWS: usize = 32;
+/// Rows one forward block holds: prompts are fed in chunks of this many tokens.
+pub const BLOCK_ROWS: usize = 128;
+/// Rows the exit head and the exit-query cache take at once: a verification block (drafts + 1),
+/// the rows of `Head::All`.
+pub const HEAD_ROWS: usize = 32;
+/// Blocks of at most this many rows multiply with the mat-vec kernel (bound by weight reads);
+/// larger ones with the tiled kernel (bound by arithmetic), and split attention over the keys
+/// only pays for such small blocks.
+pub const MATVEC_MAX_ROWS: usize = 8;
 /// Step-parameter slots, picks and chained tokens one `run` may use.
 const SLOTS: usize = 1024;
 const MAX_PICKS: usize = 256;
+/// Most key ranges split attention uses per (token, head).
+const MAX_SPLITS: usize = 32;
 
-/// Activation buffers, each sized for MAX_ROWS rows.
+/// A matrix product in both shapes, per row block of the matrix.
+struct Product {
+    matvec: Vec<Op>,
+    gemm: Vec<Op>,
+}
+
+impl Product {
+    fn ops(&self, rows: u32) -> &[Op] {
+        match rows as usize <= MATVEC_MAX_ROWS {
+            true => &self.matvec,
+            false => &self.gemm,
+        }
+    }
+}
+
+/// One decoder layer's dispatches.
+struct LayerOps {
+    input_norm: Op,
+    qkv: Product,
+    rope: Op,
+    attention: Op,
+    /// Attention split over ranges of keys, then merged.
+    attention_split: [Op; 2],
+    o: Product,
+    post_norm: Op,
+    gate_up: Product,
+    down: Product,
+}
+
+/// Activation buffers, sized by the memory plan: a prompt chunk of rows (an exit-head block for
+/// the exit head's).
 struct Activations {
     step: wgpu::Buffer,
     tokens: wgpu::Buffer,
@@ -39,6 +77,8 @@ struct Activations {
     out_logits: wgpu::Buffer,
     exit_cache: wgpu::Buffer,
     rope: wgpu::Buffer,
+    /// Split attention's per-range partial results.
+    attention_parts: wgpu::Buffer,
 }
 
 pub struct GpuModel {
@@ -51,9 +91,14 @@ pub struct GpuModel {
     kv: KvCache,
     buf: Activations,
     embed: Vec<Op>,
-    layers: Vec<Vec<Op>>,
-    head: Vec<Op>,
+    layers: Vec<LayerOps>,
+    final_norm: Op,
+    head: Product,
     argmax: Op,
+    /// Keys per range of split attention.
+    attention_chunk: usize,
+    /// Rows per prompt chunk and per exit-head block, as the memory plan sized them.
+    blocks: Blocks,
     counters: Counters,
 }
 
@@ -85,12 +130,12 @@ impl Recording {
         Ok(((self.steps.len() - 1) as u64 * STEP_STRIDE) as u32)
     }
 
-    fn pass(&mut self, ops: &[&Op], slot: u32, tokens: u32, max_dim: u32) {
+    fn pass(&mut self, ops: &[&Op], slot: u32, step: Step, max_dim: u32) {
         let mut pass = self
             .encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor::default());
         for op in ops {
-            op.encode(&mut pass, slot, tokens, max_dim);
+            op.encode(&mut pass, slot, step.n_tokens, step.pos0, max_dim);
         }
         self.dispatches += ops.len() as u64;
     }
@@ -185,6 +230,7 @@ impl GpuModel {
         let max_context = options.max_context.min(config.max_position_embeddings);
         let specs = llama::matrix_specs(&config);
         let formats = llama::matrix_formats(checkpoint, &specs, options.quantize)?;
+        let blocks = Blocks::fitting(&config, ctx.max_binding, BLOCK_ROWS, HEAD_ROWS, MAX_PICKS);
         let plan = MemoryPlan::new(
             &config,
             &specs,
@@ -192,10 +238,7 @@ impl GpuModel {
             None,
             max_context,
             options.kv_cache,
-            Blocks {
-                rows: MAX_ROWS,
-                picks: MAX_PICKS,
-            },
+            blocks,
             options.staging_bytes,
         )?;
         plan.check_gpu(&config, ctx.max_binding)?;
@@ -222,6 +265,9 @@ impl GpuModel {
             config.vocab_size,
         );
         let qkv_dim = config.q_dim() + 2 * config.kv_dim();
+        // Split attention: ranges of at least 256 keys, and at most MAX_SPLITS of them.
+        let attention_chunk = max_context.div_ceil(MAX_SPLITS).max(256);
+        let splits = max_context.div_ceil(attention_chunk);
         let act = |name: &str, floats: usize| {
             ctx.storage(name, (floats * 4) as u64, wgpu::BufferUsages::COPY_SRC)
         };
@@ -233,16 +279,23 @@ impl GpuModel {
                 mapped_at_creation: false,
             }),
             tokens: act("tokens", max_context + MAX_PICKS)?,
-            x: act("x", MAX_ROWS * h)?,
-            xn: act("xn", MAX_ROWS * h)?,
-            qkv: act("qkv", MAX_ROWS * qkv_dim)?,
-            attn: act("attn", MAX_ROWS * config.q_dim())?,
-            gate_up: act("gate_up", MAX_ROWS * 2 * i)?,
-            logits: act("logits", MAX_ROWS * v)?,
+            x: act("x", blocks.rows * h)?,
+            xn: act("xn", blocks.rows * h)?,
+            qkv: act("qkv", blocks.rows * qkv_dim)?,
+            attn: act("attn", blocks.rows * config.q_dim())?,
+            gate_up: act("gate_up", blocks.rows * 2 * i)?,
+            logits: act("logits", blocks.head_rows * v)?,
             picks: act("picks", MAX_PICKS * 2)?,
-            out_logits: act("out_logits", (config.num_hidden_layers + MAX_ROWS) * v)?,
-            exit_cache: act("exit_cache", MAX_ROWS * h)?,
+            out_logits: act(
+                "out_logits",
+                (config.num_hidden_layers + blocks.head_rows) * v,
+            )?,
+            exit_cache: act("exit_cache", blocks.head_rows * h)?,
             rope: rope_table(&ctx, &config, max_context)?,
+            attention_parts: act(
+                "attention_parts",
+                MATVEC_MAX_ROWS * config.num_attention_heads * splits * (config.head_dim + 2),
+            )?,
         };
 
         let mut k = Kernels::new(&ctx.device);
@@ -260,6 +313,11 @@ impl GpuModel {
         if options.kv_cache == KvFormat::F16 {
             attn_defines = attn_defines.flag("KV_F16");
         }
+        let split_defines = attn_defines
+            .clone()
+            .u32("CHUNK", attention_chunk)
+            .u32("SPLITS", splits);
+        let tuning = ctx.tuning;
         let norm = |k: &mut Kernels, weight: &wgpu::Buffer| {
             k.op(
                 Shader::RmsNorm,
@@ -274,79 +332,92 @@ impl GpuModel {
                 Grid::PerToken(1),
             )
         };
+        let product = |k: &mut Kernels,
+                       m: &Matrix,
+                       x: &wgpu::Buffer,
+                       y: &wgpu::Buffer,
+                       variant: &[&'static str]| Product {
+            matvec: matmul_ops(k, &buf.step, m, x, y, variant, Some(tuning)),
+            gemm: matmul_ops(k, &buf.step, m, x, y, variant, None),
+        };
         let mut layer_ops = vec![];
         for (l, w) in weights.layers.iter().enumerate() {
-            let mut ops = vec![norm(&mut k, &w.input_norm)];
-            ops.extend(matmul_ops(
-                &mut k,
-                &buf.step,
-                &w.qkv,
-                &buf.xn,
-                &buf.qkv,
-                &[],
-            ));
-            ops.push(k.op(
-                Shader::Rope,
-                &attn_defines,
-                &buf.step,
-                &[
-                    (Access::Write, &buf.qkv),
-                    (Access::Read, &buf.rope),
-                    (Access::Write, &kv.keys[l]),
-                    (Access::Write, &kv.values[l]),
+            let kv = [(Access::Read, &kv.keys[l]), (Access::Read, &kv.values[l])];
+            layer_ops.push(LayerOps {
+                input_norm: norm(&mut k, &w.input_norm),
+                qkv: product(&mut k, &w.qkv, &buf.xn, &buf.qkv, &[]),
+                rope: k.op(
+                    Shader::Rope,
+                    &attn_defines,
+                    &buf.step,
+                    &[
+                        (Access::Write, &buf.qkv),
+                        (Access::Read, &buf.rope),
+                        (Access::Write, &kv[0].1),
+                        (Access::Write, &kv[1].1),
+                    ],
+                    None,
+                    Grid::Threads(((nh + nkv) * hd / 2) as u32),
+                ),
+                attention: k.op(
+                    Shader::Attention,
+                    &attn_defines.clone().u32("DPT", hd.div_ceil(64)),
+                    &buf.step,
+                    &[
+                        (Access::Read, &buf.qkv),
+                        kv[0],
+                        kv[1],
+                        (Access::Write, &buf.attn),
+                    ],
+                    None,
+                    Grid::PerToken(nh as u32),
+                ),
+                attention_split: [
+                    k.op(
+                        Shader::Attention,
+                        &split_defines
+                            .clone()
+                            .u32("DPT", hd.div_ceil(64))
+                            .flag("SPLIT"),
+                        &buf.step,
+                        &[
+                            (Access::Read, &buf.qkv),
+                            kv[0],
+                            kv[1],
+                            (Access::Write, &buf.attention_parts),
+                        ],
+                        None,
+                        Grid::Splits {
+                            heads: nh as u32,
+                            chunk: attention_chunk as u32,
+                        },
+                    ),
+                    k.op(
+                        Shader::AttentionMerge,
+                        &split_defines,
+                        &buf.step,
+                        &[
+                            (Access::Read, &buf.attention_parts),
+                            (Access::Write, &buf.attn),
+                        ],
+                        None,
+                        Grid::PerToken(nh as u32),
+                    ),
                 ],
-                None,
-                Grid::Threads(((nh + nkv) * hd / 2) as u32),
-            ));
-            ops.push(k.op(
-                Shader::Attention,
-                &attn_defines.clone().u32("DPT", hd.div_ceil(64)),
-                &buf.step,
-                &[
-                    (Access::Read, &buf.qkv),
-                    (Access::Read, &kv.keys[l]),
-                    (Access::Read, &kv.values[l]),
-                    (Access::Write, &buf.attn),
-                ],
-                None,
-                Grid::PerToken(nh as u32),
-            ));
-            ops.extend(matmul_ops(
-                &mut k,
-                &buf.step,
-                &w.o,
-                &buf.attn,
-                &buf.x,
-                &["ACCUMULATE"],
-            ));
-            ops.push(norm(&mut k, &w.post_norm));
-            ops.extend(matmul_ops(
-                &mut k,
-                &buf.step,
-                &w.gate_up,
-                &buf.xn,
-                &buf.gate_up,
-                &[],
-            ));
-            ops.extend(matmul_ops(
-                &mut k,
-                &buf.step,
-                &w.down,
-                &buf.gate_up,
-                &buf.x,
-                &["ACCUMULATE", "SWIGLU"],
-            ));
-            layer_ops.push(ops);
+                o: product(&mut k, &w.o, &buf.attn, &buf.x, &["ACCUMULATE"]),
+                post_norm: norm(&mut k, &w.post_norm),
+                gate_up: product(&mut k, &w.gate_up, &buf.xn, &buf.gate_up, &[]),
+                down: product(
+                    &mut k,
+                    &w.down,
+                    &buf.gate_up,
+                    &buf.x,
+                    &["ACCUMULATE", "SWIGLU"],
+                ),
+            });
         }
-        let mut head = vec![norm(&mut k, &weights.final_norm)];
-        head.extend(matmul_ops(
-            &mut k,
-            &buf.step,
-            weights.head(),
-            &buf.xn,
-            &buf.logits,
-            &[],
-        ));
+        let final_norm = norm(&mut k, &weights.final_norm);
+        let head = product(&mut k, weights.head(), &buf.xn, &buf.logits, &[]);
         let argmax = k.op(
             Shader::Argmax,
             &Defines::new().u32("V", v),
@@ -387,8 +458,11 @@ impl GpuModel {
             buf,
             embed: embed_ops,
             layers: layer_ops,
+            final_norm,
             head,
             argmax,
+            attention_chunk,
+            blocks,
             counters: Counters::default(),
         })
     }
@@ -427,17 +501,46 @@ impl GpuModel {
 
     /// The readback buffer holds a logit lens (L rows) plus one block of head rows.
     fn check_logit_rows(&self, rows: usize) -> Result<()> {
-        match rows <= self.config.num_hidden_layers + MAX_ROWS {
+        let most = self.config.num_hidden_layers + self.blocks.head_rows;
+        match rows <= most {
             true => Ok(()),
             false => Err(Error::Invalid(format!(
-                "{rows} logits rows requested in one run; at most {}",
-                self.config.num_hidden_layers + MAX_ROWS
+                "{rows} logits rows requested in one run; at most {most}"
             ))),
         }
     }
 
     fn max_dim(&self) -> u32 {
         self.ctx.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// Layer `l`'s dispatches for a block: mat-vec or tiled products by the block's size, and
+    /// attention split over the keys when a small block sees more keys than one range holds.
+    fn layer_ops(&self, l: usize, step: Step) -> Vec<&Op> {
+        let w = &self.layers[l];
+        let n = step.n_tokens;
+        let split =
+            n as usize <= MATVEC_MAX_ROWS && (step.pos0 + n) as usize > self.attention_chunk;
+        let mut ops = vec![&w.input_norm];
+        ops.extend(w.qkv.ops(n));
+        ops.push(&w.rope);
+        match split {
+            true => ops.extend(&w.attention_split),
+            false => ops.push(&w.attention),
+        }
+        ops.extend(w.o.ops(n));
+        ops.push(&w.post_norm);
+        ops.extend(w.gate_up.ops(n));
+        ops.extend(w.down.ops(n));
+        ops
+    }
+
+    /// The exit head's dispatches for `rows` rows: final norm and lm_head.
+    fn head_ops(&self, rows: u32) -> Vec<&Op> {
+        [&self.final_norm]
+            .into_iter()
+            .chain(self.head.ops(rows))
+            .collect()
     }
 
     /// Embeds and runs one block of rows through `layers`; for the logit lens, also applies the
@@ -451,29 +554,29 @@ impl GpuModel {
         logit_rows: &mut usize,
     ) -> Result<()> {
         let slot = rec.slot(step)?;
-        let n = step.n_tokens;
         let max_dim = self.max_dim();
         let mut ops: Vec<&Op> = vec![];
         if embed {
             ops.extend(&self.embed);
         }
         if call.head != Head::Lens {
-            ops.extend(call.layers.clone().flat_map(|l| &self.layers[l]));
-            rec.pass(&ops, slot, n, max_dim);
+            ops.extend(call.layers.clone().flat_map(|l| self.layer_ops(l, step)));
+            rec.pass(&ops, slot, step, max_dim);
             return Ok(());
         }
-        let head_slot = rec.slot(Step {
+        let head_step = Step {
             n_tokens: 1,
-            row0: n - 1,
+            row0: step.n_tokens - 1,
             ..step
-        })?;
+        };
+        let head_slot = rec.slot(head_step)?;
         let row_bytes = (self.config.vocab_size * 4) as u64;
         self.check_logit_rows(*logit_rows + call.layers.len())?;
         for l in call.layers.clone() {
-            ops.extend(&self.layers[l]);
-            rec.pass(&ops, slot, n, max_dim);
+            ops.extend(self.layer_ops(l, step));
+            rec.pass(&ops, slot, step, max_dim);
             ops.clear();
-            rec.pass(&self.head.iter().collect::<Vec<_>>(), head_slot, 1, max_dim);
+            rec.pass(&self.head_ops(1), head_slot, head_step, max_dim);
             rec.encoder.copy_buffer_to_buffer(
                 &self.buf.logits,
                 0,
@@ -487,6 +590,8 @@ impl GpuModel {
     }
 }
 
+/// The dispatches of one matrix product, one per row block of the matrix: the mat-vec kernel
+/// shaped by `tuning`, or (`None`) the tiled kernel.
 fn matmul_ops(
     k: &mut Kernels,
     step: &wgpu::Buffer,
@@ -494,6 +599,7 @@ fn matmul_ops(
     x: &wgpu::Buffer,
     y: &wgpu::Buffer,
     variant: &[&'static str],
+    tuning: Option<super::context::Tuning>,
 ) -> Vec<Op> {
     m.blocks
         .iter()
@@ -507,13 +613,37 @@ fn matmul_ops(
             for flag in variant {
                 d = d.flag(flag);
             }
+            let (shader, grid) = match tuning {
+                Some(t) => {
+                    d = d
+                        .u32("WG", t.workgroup_size as usize)
+                        .u32("RPW", t.rows_per_workgroup as usize);
+                    if t.subgroups {
+                        d = d.flag("SUBGROUPS");
+                    }
+                    let per = t.rows_per_workgroup;
+                    (
+                        Shader::Matvec,
+                        Grid::Rows {
+                            rows: b.rows as u32,
+                            per,
+                        },
+                    )
+                }
+                None => (
+                    Shader::Gemm,
+                    Grid::Tiles {
+                        rows: b.rows as u32,
+                    },
+                ),
+            };
             k.op(
-                Shader::Matmul,
+                shader,
                 &d,
                 step,
                 &[(Access::Read, x), (Access::Write, y)],
                 Some(b),
-                Grid::Fixed(b.rows as u32),
+                grid,
             )
         })
         .collect()
@@ -527,7 +657,7 @@ impl Engine for GpuModel {
         self.max_context
     }
     fn max_rows(&self) -> usize {
-        MAX_ROWS
+        self.blocks.head_rows
     }
     fn counters(&self) -> Counters {
         self.counters
@@ -559,7 +689,7 @@ impl GpuModel {
         let mut last_pick: Option<usize> = None;
         // Validate everything before recording anything, so a bad request leaves no trace.
         for call in calls {
-            engine::validate(call, &self.config, self.max_context, MAX_ROWS)?;
+            engine::validate(call, &self.config, self.max_context, self.blocks.head_rows)?;
         }
         for call in calls {
             let n = engine::rows(call);
@@ -574,13 +704,14 @@ impl GpuModel {
                         (tok * 4) as u64,
                         bytemuck::cast_slice(ids),
                     );
-                    let chunks = ids.len().div_ceil(MAX_ROWS);
+                    let rows = self.blocks.rows;
+                    let chunks = ids.len().div_ceil(rows);
                     for c in 0..chunks {
-                        let len = MAX_ROWS.min(ids.len() - c * MAX_ROWS);
+                        let len = rows.min(ids.len() - c * rows);
                         let step = Step {
                             n_tokens: len as u32,
-                            pos0: (call.pos0 + c * MAX_ROWS) as u32,
-                            tok0: (tok + c * MAX_ROWS) as u32,
+                            pos0: (call.pos0 + c * rows) as u32,
+                            tok0: (tok + c * rows) as u32,
                             ..Step::default()
                         };
                         // Only the last chunk is looked at by a logit lens.
@@ -633,7 +764,7 @@ impl GpuModel {
                 }
             }
             // After the last chunk, x holds the final rows of the call.
-            let tail = (n - 1) % MAX_ROWS + 1;
+            let tail = (n - 1) % self.blocks.rows + 1;
             if let Some(row) = call.save {
                 rec.encoder.copy_buffer_to_buffer(
                     &self.buf.x,
@@ -654,14 +785,16 @@ impl GpuModel {
                         "more than {MAX_PICKS} picks in one run"
                     )));
                 }
-                let slot = rec.slot(Step {
+                let head_step = Step {
                     n_tokens: head_rows as u32,
                     row0: (tail - head_rows) as u32,
                     out0: picks as u32,
                     ..Step::default()
-                })?;
-                let ops: Vec<&Op> = self.head.iter().chain([&self.argmax]).collect();
-                rec.pass(&ops, slot, head_rows as u32, self.max_dim());
+                };
+                let slot = rec.slot(head_step)?;
+                let mut ops = self.head_ops(head_rows as u32);
+                ops.push(&self.argmax);
+                rec.pass(&ops, slot, head_step, self.max_dim());
                 last_pick = Some(picks + head_rows - 1);
                 if call.logits {
                     self.check_logit_rows(logit_rows + head_rows)?;
