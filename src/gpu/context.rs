@@ -62,7 +62,7 @@ impl Tuning {
             subgroups: subgroups
                 && info.subgroup_max_size > 0
                 && info.subgroup_max_size <= per_row
-                && per_row % info.subgroup_max_size == 0,
+                && per_row.is_multiple_of(info.subgroup_max_size),
         })
     }
 }

@@ -353,8 +353,8 @@ impl GpuModel {
                     &[
                         (Access::Write, &buf.qkv),
                         (Access::Read, &buf.rope),
-                        (Access::Write, &kv[0].1),
-                        (Access::Write, &kv[1].1),
+                        (Access::Write, kv[0].1),
+                        (Access::Write, kv[1].1),
                     ],
                     None,
                     Grid::Threads(((nh + nkv) * hd / 2) as u32),
