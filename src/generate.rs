@@ -172,9 +172,14 @@ pub struct Stats {
     pub drafted: usize,
     pub accepted: usize,
     pub acceptance_rate: f64,
-    /// Wall time spent drafting and verifying (self-speculative).
+    /// Wall time of self-speculative rounds, and of their drafting and verifying where those are
+    /// separate submits (sampling, a confidence cut-off); greedy rounds are one submit each.
+    pub round_ms: f64,
     pub draft_ms: f64,
     pub verify_ms: f64,
+    /// Submits of the rounds alone, and per round (1 for greedy rounds).
+    pub round_submits: u64,
+    pub submits_per_round: f64,
     pub submits: u64,
     pub dispatches: u64,
     pub submits_per_token: f64,
@@ -269,8 +274,8 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
     }
 
     /// Drafts up to `depth` tokens after `last` (at `pos`) with layers 0..exit, saving each
-    /// position's hidden state in the exit-query cache. Greedy drafts chain on the GPU in one
-    /// submit; sampling and the confidence cut-off need the host after every step.
+    /// position's hidden state in the exit-query cache, one submit per draft: sampling and the
+    /// confidence cut-off look at each draft on the host before deciding on the next.
     async fn draft(
         &mut self,
         last: u32,
@@ -278,21 +283,6 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         exit: usize,
         depth: usize,
     ) -> Result<(Vec<u32>, Vec<Vec<f32>>)> {
-        if !self.sampling() && self.options.draft_confidence.is_none() {
-            let first = [last];
-            let calls: Vec<Call> = (0..depth)
-                .map(|i| {
-                    let input = if i == 0 {
-                        Input::Tokens(&first)
-                    } else {
-                        Input::PreviousPick
-                    };
-                    Call::new(input, pos + i, 0..exit).save(i)
-                })
-                .collect();
-            let out = self.run(&calls).await?;
-            return Ok((out.iter().map(|o| o.picks[0].token).collect(), vec![]));
-        }
         let (mut drafts, mut dists) = (vec![], vec![]);
         let mut input = last;
         for i in 0..depth {
@@ -318,12 +308,68 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         Ok((drafts, dists))
     }
 
+    /// Greedy drafts without a confidence cut-off never need the host between calls: the whole
+    /// round (drafts, the last draft's own pass, verification) is one submit.
+    fn chained(&self) -> bool {
+        !self.sampling() && self.options.draft_confidence.is_none()
+    }
+
+    /// One round in one submit: `depth` drafts chained on the GPU (each embeds the previous
+    /// call's pick), the last draft through 0..exit, then layers exit..L over the `depth + 1`
+    /// cached rows. Returns the drafts and the verification's output.
+    async fn draft_and_verify(
+        &mut self,
+        last: u32,
+        pos: usize,
+        exit: usize,
+        depth: usize,
+    ) -> Result<(Vec<u32>, Vec<Vec<f32>>, Output)> {
+        let layers = self.engine.config().num_hidden_layers;
+        let first = [last];
+        let mut calls: Vec<Call> = (0..depth)
+            .map(|i| {
+                let input = match i {
+                    0 => Input::Tokens(&first),
+                    _ => Input::PreviousPick,
+                };
+                Call::new(input, pos + i, 0..exit).save(i)
+            })
+            .collect();
+        calls.push(
+            Call::new(Input::PreviousPick, pos + depth, 0..exit)
+                .save(depth)
+                .head(Head::None),
+        );
+        calls.push(
+            Call::new(Input::ExitCache { rows: depth + 1 }, pos, exit..layers).head(Head::All),
+        );
+        let mut out = self.run(&calls).await?;
+        let verification = out.pop().unwrap_or_default();
+        let drafts = out[..depth].iter().map(|o| o.picks[0].token).collect();
+        Ok((drafts, vec![], verification))
+    }
+
+    /// Verification in its own submit: the last draft through 0..exit, then exit..L over the
+    /// drafts' cached rows (with logits when sampling).
+    async fn verify(&mut self, drafts: &[u32], pos: usize, exit: usize) -> Result<Output> {
+        let layers = self.engine.config().num_hidden_layers;
+        let n = drafts.len();
+        let calls = [
+            Call::new(Input::Tokens(&drafts[n - 1..]), pos + n, 0..exit)
+                .save(n)
+                .head(Head::None),
+            Call::new(Input::ExitCache { rows: n + 1 }, pos, exit..layers)
+                .head(Head::All)
+                .logits(self.sampling()),
+        ];
+        Ok(self.run(&calls).await?.remove(1))
+    }
+
     /// Self-speculative decoding. The KV cache of layers 0..exit written while drafting is exactly
     /// what the full model would write, so verification runs only layers exit..L over the cached
     /// hidden states; rejected positions are simply overwritten later (the roll-back is `pos`).
     async fn speculative(&mut self, prompt: &[u32], exit: usize, depth: usize) -> Result<()> {
         let layers = self.engine.config().num_hidden_layers;
-        let wants = self.sampling();
         let mut last = self.step(prompt, 0, 0..layers).await?;
         let mut pos = prompt.len();
         if !self.emit(last, TokenKind::Bonus) {
@@ -343,21 +389,20 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
                 continue;
             }
             let t0 = now_ms();
-            let (drafts, q) = self.draft(last, pos, exit, depth).await?;
-            let t1 = now_ms();
+            let submits = self.engine.counters().submits;
+            let (drafts, q, out) = if self.chained() {
+                self.draft_and_verify(last, pos, exit, depth).await?
+            } else {
+                let (drafts, q) = self.draft(last, pos, exit, depth).await?;
+                let t1 = now_ms();
+                let out = self.verify(&drafts, pos, exit).await?;
+                self.stats.draft_ms += t1 - t0;
+                self.stats.verify_ms += now_ms() - t1;
+                (drafts, q, out)
+            };
             let n = drafts.len();
-            let verify = [
-                // Finish the last draft through 0..exit, then verify all n + 1 rows in one pass.
-                Call::new(Input::Tokens(&drafts[n - 1..]), pos + n, 0..exit)
-                    .save(n)
-                    .head(Head::None),
-                Call::new(Input::ExitCache { rows: n + 1 }, pos, exit..layers)
-                    .head(Head::All)
-                    .logits(wants),
-            ];
-            let out = self.run(&verify).await?.remove(1);
-            self.stats.draft_ms += t1 - t0;
-            self.stats.verify_ms += now_ms() - t1;
+            self.stats.round_ms += now_ms() - t0;
+            self.stats.round_submits += self.engine.counters().submits - submits;
             self.stats.rounds += 1;
             self.stats.drafted += n;
 
@@ -494,6 +539,7 @@ pub async fn generate<E: Engine>(
     stats.submits = counters.submits - before.submits;
     stats.dispatches = counters.dispatches - before.dispatches;
     stats.submits_per_token = stats.submits as f64 / n.max(1) as f64;
+    stats.submits_per_round = stats.round_submits as f64 / stats.rounds.max(1) as f64;
     stats.dispatches_per_token = stats.dispatches as f64 / n.max(1) as f64;
     Ok(Generation { tokens, stats })
 }

@@ -68,6 +68,8 @@ fn greedy_self_speculative_equals_hugging_face_greedy() {
                         );
                         assert_eq!(g.tokens, p.greedy.tokens, "{name} {device:?} E={e} D={d}");
                         assert!(g.stats.rounds > 0 && g.stats.accepted <= g.stats.drafted);
+                        // Greedy rounds are one submit each: drafts, last draft, verification.
+                        assert_eq!(g.stats.submits_per_round, 1.0, "{name} E={e} D={d}");
                         let confident = GenerateOptions {
                             draft_confidence: Some(0.5),
                             ..speculative(e, d, p.greedy.tokens.len())

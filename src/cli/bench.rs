@@ -156,6 +156,8 @@ struct Runs {
     tokens: usize,
     dispatches: u64,
     submits: u64,
+    rounds: usize,
+    round_submits: u64,
     draft_ms: f64,
     verify_ms: f64,
     outputs: Vec<Vec<u32>>,
@@ -170,6 +172,8 @@ impl Runs {
         self.tokens += s.generated_tokens;
         self.dispatches += s.dispatches;
         self.submits += s.submits;
+        self.rounds += s.rounds;
+        self.round_submits += s.round_submits;
         self.draft_ms += s.draft_ms;
         self.verify_ms += s.verify_ms;
         self.outputs.push(g.tokens);
@@ -226,6 +230,7 @@ struct Row {
     acceptance_rate: Option<f64>,
     dispatches_per_token: f64,
     submits_per_token: f64,
+    submits_per_round: Option<f64>,
     draft_ms: f64,
     verify_ms: f64,
 }
@@ -295,6 +300,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 acceptance_rate: (r.drafted > 0).then(|| r.acceptance()),
                 dispatches_per_token: r.per_token(r.dispatches),
                 submits_per_token: r.per_token(r.submits),
+                submits_per_round: (r.rounds > 0).then(|| r.round_submits as f64 / r.rounds as f64),
                 draft_ms: r.draft_ms,
                 verify_ms: r.verify_ms,
             }
@@ -318,21 +324,25 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.prompts.repetitions
     );
     println!(
-        "{:<44} {:>12} {:>8} {:>11} {:>13} {:>11}",
-        "strategy", "tokens/s", "speedup", "acceptance", "dispatches/t", "submits/t"
+        "{:<44} {:>12} {:>8} {:>11} {:>13} {:>10} {:>10}",
+        "strategy", "tokens/s", "speedup", "acceptance", "dispatches/t", "submits/t", "submits/r"
     );
     for row in &rows {
         let acceptance = row
             .acceptance_rate
             .map_or("-".into(), |a| format!("{:.1}%", 100.0 * a));
+        let per_round = row
+            .submits_per_round
+            .map_or("-".into(), |s| format!("{s:.2}"));
         println!(
-            "{:<44} {:>12.1} {:>7.2}x {:>11} {:>13.1} {:>11.2}",
+            "{:<44} {:>12.1} {:>7.2}x {:>11} {:>13.1} {:>10.2} {:>10}",
             row.strategy,
             row.tokens_per_second_median,
             row.speedup,
             acceptance,
             row.dispatches_per_token,
-            row.submits_per_token
+            row.submits_per_token,
+            per_round
         );
     }
     println!(
