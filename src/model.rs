@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::files::{Files, MAX_TOKENIZER_BYTES};
 use crate::format::{KvFormat, Quantization};
 use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
+use crate::gpu::kernels::OpKind;
 use crate::gpu::{GpuContext, GpuModel, GpuOptions};
 use crate::llama::{LoadReport, DEFAULT_STAGING_BYTES};
 use crate::plan::MemoryPlan;
@@ -286,6 +287,42 @@ impl Model {
 
     pub fn load_report(&self) -> LoadReport {
         each!(&self.engine, m => m.load_report())
+    }
+
+    /// Starts timing every GPU dispatch (see [`GpuModel::start_profile`]).
+    pub fn start_profile(&mut self) -> Result<()> {
+        match &mut self.engine {
+            AnyEngine::Gpu(m) => m.start_profile(),
+            _ => Err(Error::Invalid(
+                "--profile times GPU dispatches; this model runs on the CPU (try --device gpu)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// GPU milliseconds and dispatches per kind of op since [`Model::start_profile`].
+    pub fn take_profile(&mut self) -> Vec<(Option<OpKind>, f64, u64)> {
+        match &mut self.engine {
+            AnyEngine::Gpu(m) => m.take_profile(),
+            _ => vec![],
+        }
+    }
+
+    /// Bytes one decode step reads per kind of op at `context` positions (GPU), or the weights
+    /// and KV cache it reads in all (CPU backends, as one row each).
+    pub fn decode_bytes(&self, context: usize) -> Vec<(Option<OpKind>, u64)> {
+        match &self.engine {
+            AnyEngine::Gpu(m) => m
+                .decode_bytes(context)
+                .into_iter()
+                .map(|(k, b)| (Some(k), b))
+                .collect(),
+            _ => {
+                let c = self.config();
+                let kv = 2 * c.num_hidden_layers as u64 * context as u64 * c.kv_dim() as u64 * 4;
+                vec![(None, self.plan().weights + kv)]
+            }
+        }
     }
 
     /// The backend and why it was chosen, as the first line of a run reports it.

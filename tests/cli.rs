@@ -207,6 +207,55 @@ fn bench_reports_speedups_and_equality() {
     assert_eq!(results.len(), 4);
     assert_eq!(results[0]["speedup"], 1.0);
     assert!(results[2]["acceptance_rate"].as_f64().is_some());
+    assert_eq!(
+        results[2]["submits_per_round"], 1.0,
+        "greedy rounds are one submit"
+    );
+}
+
+/// `bench --profile` times every kind of dispatch on the GPU (lavapipe has timestamp queries)
+/// and counts the bytes each reads per decoded token from the model's own op list: the
+/// products read their matrices once per token, exactly.
+#[test]
+fn bench_profiles_gpu_time_and_bytes_per_kind_of_op() {
+    let dir = fixture("llama32_tiny");
+    let out = json(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--max-new-tokens",
+        "4",
+        "--repetitions",
+        "1",
+        "--device",
+        "gpu",
+        "--profile",
+        "--json",
+    ]);
+    let bytes = &out["bytes"];
+    assert_eq!(bytes["timed"], true);
+    let kind = |name: &str| {
+        bytes["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == name)
+            .unwrap()
+            .clone()
+    };
+    // llama32_tiny: 5 layers of q|k|v (96 x (80 + 40 + 40)) and gate|up (96 x 320) in bf16, each
+    // row padded to 3 groups of 32 (192 bytes); the tied head is the 397 x 96 embedding.
+    assert_eq!(kind("qkv")["bytes_per_token"], 5 * 160 * 192);
+    assert_eq!(kind("gate_up")["bytes_per_token"], 5 * 320 * 192);
+    assert_eq!(kind("head")["bytes_per_token"], 397 * 192);
+    for name in ["qkv", "attention", "o", "gate_up", "down", "head", "argmax"] {
+        assert!(
+            kind(name)["gpu_ms_per_token"].as_f64().unwrap() > 0.0,
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -302,3 +302,24 @@ fn long_contexts_split_attention_over_the_keys() {
         }
     }
 }
+
+/// Prompt chunks of 128 rows go through the tiled product, which reads each weight once per 32
+/// rows: 1/32 of the layers' weight bytes per prompt token. Decoding reads them all per token.
+#[test]
+fn prompt_chunks_read_each_weight_once_per_32_rows() {
+    let model = load(
+        "llama32_tiny",
+        layerskip::Device::Gpu(GpuOptions::default()),
+    );
+    let layerskip::AnyEngine::Gpu(gpu) = &model.engine else {
+        unreachable!("loaded on the GPU")
+    };
+    assert_eq!(gpu.block_rows(), 128);
+    let decode = gpu.weight_bytes_per_row(1);
+    assert_eq!(gpu.weight_bytes_per_row(128) * 32.0, decode);
+    assert_eq!(
+        gpu.weight_bytes_per_row(5),
+        decode * 2.0 / 5.0,
+        "mat-vec: 4 rows a pass"
+    );
+}

@@ -91,6 +91,13 @@ pub struct BenchArgs {
     /// Also run self-speculative decoding with this draft confidence cut-off.
     #[arg(long)]
     draft_confidence: Option<f32>,
+    /// Time every GPU dispatch of an autoregressive run and report GPU time, bytes and GB/s per
+    /// kind of op (needs timestamp queries).
+    #[arg(long)]
+    profile: bool,
+    /// The device's memory bandwidth in GB/s: report the fraction of it decoding reaches.
+    #[arg(long)]
+    bandwidth: Option<f64>,
     #[arg(long)]
     json: bool,
 }
@@ -306,6 +313,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             }
         })
         .collect();
+    let bytes = traffic(&mut model, &prompts, &configs[0], &args)?;
     if args.json {
         let out = json!({
             "prompts": prompts.len(),
@@ -313,6 +321,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "repetitions": args.prompts.repetitions,
             "results": rows,
             "self_speculative_equals_autoregressive": equal,
+            "bytes": bytes,
         });
         println!("{out}");
         return Ok(());
@@ -349,7 +358,119 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "greedy self-speculative output equals autoregressive: {}",
         if equal { "yes" } else { "NO" }
     );
+    print_traffic(&bytes, rows[0].tokens_per_second_median, args.bandwidth);
     Ok(())
+}
+
+/// What a decode step reads, per kind of op, and (profiling) the GPU time it took.
+#[derive(Serialize)]
+struct Traffic {
+    /// The context the byte counts assume: the mean position of the decoded tokens.
+    context: usize,
+    kinds: Vec<KindTraffic>,
+    /// Whether GPU times were measured (`--profile` on an adapter with timestamp queries).
+    timed: bool,
+}
+
+#[derive(Serialize)]
+struct KindTraffic {
+    kind: String,
+    bytes_per_token: u64,
+    gpu_ms_per_token: Option<f64>,
+    gigabytes_per_second: Option<f64>,
+}
+
+/// Bytes per decoded token from the model's op list, and with `--profile` GPU time per kind over
+/// one autoregressive run of every prompt.
+fn traffic(
+    model: &mut Model,
+    prompts: &[Vec<u32>],
+    autoregressive: &GenerateOptions,
+    args: &BenchArgs,
+) -> Result<Traffic> {
+    let mean_prompt = prompts.iter().map(Vec::len).sum::<usize>() / prompts.len().max(1);
+    let context = mean_prompt + args.max_new_tokens / 2;
+    let mut times = vec![];
+    let mut tokens = 0;
+    if args.profile {
+        model.start_profile()?;
+        for prompt in prompts {
+            tokens += pollster::block_on(model.generate_ids(prompt, autoregressive))?
+                .tokens
+                .len();
+        }
+        times = model.take_profile();
+    }
+    let name = |kind: Option<layerskip::gpu::kernels::OpKind>| match kind {
+        Some(k) => serde_json::to_value(k)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        None => "weights and KV cache".to_string(),
+    };
+    let kinds = model
+        .decode_bytes(context)
+        .into_iter()
+        .map(|(kind, bytes)| {
+            let ms = times
+                .iter()
+                .find(|(k, ..)| *k == kind)
+                .map(|(_, ms, _)| ms / tokens.max(1) as f64);
+            KindTraffic {
+                kind: name(kind),
+                bytes_per_token: bytes,
+                gpu_ms_per_token: ms,
+                gigabytes_per_second: ms.filter(|&ms| ms > 0.0).map(|ms| bytes as f64 / ms / 1e6),
+            }
+        })
+        .collect();
+    Ok(Traffic {
+        context,
+        kinds,
+        timed: args.profile,
+    })
+}
+
+fn print_traffic(t: &Traffic, tokens_per_second: f64, bandwidth: Option<f64>) {
+    let total: u64 = t.kinds.iter().map(|k| k.bytes_per_token).sum();
+    println!(
+        "bytes read per decoded token at context {}: {:.1} MB",
+        t.context,
+        total as f64 / 1e6
+    );
+    if t.timed {
+        println!(
+            "{:<22} {:>12} {:>14} {:>10}",
+            "op", "MB/token", "GPU ms/token", "GB/s"
+        );
+        for k in &t.kinds {
+            println!(
+                "{:<22} {:>12.3} {:>14} {:>10}",
+                k.kind,
+                k.bytes_per_token as f64 / 1e6,
+                k.gpu_ms_per_token
+                    .map_or("-".into(), |ms| format!("{ms:.3}")),
+                k.gigabytes_per_second
+                    .map_or("-".into(), |g| format!("{g:.1}"))
+            );
+        }
+        let ms: f64 = t.kinds.iter().filter_map(|k| k.gpu_ms_per_token).sum();
+        if ms > 0.0 {
+            println!(
+                "GPU time per decoded token {ms:.3} ms: {:.1} GB/s over the whole step",
+                total as f64 / ms / 1e6
+            );
+        }
+    }
+    let achieved = total as f64 * tokens_per_second / 1e9;
+    match bandwidth {
+        Some(b) if b > 0.0 => println!(
+            "autoregressive decoding moves {achieved:.2} GB/s: {:.1}% of the {b} GB/s bandwidth limit (limit: {:.0} tokens/s)",
+            100.0 * achieved / b,
+            b * 1e9 / total.max(1) as f64
+        ),
+        _ => println!("autoregressive decoding moves {achieved:.2} GB/s (give --bandwidth GBPS for the fraction of the limit)"),
+    }
 }
 
 pub fn sweep(args: SweepArgs) -> Result<()> {

@@ -223,14 +223,43 @@ impl Grid {
     }
 }
 
+/// What a dispatch computes, for the GPU time profile (`bench --profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Embed,
+    Norm,
+    Qkv,
+    Rope,
+    Attention,
+    O,
+    GateUp,
+    Down,
+    Head,
+    Argmax,
+}
+
 /// One dispatch: a pipeline, its buffers, and how big a grid to launch.
 pub struct Op {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     grid: Grid,
+    kind: Option<OpKind>,
 }
 
 impl Op {
+    /// The same op, labelled for the profile.
+    pub fn labeled(self, kind: OpKind) -> Self {
+        Op {
+            kind: Some(kind),
+            ..self
+        }
+    }
+
+    pub fn kind(&self) -> Option<OpKind> {
+        self.kind
+    }
+
     /// Records the dispatch for a block of `tokens` rows at position `pos0` whose step
     /// parameters sit at `step_offset`.
     pub fn encode(
@@ -385,6 +414,7 @@ impl Kernels {
             pipeline,
             bind_group,
             grid,
+            kind: None,
         }
     }
 }

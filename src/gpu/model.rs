@@ -4,7 +4,7 @@
 //! back only token picks (8 bytes a row) or, for the logit lens, the requested logits.
 
 use super::context::GpuContext;
-use super::kernels::{Access, Defines, Grid, Kernels, Op, Shader, STEP_STRIDE};
+use super::kernels::{Access, Defines, Grid, Kernels, Op, OpKind, Shader, STEP_STRIDE};
 use super::kv_cache::KvCache;
 use super::tensor::Matrix;
 use crate::checkpoint::{Checkpoint, Progress};
@@ -16,6 +16,7 @@ use crate::format::{groups, Format, KvFormat, Packed};
 use crate::llama::{self, LoadReport, Store, Weights};
 use crate::model::LoadOptions;
 use crate::plan::{Blocks, MemoryPlan};
+use std::collections::BTreeMap;
 
 /// Rows one forward block holds: prompts are fed in chunks of this many tokens.
 pub const BLOCK_ROWS: usize = 128;
@@ -100,6 +101,8 @@ pub struct GpuModel {
     /// Rows per prompt chunk and per exit-head block, as the memory plan sized them.
     blocks: Blocks,
     counters: Counters,
+    /// GPU nanoseconds and dispatches per kind of op, while profiling.
+    profile: Option<BTreeMap<Option<OpKind>, (f64, u64)>>,
 }
 
 /// Parameters of one step slot; mirrors `struct Step` in shaders/common.wgsl.
@@ -117,7 +120,18 @@ struct Recording {
     encoder: wgpu::CommandEncoder,
     steps: Vec<Step>,
     dispatches: u64,
+    /// With `bench --profile`: timestamps around each dispatch.
+    timing: Option<Timing>,
 }
+
+/// Timestamp queries before and after each dispatch of one run, and what each dispatch was.
+struct Timing {
+    queries: wgpu::QuerySet,
+    kinds: Vec<Option<OpKind>>,
+}
+
+/// Dispatches one run may time (two queries each, within wgpu's 4096 per query set).
+const TIMED_DISPATCHES: usize = 2048;
 
 impl Recording {
     fn slot(&mut self, step: Step) -> Result<u32> {
@@ -131,13 +145,38 @@ impl Recording {
     }
 
     fn pass(&mut self, ops: &[&Op], slot: u32, step: Step, max_dim: u32) {
+        self.dispatches += ops.len() as u64;
+        if let Some(timing) = &mut self.timing {
+            // One pass per dispatch, timestamped at its start and end (passes are the
+            // granularity wgpu times without an extra feature).
+            for op in ops {
+                let i = timing.kinds.len() as u32;
+                let writes = (timing.kinds.len() < TIMED_DISPATCHES).then(|| {
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: &timing.queries,
+                        beginning_of_pass_write_index: Some(2 * i),
+                        end_of_pass_write_index: Some(2 * i + 1),
+                    }
+                });
+                if writes.is_some() {
+                    timing.kinds.push(op.kind());
+                }
+                let mut pass = self
+                    .encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: writes,
+                    });
+                op.encode(&mut pass, slot, step.n_tokens, step.pos0, max_dim);
+            }
+            return;
+        }
         let mut pass = self
             .encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor::default());
         for op in ops {
             op.encode(&mut pass, slot, step.n_tokens, step.pos0, max_dim);
         }
-        self.dispatches += ops.len() as u64;
     }
 }
 
@@ -331,47 +370,56 @@ impl GpuModel {
                 None,
                 Grid::PerToken(1),
             )
+            .labeled(OpKind::Norm)
         };
         let product = |k: &mut Kernels,
+                       kind: OpKind,
                        m: &Matrix,
                        x: &wgpu::Buffer,
                        y: &wgpu::Buffer,
-                       variant: &[&'static str]| Product {
-            matvec: matmul_ops(k, &buf.step, m, x, y, variant, Some(tuning)),
-            gemm: matmul_ops(k, &buf.step, m, x, y, variant, None),
+                       variant: &[&'static str]| {
+            let label = |ops: Vec<Op>| ops.into_iter().map(|op| op.labeled(kind)).collect();
+            Product {
+                matvec: label(matmul_ops(k, &buf.step, m, x, y, variant, Some(tuning))),
+                gemm: label(matmul_ops(k, &buf.step, m, x, y, variant, None)),
+            }
         };
         let mut layer_ops = vec![];
         for (l, w) in weights.layers.iter().enumerate() {
             let kv = [(Access::Read, &kv.keys[l]), (Access::Read, &kv.values[l])];
             layer_ops.push(LayerOps {
                 input_norm: norm(&mut k, &w.input_norm),
-                qkv: product(&mut k, &w.qkv, &buf.xn, &buf.qkv, &[]),
-                rope: k.op(
-                    Shader::Rope,
-                    &attn_defines,
-                    &buf.step,
-                    &[
-                        (Access::Write, &buf.qkv),
-                        (Access::Read, &buf.rope),
-                        (Access::Write, kv[0].1),
-                        (Access::Write, kv[1].1),
-                    ],
-                    None,
-                    Grid::Threads(((nh + nkv) * hd / 2) as u32),
-                ),
-                attention: k.op(
-                    Shader::Attention,
-                    &attn_defines.clone().u32("DPT", hd.div_ceil(64)),
-                    &buf.step,
-                    &[
-                        (Access::Read, &buf.qkv),
-                        kv[0],
-                        kv[1],
-                        (Access::Write, &buf.attn),
-                    ],
-                    None,
-                    Grid::PerToken(nh as u32),
-                ),
+                qkv: product(&mut k, OpKind::Qkv, &w.qkv, &buf.xn, &buf.qkv, &[]),
+                rope: k
+                    .op(
+                        Shader::Rope,
+                        &attn_defines,
+                        &buf.step,
+                        &[
+                            (Access::Write, &buf.qkv),
+                            (Access::Read, &buf.rope),
+                            (Access::Write, kv[0].1),
+                            (Access::Write, kv[1].1),
+                        ],
+                        None,
+                        Grid::Threads(((nh + nkv) * hd / 2) as u32),
+                    )
+                    .labeled(OpKind::Rope),
+                attention: k
+                    .op(
+                        Shader::Attention,
+                        &attn_defines.clone().u32("DPT", hd.div_ceil(64)),
+                        &buf.step,
+                        &[
+                            (Access::Read, &buf.qkv),
+                            kv[0],
+                            kv[1],
+                            (Access::Write, &buf.attn),
+                        ],
+                        None,
+                        Grid::PerToken(nh as u32),
+                    )
+                    .labeled(OpKind::Attention),
                 attention_split: [
                     k.op(
                         Shader::Attention,
@@ -391,7 +439,8 @@ impl GpuModel {
                             heads: nh as u32,
                             chunk: attention_chunk as u32,
                         },
-                    ),
+                    )
+                    .labeled(OpKind::Attention),
                     k.op(
                         Shader::AttentionMerge,
                         &split_defines,
@@ -402,13 +451,22 @@ impl GpuModel {
                         ],
                         None,
                         Grid::PerToken(nh as u32),
-                    ),
+                    )
+                    .labeled(OpKind::Attention),
                 ],
-                o: product(&mut k, &w.o, &buf.attn, &buf.x, &["ACCUMULATE"]),
+                o: product(&mut k, OpKind::O, &w.o, &buf.attn, &buf.x, &["ACCUMULATE"]),
                 post_norm: norm(&mut k, &w.post_norm),
-                gate_up: product(&mut k, &w.gate_up, &buf.xn, &buf.gate_up, &[]),
+                gate_up: product(
+                    &mut k,
+                    OpKind::GateUp,
+                    &w.gate_up,
+                    &buf.xn,
+                    &buf.gate_up,
+                    &[],
+                ),
                 down: product(
                     &mut k,
+                    OpKind::Down,
                     &w.down,
                     &buf.gate_up,
                     &buf.x,
@@ -417,15 +475,24 @@ impl GpuModel {
             });
         }
         let final_norm = norm(&mut k, &weights.final_norm);
-        let head = product(&mut k, weights.head(), &buf.xn, &buf.logits, &[]);
-        let argmax = k.op(
-            Shader::Argmax,
-            &Defines::new().u32("V", v),
-            &buf.step,
-            &[(Access::Read, &buf.logits), (Access::Write, &buf.picks)],
-            None,
-            Grid::PerToken(1),
+        let head = product(
+            &mut k,
+            OpKind::Head,
+            weights.head(),
+            &buf.xn,
+            &buf.logits,
+            &[],
         );
+        let argmax = k
+            .op(
+                Shader::Argmax,
+                &Defines::new().u32("V", v),
+                &buf.step,
+                &[(Access::Read, &buf.logits), (Access::Write, &buf.picks)],
+                None,
+                Grid::PerToken(1),
+            )
+            .labeled(OpKind::Argmax);
         let embed_ops = weights
             .embed
             .blocks
@@ -444,6 +511,7 @@ impl GpuModel {
                     Some(b),
                     Grid::Threads(groups(h) as u32),
                 )
+                .labeled(OpKind::Embed)
             })
             .collect();
         ctx.check()?;
@@ -464,11 +532,90 @@ impl GpuModel {
             attention_chunk,
             blocks,
             counters: Counters::default(),
+            profile: None,
         })
     }
 
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Starts timing every dispatch on the GPU (each then gets its own pass), or fails where the
+    /// adapter has no timestamp queries.
+    pub fn start_profile(&mut self) -> Result<()> {
+        if !self.ctx.timestamps {
+            return Err(Error::Invalid(format!(
+                "{} has no timestamp queries, so GPU time cannot be measured",
+                self.ctx.describe()
+            )));
+        }
+        self.profile = Some(BTreeMap::new());
+        Ok(())
+    }
+
+    /// Stops timing; GPU milliseconds and dispatches per kind of op since `start_profile`.
+    pub fn take_profile(&mut self) -> Vec<(Option<OpKind>, f64, u64)> {
+        self.profile
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(kind, (ns, n))| (kind, ns / 1e6, n))
+            .collect()
+    }
+
+    /// Bytes one decode step reads per kind of op with `context` positions in the KV cache:
+    /// every weight once (the mat-vec kernel reads them once for up to 4 rows) and the keys and
+    /// values of every layer.
+    pub fn decode_bytes(&self, context: usize) -> Vec<(OpKind, u64)> {
+        let c = &self.config;
+        let (h, l) = (c.hidden_size as u64, c.num_hidden_layers as u64);
+        let layers = |f: fn(&crate::llama::LayerWeights<Matrix, wgpu::Buffer>) -> &Matrix| {
+            self.weights
+                .layers
+                .iter()
+                .map(|w| f(w).bytes())
+                .sum::<u64>()
+        };
+        let kv_value = self.plan.kv_format.bytes_per_value() as u64;
+        let embed_row = self.weights.embed.bytes() / c.vocab_size as u64;
+        vec![
+            (OpKind::Embed, embed_row),
+            (OpKind::Norm, (2 * l + 1) * 2 * h * 4),
+            (OpKind::Qkv, layers(|w| &w.qkv)),
+            (OpKind::Rope, l * (c.q_dim() + c.kv_dim()) as u64 * 4),
+            (
+                OpKind::Attention,
+                l * 2 * context as u64 * c.kv_dim() as u64 * kv_value,
+            ),
+            (OpKind::O, layers(|w| &w.o)),
+            (OpKind::GateUp, layers(|w| &w.gate_up)),
+            (OpKind::Down, layers(|w| &w.down)),
+            (OpKind::Head, self.weights.head().bytes()),
+            (OpKind::Argmax, c.vocab_size as u64 * 4),
+        ]
+    }
+
+    /// Weight bytes read per row of a block of `rows` rows through every layer: the mat-vec
+    /// kernel passes over the weights once per 4 rows, the tiled one once per 32 (prompts are fed
+    /// in chunks of the plan's block rows).
+    pub fn weight_bytes_per_row(&self, rows: usize) -> f64 {
+        let rows = rows.clamp(1, self.blocks.rows);
+        let passes = match rows <= MATVEC_MAX_ROWS {
+            true => rows.div_ceil(4),
+            false => rows.div_ceil(32),
+        };
+        let layers: u64 = self
+            .weights
+            .layers
+            .iter()
+            .map(|w| w.qkv.bytes() + w.o.bytes() + w.gate_up.bytes() + w.down.bytes())
+            .sum();
+        layers as f64 * passes as f64 / rows as f64
+    }
+
+    /// Rows per prompt chunk.
+    pub fn block_rows(&self) -> usize {
+        self.blocks.rows
     }
 
     /// Bytes of weights on the GPU.
@@ -682,6 +829,14 @@ impl GpuModel {
             encoder: self.ctx.device.create_command_encoder(&Default::default()),
             steps: vec![],
             dispatches: 0,
+            timing: self.profile.is_some().then(|| Timing {
+                queries: self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2 * TIMED_DISPATCHES as u32,
+                }),
+                kinds: vec![],
+            }),
         };
         // Where each call's results land: (first pick, picks) and (first logits row, rows).
         let mut results: Vec<(usize, usize, usize, usize)> = vec![];
@@ -830,12 +985,41 @@ impl GpuModel {
         if logit_rows > 0 {
             reads.push((&self.buf.out_logits, 0, logit_rows as u64 * vocab_bytes));
         }
+        let timestamps = rec.timing.as_ref().map(|t| {
+            let bytes = t.kinds.len() as u64 * 16;
+            let resolved = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile timestamps"),
+                size: bytes.max(8),
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            rec.encoder
+                .resolve_query_set(&t.queries, 0..2 * t.kinds.len() as u32, &resolved, 0);
+            (resolved, bytes)
+        });
+        if let Some((resolved, bytes)) = &timestamps {
+            reads.push((resolved, 0, *bytes));
+        }
         if reads.is_empty() {
             self.ctx.queue.submit([rec.encoder.finish()]);
             self.ctx.check()?;
             return Ok(calls.iter().map(|_| Output::default()).collect());
         }
-        let data = self.ctx.read(rec.encoder, &reads).await?;
+        let mut data = self.ctx.read(rec.encoder, &reads).await?;
+        if let (Some(timing), Some(profile)) = (&rec.timing, &mut self.profile) {
+            let ticks: Vec<u64> = data
+                .pop()
+                .unwrap_or_default()
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect();
+            let period = self.ctx.queue.get_timestamp_period() as f64;
+            for (kind, t) in timing.kinds.iter().zip(ticks.chunks_exact(2)) {
+                let entry = profile.entry(*kind).or_default();
+                entry.0 += t[1].saturating_sub(t[0]) as f64 * period;
+                entry.1 += 1;
+            }
+        }
         // Readback bytes carry no alignment guarantee, so decode them rather than cast.
         let words = |bytes: &[u8]| -> Vec<u32> {
             bytes
@@ -845,7 +1029,7 @@ impl GpuModel {
         };
         let pick_words = if picks > 0 { words(&data[0]) } else { vec![] };
         let logit_floats: Vec<f32> = if logit_rows > 0 {
-            words(data.last().unwrap())
+            words(&data[usize::from(picks > 0)])
                 .into_iter()
                 .map(f32::from_bits)
                 .collect()
