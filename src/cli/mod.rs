@@ -79,6 +79,15 @@ pub struct ModelArgs {
     /// Precision of the GPU's KV cache (f16 halves its memory).
     #[arg(long, value_enum, default_value_t)]
     kv_cache: KvFormat,
+    /// Mat-vec workgroup size on the GPU (default: 256, or the adapter's limit). For experiments.
+    #[arg(long)]
+    gpu_workgroup_size: Option<u32>,
+    /// Weight rows per mat-vec workgroup on the GPU (default 4). For experiments.
+    #[arg(long)]
+    gpu_rows_per_workgroup: Option<u32>,
+    /// Sum partial products through workgroup memory even where the GPU has subgroup operations.
+    #[arg(long)]
+    no_subgroups: bool,
 }
 
 impl ModelArgs {
@@ -100,7 +109,10 @@ impl ModelArgs {
         }
         let gpu = GpuOptions {
             backend: self.backend.as_deref().map(parse_backend).transpose()?,
-            ..GpuOptions::default()
+            workgroup_size: self.gpu_workgroup_size,
+            rows_per_workgroup: self.gpu_rows_per_workgroup,
+            no_subgroups: self.no_subgroups,
+            max_binding_override: None,
         };
         let threads = self.threads;
         let device = match self.device {
