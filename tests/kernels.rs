@@ -59,7 +59,7 @@ fn product_kernels(ctx: &GpuContext) -> Vec<(&'static str, Shader, Defines, Grid
         grid,
         vec![1, 3, 4, 5, 8],
     )];
-    if ctx.tuning.subgroups {
+    if ctx.tuning.matvec(8).subgroups || ctx.tuning.subgroups {
         kernels.push((
             "matvec+subgroups",
             Shader::Matvec,

@@ -24,15 +24,24 @@ pub struct GpuOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
     pub workgroup_size: u32,
+    /// Rows per workgroup when forced; otherwise chosen per matrix (see [`Tuning::matvec`]).
+    pub rows_per_workgroup: Option<u32>,
+    /// The adapter has subgroup operations (and they are not switched off).
+    pub subgroups: bool,
+    /// The largest subgroup the adapter may use.
+    pub subgroup_max_size: u32,
+}
+
+/// The mat-vec kernel's shape for one matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatvecShape {
     pub rows_per_workgroup: u32,
     /// Sum a row's partial products with subgroup operations.
     pub subgroups: bool,
 }
 
 impl Tuning {
-    /// From the adapter's limits and subgroup sizes, and the options' overrides. Subgroups are
-    /// used when the adapter has them and every subgroup size it may pick divides the
-    /// invocations that share a row (sizes are powers of two, so the largest must).
+    /// From the adapter's limits and subgroup sizes, and the options' overrides.
     fn new(
         options: &GpuOptions,
         limits: &wgpu::Limits,
@@ -43,27 +52,43 @@ impl Tuning {
             .max_compute_invocations_per_workgroup
             .min(limits.max_compute_workgroup_size_x);
         let workgroup_size = options.workgroup_size.unwrap_or(256.min(cap));
-        let rows_per_workgroup = options.rows_per_workgroup.unwrap_or(4);
         let power = |n: u32| n.is_power_of_two();
         if !power(workgroup_size) || workgroup_size > cap || workgroup_size < 4 {
             return Err(Error::Invalid(format!(
                 "workgroup size {workgroup_size} must be a power of two from 4 to the adapter's {cap}"
             )));
         }
-        if !power(rows_per_workgroup) || rows_per_workgroup > workgroup_size {
-            return Err(Error::Invalid(format!(
-                "rows per workgroup {rows_per_workgroup} must be a power of two up to the workgroup size {workgroup_size}"
-            )));
+        if let Some(rows) = options.rows_per_workgroup {
+            if !power(rows) || rows > workgroup_size {
+                return Err(Error::Invalid(format!(
+                    "rows per workgroup {rows} must be a power of two up to the workgroup size {workgroup_size}"
+                )));
+            }
         }
-        let per_row = workgroup_size / rows_per_workgroup;
         Ok(Self {
             workgroup_size,
-            rows_per_workgroup,
-            subgroups: subgroups
-                && info.subgroup_max_size > 0
-                && info.subgroup_max_size <= per_row
-                && per_row.is_multiple_of(info.subgroup_max_size),
+            rows_per_workgroup: options.rows_per_workgroup,
+            subgroups: subgroups && info.subgroup_max_size > 0,
+            subgroup_max_size: info.subgroup_max_size,
         })
+    }
+
+    /// The mat-vec shape for rows of `groups` 32-element groups: as many invocations per row as
+    /// the row has groups (up to the whole workgroup), so none idles on narrow matrices, and the
+    /// rest of the workgroup on further rows. Subgroup sums when every subgroup size the adapter
+    /// may pick divides the invocations of a row (sizes are powers of two, so the largest must).
+    pub fn matvec(&self, groups: usize) -> MatvecShape {
+        let per_row = (groups.max(1).next_power_of_two() as u32).min(self.workgroup_size);
+        let rows_per_workgroup = self
+            .rows_per_workgroup
+            .unwrap_or(self.workgroup_size / per_row);
+        let per_row = self.workgroup_size / rows_per_workgroup;
+        MatvecShape {
+            rows_per_workgroup,
+            subgroups: self.subgroups
+                && self.subgroup_max_size <= per_row
+                && per_row.is_multiple_of(self.subgroup_max_size),
+        }
     }
 }
 

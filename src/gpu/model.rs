@@ -762,13 +762,14 @@ fn matmul_ops(
             }
             let (shader, grid) = match tuning {
                 Some(t) => {
+                    let shape = t.matvec(groups(m.cols));
                     d = d
                         .u32("WG", t.workgroup_size as usize)
-                        .u32("RPW", t.rows_per_workgroup as usize);
-                    if t.subgroups {
+                        .u32("RPW", shape.rows_per_workgroup as usize);
+                    if shape.subgroups {
                         d = d.flag("SUBGROUPS");
                     }
-                    let per = t.rows_per_workgroup;
+                    let per = shape.rows_per_workgroup;
                     (
                         Shader::Matvec,
                         Grid::Rows {
