@@ -120,10 +120,11 @@ fn products_in_every_format_and_kernel() {
     println!("adapter subgroups: {}", ctx.tuning.subgroups);
     let mut runner = KernelRunner::new(&ctx);
     let mut rng = Rng::new(1);
-    let (k, rows) = (150, 45);
+    let rows = 45;
     let n = rows + 6;
-    let w = rng.values(rows * k);
-    for format in FORMATS {
+    // 150: scalar input loads and a partial last group; 160: 16-byte input loads (X_VEC4).
+    for (k, format) in FORMATS.iter().flat_map(|&f| [(150, f), (160, f)]) {
+        let w = rng.values(rows * k);
         let (m, packed) = matrix(&ctx, format, &w, k);
         let dequantized = format.unpack(&packed, rows, k);
         for (name, shader, defines, grid, counts) in product_kernels(&ctx) {
@@ -135,6 +136,9 @@ fn products_in_every_format_and_kernel() {
                     let mut d = defines.clone().u32("K", k).u32("N", n);
                     if let Some(v) = variant {
                         d = d.flag(v);
+                    }
+                    if k % 4 == 0 {
+                        d = d.flag("X_VEC4");
                     }
                     let out = pollster::block_on(runner.run(
                         shader,

@@ -760,6 +760,9 @@ fn matmul_ops(
             for flag in variant {
                 d = d.flag(flag);
             }
+            if m.cols % 4 == 0 {
+                d = d.flag("X_VEC4");
+            }
             let (shader, grid) = match tuning {
                 Some(t) => {
                     let shape = t.matvec(groups(m.cols));
