@@ -343,13 +343,18 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let per_round = row
             .submits_per_round
             .map_or("-".into(), |s| format!("{s:.2}"));
+        // The CPU backend runs no dispatches; a blank says so better than 0.0.
+        let dispatches = match row.dispatches_per_token {
+            0.0 => "-".into(),
+            d => format!("{d:.1}"),
+        };
         println!(
-            "{:<44} {:>12.1} {:>7.2}x {:>11} {:>13.1} {:>10.2} {:>10}",
+            "{:<44} {:>12.1} {:>7.2}x {:>11} {:>13} {:>10.2} {:>10}",
             row.strategy,
             row.tokens_per_second_median,
             row.speedup,
             acceptance,
-            row.dispatches_per_token,
+            dispatches,
             row.submits_per_token,
             per_round
         );
