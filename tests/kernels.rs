@@ -441,7 +441,17 @@ fn attention_over_several_tiles_with_gqa_and_mqa() {
                 .chunks(qkv_dim)
                 .flat_map(|row| row[..nh * hd].to_vec())
                 .collect();
-            let expected = cpu::attention(&q, &k_cache, &v_cache, pos0, nh, nkv, hd);
+            let expected = cpu::attention(
+                &q,
+                &k_cache,
+                &v_cache,
+                pos0,
+                cpu::Heads {
+                    query: nh,
+                    kv: nkv,
+                    dim: hd,
+                },
+            );
             let err = max_abs_diff(&floats(&out[3]), &expected);
             assert!(
                 err < 1e-5,
@@ -573,7 +583,17 @@ fn split_attention_matches_at_every_range_boundary() {
                 .chunks(qkv_dim)
                 .flat_map(|row| row[..nh * hd].to_vec())
                 .collect();
-            let expected = cpu::attention(&q, &k_cache, &v_cache, pos0, nh, nkv, hd);
+            let expected = cpu::attention(
+                &q,
+                &k_cache,
+                &v_cache,
+                pos0,
+                cpu::Heads {
+                    query: nh,
+                    kv: nkv,
+                    dim: hd,
+                },
+            );
             let err = max_abs_diff(&floats(&out[1]), &expected);
             assert!(
                 err < 1e-5,

@@ -5,7 +5,7 @@
 //! weight row once for all of them, so verifying d drafts costs about one pass over the weights,
 //! not d + 1.
 
-use super::Math;
+use super::{Heads, Math};
 use crate::error::{Error, Result};
 use crate::format::{groups, Format, Packed, GROUP};
 use crate::llama::Store;
@@ -279,10 +279,13 @@ impl Math for Fast {
         k_cache: &[f32],
         v_cache: &[f32],
         pos0: usize,
-        nh: usize,
-        nkv: usize,
-        hd: usize,
+        heads: Heads,
     ) -> Vec<f32> {
+        let Heads {
+            query: nh,
+            kv: nkv,
+            dim: hd,
+        } = heads;
         let mut out = vec![0f32; q.len()];
         let keys = pos0 + q.len() / (nh * hd);
         let per_task = (MIN_WORK_PER_TASK / (keys * hd).max(1)).max(1) * hd;

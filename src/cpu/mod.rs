@@ -7,7 +7,9 @@ pub mod fast;
 pub mod reference;
 
 pub use fast::Fast;
-pub use reference::{attention, matmul, pick, rms_norm, rope, rope_cos_sin, swiglu, Reference};
+pub use reference::{
+    attention, matmul, pick, rms_norm, rope, rope_cos_sin, swiglu, Heads, Reference,
+};
 
 use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
@@ -30,18 +32,15 @@ pub trait Math: Store<Vector = Vec<f32>> {
     /// Row `r` of `w` in f32 (the embedding lookup).
     fn row(&self, w: &Self::Matrix, r: usize) -> Vec<f32>;
     /// Causal attention of a block's queries over the cache (see [`attention`]).
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &[f32],
         k_cache: &[f32],
         v_cache: &[f32],
         pos0: usize,
-        nh: usize,
-        nkv: usize,
-        hd: usize,
+        heads: Heads,
     ) -> Vec<f32> {
-        attention(q, k_cache, v_cache, pos0, nh, nkv, hd)
+        attention(q, k_cache, v_cache, pos0, heads)
     }
 }
 
@@ -178,7 +177,17 @@ impl<M: Math> CpuModel<M> {
             }
         }
 
-        let attn = self.math.attention(&q, k_cache, v_cache, pos0, nh, nkv, hd);
+        let attn = self.math.attention(
+            &q,
+            k_cache,
+            v_cache,
+            pos0,
+            Heads {
+                query: nh,
+                kv: nkv,
+                dim: hd,
+            },
+        );
         for (x, o) in self.x.iter_mut().zip(self.math.matmul(&attn, &w.o)) {
             *x += o;
         }

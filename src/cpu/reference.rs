@@ -105,17 +105,29 @@ fn rotate(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
     }
 }
 
-/// Causal attention of `n` query rows (`nh` heads each) at positions pos0.. over a KV cache laid
-/// out as [position][kv head][head_dim].
+/// The shape of attention: query heads, KV heads (fewer under grouped-query attention) and the
+/// size of a head.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub query: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
+/// Causal attention of the query rows `q` (`heads.query` heads each) at positions pos0.. over a
+/// KV cache laid out as [position][kv head][head_dim].
 pub fn attention(
     q: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
     pos0: usize,
-    nh: usize,
-    nkv: usize,
-    hd: usize,
+    heads: Heads,
 ) -> Vec<f32> {
+    let Heads {
+        query: nh,
+        kv: nkv,
+        dim: hd,
+    } = heads;
     let n = q.len() / (nh * hd);
     let mut out = vec![0.0; q.len()];
     for t in 0..n {

@@ -760,7 +760,7 @@ fn matmul_ops(
             for flag in variant {
                 d = d.flag(flag);
             }
-            if m.cols % 4 == 0 {
+            if m.cols.is_multiple_of(4) {
                 d = d.flag("X_VEC4");
             }
             let (shader, grid) = match tuning {
