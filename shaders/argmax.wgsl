@@ -1,11 +1,15 @@
 // Greedy pick per logits row (one workgroup per row, grid y): the first index of the maximum, as
 // torch.argmax, and the softmax normaliser sum(exp(l - max)), so the host reads 8 bytes per row
 // instead of the whole vocabulary. 1 / sum is the top token's probability.
-// Constants: V (vocabulary size).
+// Constants: V (logits per row). MAP_IDS: the rows are a draft head's, whose index i scores
+// token ids[i] (the draft vocabulary): the pick is that token id.
 #include "common.wgsl"
 #include "reduce.wgsl"
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> picks: array<vec2<u32>>;
+#ifdef MAP_IDS
+@group(0) @binding(3) var<storage, read> ids: array<u32>;
+#endif
 
 var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_i: array<u32, WG>;
@@ -44,6 +48,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let total = workgroup_sum(lid, s);
     if (lid == 0u) {
-        picks[step.out0 + t] = vec2<u32>(best_i[0], bitcast<u32>(total));
+#ifdef MAP_IDS
+        let token = ids[best_i[0]];
+#else
+        let token = best_i[0];
+#endif
+        picks[step.out0 + t] = vec2<u32>(token, bitcast<u32>(total));
     }
 }

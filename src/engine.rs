@@ -45,6 +45,14 @@ pub struct Call<'a> {
     pub head: Head,
     /// Also return the logits of the head's rows (for sampling on the host).
     pub logits: bool,
+    /// Shadow picks: after each of these exit layers (counted from 1, inside the call's layer
+    /// range), also pick a token for every row with the draft's exit head (the reduced one when
+    /// the model has a draft vocabulary). Adaptive speculation reads them to learn how often
+    /// each exit layer would have drafted the right token.
+    pub shadow: &'a [usize],
+    /// The head is the reduced draft head (when the model has a draft vocabulary): picks are
+    /// token ids of the draft vocabulary and logits rows have one entry per draft id.
+    pub draft_vocab: bool,
 }
 
 impl<'a> Call<'a> {
@@ -57,6 +65,8 @@ impl<'a> Call<'a> {
             save: None,
             head: Head::Last,
             logits: false,
+            shadow: &[],
+            draft_vocab: false,
         }
     }
     pub fn head(self, head: Head) -> Self {
@@ -70,6 +80,15 @@ impl<'a> Call<'a> {
     }
     pub fn logits(self, logits: bool) -> Self {
         Call { logits, ..self }
+    }
+    pub fn shadow(self, shadow: &'a [usize]) -> Self {
+        Call { shadow, ..self }
+    }
+    pub fn draft_vocab(self, draft_vocab: bool) -> Self {
+        Call {
+            draft_vocab,
+            ..self
+        }
     }
 }
 
@@ -88,11 +107,12 @@ impl Pick {
 }
 
 /// What a call returns: a pick per head row, and logits rows (one per head row when asked for,
-/// or one per layer for the logit lens).
+/// or one per layer for the logit lens), and for each shadow exit layer a pick per row.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Output {
     pub picks: Vec<Pick>,
     pub logits: Vec<Vec<f32>>,
+    pub shadow: Vec<Vec<Pick>>,
 }
 
 /// Counters for the cost model of a generation: how often we went to the GPU.
@@ -113,6 +133,8 @@ pub trait Engine {
     fn counters(&self) -> Counters;
     /// Which backend this is (reported in the stats).
     fn backend(&self) -> crate::model::Backend;
+    /// The draft vocabulary's token ids (increasing), when a reduced draft head was loaded.
+    fn draft_vocab(&self) -> Option<&[u32]>;
     /// Runs the calls in order as one unit of work (one GPU submission); one output per call.
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>>;
 }
@@ -159,9 +181,31 @@ pub fn validate(
             )));
         }
     }
+    if let Some(&e) = call
+        .shadow
+        .iter()
+        .find(|&&e| e <= call.layers.start || e >= call.layers.end)
+    {
+        return Err(Error::Invalid(format!(
+            "shadow exit layer {e} is not inside the call's layers {}..{}",
+            call.layers.start + 1,
+            call.layers.end
+        )));
+    }
+    if call.shadow.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Error::Invalid(
+            "shadow exit layers must be in increasing order".into(),
+        ));
+    }
+    if !call.shadow.is_empty() && call.head == Head::Lens {
+        return Err(Error::Invalid(
+            "shadow picks and the logit lens cannot share a call".into(),
+        ));
+    }
     let cached = matches!(call.input, Input::ExitCache { .. })
         || call.save.is_some()
-        || call.head == Head::All;
+        || call.head == Head::All
+        || !call.shadow.is_empty();
     if cached && call.save.unwrap_or(0).saturating_add(n) > max_rows {
         return Err(Error::Invalid(format!(
             "{} rows from row {} exceed the exit-query cache / head block of {max_rows} rows",
@@ -180,11 +224,15 @@ pub fn check_finite(calls: &[Call<'_>], outputs: &[Output]) -> Result<()> {
     use crate::error::Error;
     for (call, out) in calls.iter().zip(outputs) {
         let last = call.layers.end;
-        if out
-            .picks
-            .iter()
-            .any(|p| !(p.sum_exp >= 1.0 && p.sum_exp.is_finite()))
-        {
+        let bad = |picks: &[Pick]| {
+            picks
+                .iter()
+                .any(|p| !(p.sum_exp >= 1.0 && p.sum_exp.is_finite()))
+        };
+        if let Some((&layer, _)) = call.shadow.iter().zip(&out.shadow).find(|(_, p)| bad(p)) {
+            return Err(Error::NonFiniteLogits { layer });
+        }
+        if bad(&out.picks) {
             return Err(Error::NonFiniteLogits { layer: last });
         }
         for (i, row) in out.logits.iter().enumerate() {

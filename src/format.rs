@@ -187,6 +187,18 @@ impl Packed {
         self.data.len() + self.scales.len()
     }
 
+    /// The given rows (of `cols` columns in `format`), in that order.
+    pub fn gather(&self, format: Format, cols: usize, rows: impl Iterator<Item = usize>) -> Packed {
+        let (d, s) = (format.row_data_bytes(cols), format.row_scale_bytes(cols));
+        let mut out = Packed::default();
+        for r in rows {
+            out.data.extend_from_slice(&self.data[r * d..(r + 1) * d]);
+            out.scales
+                .extend_from_slice(&self.scales[r * s..(r + 1) * s]);
+        }
+        out
+    }
+
     /// The data as little-endian u32 words (rows are whole groups, so whole words).
     pub fn words(&self) -> Vec<u32> {
         self.data

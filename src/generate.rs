@@ -2,6 +2,7 @@
 //! (layers 1..E and the shared exit head) and self-speculative decoding (draft with 1..E, verify
 //! with E+1..L over the exit-query cache, accept, roll back), greedy or sampled.
 
+use crate::adaptive::{self, Costs, Setting};
 use crate::clock::now_ms;
 use crate::engine::{Call, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
@@ -61,10 +62,11 @@ pub enum Strategy {
     Autoregressive,
     /// Layers 1..=exit_layer for every token, then the shared exit head.
     EarlyExit { exit_layer: usize },
-    /// Draft `num_speculations` tokens with layers 1..=exit_layer, verify them with the rest.
+    /// Draft `num_speculations` tokens with layers 1..=exit_layer, verify them with the rest;
+    /// either may be chosen every round (see `adaptive.rs`).
     SelfSpeculative {
-        exit_layer: usize,
-        num_speculations: usize,
+        exit_layer: Setting,
+        num_speculations: Setting,
     },
 }
 
@@ -96,13 +98,37 @@ impl Strategy {
                 exit_layer,
                 num_speculations,
             } => {
-                exit_ok(exit_layer, layers.saturating_sub(1))?;
-                if num_speculations == 0 {
+                if layers < 2 {
+                    return Err(Error::Invalid(
+                        "self-speculative decoding needs a model of at least 2 layers".into(),
+                    ));
+                }
+                if let Setting::Fixed(e) = exit_layer {
+                    exit_ok(e, layers - 1)?;
+                }
+                if num_speculations == Setting::Fixed(0) {
                     return Err(Error::Invalid("num_speculations must be at least 1".into()));
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Self-speculation with a fixed exit layer and depth.
+    pub fn speculative(exit_layer: usize, num_speculations: usize) -> Self {
+        Strategy::SelfSpeculative {
+            exit_layer: Setting::Fixed(exit_layer),
+            num_speculations: Setting::Fixed(num_speculations),
+        }
+    }
+
+    /// Whether anything is chosen per round.
+    pub fn adaptive(&self) -> bool {
+        matches!(
+            self,
+            Strategy::SelfSpeculative { exit_layer, num_speculations }
+                if *exit_layer == Setting::Auto || *num_speculations == Setting::Auto
+        )
     }
 }
 
@@ -118,6 +144,9 @@ pub struct GenerateOptions {
     pub sampling: Option<SamplingParams>,
     /// Self-speculative only: stop drafting once a draft's top probability falls below this.
     pub draft_confidence: Option<f32>,
+    /// Costs measured on this engine by an earlier adaptive generation (measured again if
+    /// `None`; [`crate::Model`] keeps them).
+    pub costs: Option<Costs>,
 }
 
 impl GenerateOptions {
@@ -129,6 +158,7 @@ impl GenerateOptions {
             eos_token_ids: vec![],
             sampling: None,
             draft_confidence: None,
+            costs: None,
         }
     }
 }
@@ -185,6 +215,9 @@ pub struct Stats {
     pub submits_per_token: f64,
     pub dispatches_per_token: f64,
     pub stop_reason: StopReason,
+    /// With `auto` exit layer or depth: the choices made and the estimates behind them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<adaptive::AdaptiveStats>,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +236,8 @@ struct Decoder<'a, E, F> {
     stats: Stats,
     first_token_at: Option<f64>,
     done: bool,
+    /// Chooses exit layer and depth per round when either is `auto`.
+    tuner: Option<adaptive::Tuner>,
 }
 
 impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
@@ -221,15 +256,32 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         Ok(self.choose(&out[0], 0).0)
     }
 
-    /// The token for head row `row`, and (sampling) the distribution it was drawn from.
+    /// The token for head row `row`, and (sampling) the distribution over the whole vocabulary
+    /// it was drawn from (zero outside the draft vocabulary for a draft head's row).
     fn choose(&mut self, out: &Output, row: usize) -> (u32, Vec<f32>) {
         match &self.options.sampling {
             Some(params) => {
-                let p = distribution(&out.logits[row], params);
+                let logits = &out.logits[row];
+                let vocab = self.engine.config().vocab_size;
+                let p = match self.engine.draft_vocab() {
+                    Some(ids) if logits.len() != vocab => {
+                        let mut full = vec![f32::NEG_INFINITY; vocab];
+                        for (&id, &l) in ids.iter().zip(logits) {
+                            full[id as usize] = l;
+                        }
+                        distribution(&full, params)
+                    }
+                    _ => distribution(logits, params),
+                };
                 (draw(&p, &mut self.rng), p)
             }
             None => (out.picks[row].token, vec![]),
         }
+    }
+
+    /// Whether drafts use the reduced draft head.
+    fn draft_vocab(&self) -> bool {
+        self.engine.draft_vocab().is_some()
     }
 
     /// Appends a generated token; false once generation is over.
@@ -275,21 +327,23 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
 
     /// Drafts up to `depth` tokens after `last` (at `pos`) with layers 0..exit, saving each
     /// position's hidden state in the exit-query cache, one submit per draft: sampling and the
-    /// confidence cut-off look at each draft on the host before deciding on the next.
+    /// confidence cut-offs look at each draft on the host before deciding on the next.
     async fn draft(
         &mut self,
+        round: &mut Round,
         last: u32,
         pos: usize,
-        exit: usize,
-        depth: usize,
-    ) -> Result<(Vec<u32>, Vec<Vec<f32>>)> {
-        let (mut drafts, mut dists) = (vec![], vec![]);
+        below: &[usize],
+    ) -> Result<()> {
         let mut input = last;
-        for i in 0..depth {
+        let mut confidence = 1.0;
+        for i in 0..round.depth {
             let ids = [input];
-            let call = Call::new(Input::Tokens(&ids), pos + i, 0..exit)
+            let call = Call::new(Input::Tokens(&ids), pos + i, 0..round.exit)
                 .save(i)
-                .logits(self.sampling());
+                .logits(self.sampling())
+                .shadow(below)
+                .draft_vocab(self.draft_vocab());
             let out = self.run(&[call]).await?.remove(0);
             let (token, dist) = self.choose(&out, 0);
             let top = if dist.is_empty() {
@@ -297,34 +351,45 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             } else {
                 dist.iter().copied().fold(0.0, f32::max)
             };
-            drafts.push(token);
-            dists.push(dist);
+            round.drafted(token, dist, &out);
             let eos = !self.options.ignore_eos && self.options.eos_token_ids.contains(&token);
             if eos || self.options.draft_confidence.is_some_and(|min| top < min) {
                 break;
             }
+            confidence *= f64::from(top);
+            let more = i + 1 < round.depth;
+            if let Some(tuner) = self.tuner.as_mut().filter(|t| t.cut_off && more) {
+                if !tuner.keep_drafting(round.exit, confidence) {
+                    tuner.stats.cut_offs += 1;
+                    break;
+                }
+            }
             input = token;
         }
-        Ok((drafts, dists))
+        Ok(())
     }
 
     /// Greedy drafts without a confidence cut-off never need the host between calls: the whole
     /// round (drafts, the last draft's own pass, verification) is one submit.
     fn chained(&self) -> bool {
-        !self.sampling() && self.options.draft_confidence.is_none()
+        !self.sampling()
+            && self.options.draft_confidence.is_none()
+            && !self.tuner.as_ref().is_some_and(|t| t.cut_off)
     }
 
     /// One round in one submit: `depth` drafts chained on the GPU (each embeds the previous
     /// call's pick), the last draft through 0..exit, then layers exit..L over the `depth + 1`
-    /// cached rows. Returns the drafts and the verification's output.
+    /// cached rows.
     async fn draft_and_verify(
         &mut self,
+        round: &mut Round,
         last: u32,
         pos: usize,
-        exit: usize,
-        depth: usize,
-    ) -> Result<(Vec<u32>, Vec<Vec<f32>>, Output)> {
+        (below, above): (&[usize], &[usize]),
+    ) -> Result<()> {
         let layers = self.engine.config().num_hidden_layers;
+        let (exit, depth) = (round.exit, round.depth);
+        let draft_vocab = self.draft_vocab();
         let first = [last];
         let mut calls: Vec<Call> = (0..depth)
             .map(|i| {
@@ -332,43 +397,86 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
                     0 => Input::Tokens(&first),
                     _ => Input::PreviousPick,
                 };
-                Call::new(input, pos + i, 0..exit).save(i)
+                Call::new(input, pos + i, 0..exit)
+                    .save(i)
+                    .shadow(below)
+                    .draft_vocab(draft_vocab)
             })
             .collect();
         calls.push(
             Call::new(Input::PreviousPick, pos + depth, 0..exit)
                 .save(depth)
-                .head(Head::None),
+                .head(Head::None)
+                .shadow(below),
         );
         calls.push(
-            Call::new(Input::ExitCache { rows: depth + 1 }, pos, exit..layers).head(Head::All),
+            Call::new(Input::ExitCache { rows: depth + 1 }, pos, exit..layers)
+                .head(Head::All)
+                .shadow(above),
         );
         let mut out = self.run(&calls).await?;
-        let verification = out.pop().unwrap_or_default();
-        let drafts = out[..depth].iter().map(|o| o.picks[0].token).collect();
-        Ok((drafts, vec![], verification))
+        round.verification = out.pop().unwrap_or_default();
+        let last_draft = out.pop().unwrap_or_default();
+        for o in &out {
+            round.drafted(o.picks[0].token, vec![], o);
+        }
+        round.last_draft(&last_draft);
+        Ok(())
     }
 
     /// Verification in its own submit: the last draft through 0..exit, then exit..L over the
     /// drafts' cached rows (with logits when sampling).
-    async fn verify(&mut self, drafts: &[u32], pos: usize, exit: usize) -> Result<Output> {
+    async fn verify(
+        &mut self,
+        round: &mut Round,
+        pos: usize,
+        (below, above): (&[usize], &[usize]),
+    ) -> Result<()> {
         let layers = self.engine.config().num_hidden_layers;
-        let n = drafts.len();
+        let n = round.drafts.len();
         let calls = [
-            Call::new(Input::Tokens(&drafts[n - 1..]), pos + n, 0..exit)
-                .save(n)
-                .head(Head::None),
-            Call::new(Input::ExitCache { rows: n + 1 }, pos, exit..layers)
+            Call::new(
+                Input::Tokens(&round.drafts[n - 1..]),
+                pos + n,
+                0..round.exit,
+            )
+            .save(n)
+            .head(Head::None)
+            .shadow(below),
+            Call::new(Input::ExitCache { rows: n + 1 }, pos, round.exit..layers)
                 .head(Head::All)
-                .logits(self.sampling()),
+                .logits(self.sampling())
+                .shadow(above),
         ];
-        Ok(self.run(&calls).await?.remove(1))
+        let mut out = self.run(&calls).await?;
+        round.verification = out.pop().unwrap_or_default();
+        round.last_draft(&out.pop().unwrap_or_default());
+        Ok(())
+    }
+
+    /// A plain full-model step chosen by the adaptive planner, probing exit layers on the way.
+    async fn adaptive_step(&mut self, last: u32, pos: usize, probe: &[usize]) -> Result<u32> {
+        let layers = self.engine.config().num_hidden_layers;
+        let ids = [last];
+        let call = Call::new(Input::Tokens(&ids), pos, 0..layers)
+            .logits(self.sampling())
+            .shadow(probe);
+        let out = self.run(&[call]).await?.remove(0);
+        if let Some(tuner) = &mut self.tuner {
+            let target = out.picks[0].token;
+            for (&e, picks) in probe.iter().zip(&out.shadow) {
+                tuner.acceptance.observe(e, picks[0].token == target);
+            }
+        }
+        Ok(self.choose(&out, 0).0)
     }
 
     /// Self-speculative decoding. The KV cache of layers 0..exit written while drafting is exactly
     /// what the full model would write, so verification runs only layers exit..L over the cached
     /// hidden states; rejected positions are simply overwritten later (the roll-back is `pos`).
-    async fn speculative(&mut self, prompt: &[u32], exit: usize, depth: usize) -> Result<()> {
+    /// With an adaptive tuner, every round chooses its exit layer and depth (depth 0: a plain
+    /// step) and some rounds carry shadow picks that teach it about other exit layers.
+    async fn speculative(&mut self, prompt: &[u32], exit: Setting, depth: Setting) -> Result<()> {
         let layers = self.engine.config().num_hidden_layers;
         let mut last = self.step(prompt, 0, 0..layers).await?;
         let mut pos = prompt.len();
@@ -377,29 +485,49 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         }
         loop {
             // Clamp so a round (accepted drafts + bonus) never passes the token budget.
-            let depth = depth
-                .min(self.remaining() - 1)
-                .min(self.engine.max_rows() - 1);
+            let cap = (self.remaining() - 1).min(self.engine.max_rows() - 1);
+            let (exit, depth, probe) = match &mut self.tuner {
+                Some(tuner) => {
+                    let plan = tuner.plan(cap);
+                    (
+                        plan.exit,
+                        plan.depth,
+                        tuner.probe(plan.exit, plan.depth == 0),
+                    )
+                }
+                None => (
+                    exit.fixed().unwrap_or(1),
+                    depth.fixed().unwrap_or(1).min(cap),
+                    vec![],
+                ),
+            };
             if depth == 0 {
-                let token = self.step(&[last], pos, 0..layers).await?;
+                let token = match self.tuner.is_some() {
+                    true => self.adaptive_step(last, pos, &probe).await?,
+                    false => self.step(&[last], pos, 0..layers).await?,
+                };
                 if !self.emit(token, TokenKind::Bonus) {
                     return Ok(());
                 }
                 (last, pos) = (token, pos + 1);
                 continue;
             }
+            let split = probe.partition_point(|&e| e < exit);
+            let shadow = (&probe[..split], &probe[split..]);
             let t0 = now_ms();
             let submits = self.engine.counters().submits;
-            let (drafts, q, out) = if self.chained() {
-                self.draft_and_verify(last, pos, exit, depth).await?
+            let mut round = Round::new(exit, depth);
+            let chained = self.chained();
+            if chained {
+                self.draft_and_verify(&mut round, last, pos, shadow).await?;
             } else {
-                let (drafts, q) = self.draft(last, pos, exit, depth).await?;
+                self.draft(&mut round, last, pos, shadow.0).await?;
                 let t1 = now_ms();
-                let out = self.verify(&drafts, pos, exit).await?;
+                self.verify(&mut round, pos, shadow).await?;
                 self.stats.draft_ms += t1 - t0;
                 self.stats.verify_ms += now_ms() - t1;
-                (drafts, q, out)
-            };
+            }
+            let (drafts, q, out) = (&round.drafts, &round.dists, &round.verification);
             let n = drafts.len();
             self.stats.round_ms += now_ms() - t0;
             self.stats.round_submits += self.engine.counters().submits - submits;
@@ -433,15 +561,18 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             }
             let bonus = match correction {
                 Some(token) => token,
-                None => self.choose(&out, n).0,
+                None => self.choose(&round.verification, n).0,
             };
+            if let Some(tuner) = &mut self.tuner {
+                round.teach(tuner, accepted, shadow);
+            }
             self.stats.accepted += accepted;
-            for &token in &drafts[..accepted] {
+            for &token in &round.drafts[..accepted] {
                 if !self.emit(token, TokenKind::Accepted) {
                     return Ok(());
                 }
             }
-            for &token in &drafts[accepted..] {
+            for &token in &round.drafts[accepted..] {
                 (self.on_token)(token, TokenKind::Rejected);
             }
             if !self.emit(bonus, TokenKind::Bonus) {
@@ -449,6 +580,72 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             }
             (last, pos) = (bonus, pos + accepted + 1);
         }
+    }
+}
+
+/// What one self-speculative round drafted and what verification said.
+struct Round {
+    exit: usize,
+    /// Drafts planned (fewer when a cut-off stopped drafting).
+    depth: usize,
+    drafts: Vec<u32>,
+    /// Each draft's distribution (sampling only).
+    dists: Vec<Vec<f32>>,
+    /// The exit head's argmax at `exit` for each draft (the draft itself when greedy).
+    argmax: Vec<u32>,
+    /// Shadow picks of the draft calls below `exit`: per row, one token per shadow layer.
+    below: Vec<Vec<u32>>,
+    verification: Output,
+}
+
+impl Round {
+    fn new(exit: usize, depth: usize) -> Self {
+        Round {
+            exit,
+            depth,
+            drafts: vec![],
+            dists: vec![],
+            argmax: vec![],
+            below: vec![],
+            verification: Output::default(),
+        }
+    }
+
+    fn drafted(&mut self, token: u32, dist: Vec<f32>, out: &Output) {
+        self.drafts.push(token);
+        self.dists.push(dist);
+        self.argmax.push(out.picks[0].token);
+        self.last_draft(out);
+    }
+
+    /// The shadow picks of a draft call (the drafts' own and the last draft's pass).
+    fn last_draft(&mut self, out: &Output) {
+        self.below
+            .push(out.shadow.iter().map(|p| p[0].token).collect());
+    }
+
+    /// Tells the tuner, for every row whose input was on the true sequence (rows 0..=accepted),
+    /// whether the exit layer and each shadow layer picked the full model's token.
+    fn teach(
+        &self,
+        tuner: &mut adaptive::Tuner,
+        accepted: usize,
+        (below, above): (&[usize], &[usize]),
+    ) {
+        let targets = &self.verification.picks;
+        for (i, target) in targets.iter().enumerate().take(accepted + 1) {
+            if let Some(&a) = self.argmax.get(i) {
+                tuner.acceptance.observe(self.exit, a == target.token);
+            }
+            for (&e, &t) in below.iter().zip(self.below.get(i).into_iter().flatten()) {
+                tuner.acceptance.observe(e, t == target.token);
+            }
+            for (&e, picks) in above.iter().zip(&self.verification.shadow) {
+                tuner.acceptance.observe(e, picks[i].token == target.token);
+            }
+        }
+        let rows = targets.len();
+        tuner.probed(below.len(), above.len(), rows);
     }
 }
 
@@ -501,7 +698,34 @@ pub async fn generate<E: Engine>(
         },
         first_token_at: None,
         done: false,
+        tuner: None,
     };
+    if let (
+        true,
+        Strategy::SelfSpeculative {
+            exit_layer,
+            num_speculations,
+        },
+    ) = (options.strategy.adaptive(), options.strategy)
+    {
+        let t0 = now_ms();
+        let costs = match options.costs {
+            Some(costs) => costs,
+            None => adaptive::calibrate(d.engine, prompt[0], 0).await?,
+        };
+        let mut tuner = adaptive::Tuner::new(layers, exit_layer, num_speculations, costs);
+        tuner.stats.calibration_ms = now_ms() - t0;
+        // Rounds that stop drafting by confidence cost a submit per draft: worth it where
+        // submits are cheap (the CPU) or where the host looks at every draft anyway (sampling).
+        tuner.cut_off = num_speculations == Setting::Auto
+            && options.draft_confidence.is_none()
+            && (options.sampling.is_some() || costs.cheap_submits());
+        d.tuner = Some(tuner);
+        let chained = d.chained();
+        if let Some(t) = &mut d.tuner {
+            t.chained = chained;
+        }
+    }
     if options.max_new_tokens > 0 {
         match options.strategy {
             Strategy::Autoregressive => d.plain(prompt, 0..layers).await?,
@@ -516,6 +740,7 @@ pub async fn generate<E: Engine>(
     let end = now_ms();
     let counters = d.engine.counters();
     let (tokens, mut stats) = (d.tokens, d.stats);
+    stats.adaptive = d.tuner.map(adaptive::Tuner::finish);
     let n = tokens.len();
     let first = d.first_token_at.unwrap_or(end);
     stats.generated_tokens = n;

@@ -1,6 +1,7 @@
 //! layerskip: LayerSkip early-exit and self-speculative decoding for Llama checkpoints, with every
 //! layer and the shared exit head in WGSL compute shaders on wgpu, natively and in the browser.
 
+pub mod adaptive;
 pub mod checkpoint;
 mod clock;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod quantize;
 pub mod request;
 pub mod sampler;
 pub mod tokenizer;
+pub mod vocab;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 

@@ -30,6 +30,15 @@ pub struct Weights<M, V> {
     pub lm_head: Option<M>,
     pub final_norm: V,
     pub layers: Vec<LayerWeights<M, V>>,
+    /// The exit head's rows of the draft vocabulary, gathered at load (see `vocab.rs`).
+    pub draft_head: Option<DraftHead<M>>,
+}
+
+/// A reduced exit head for drafting: the head's rows for `ids` (increasing), contiguous, so a
+/// draft reads only these rows.
+pub struct DraftHead<M> {
+    pub ids: Vec<u32>,
+    pub matrix: M,
 }
 
 impl<M, V> Weights<M, V> {
@@ -43,6 +52,7 @@ impl<M, V> Weights<M, V> {
         [&self.embed]
             .into_iter()
             .chain(self.lm_head.as_ref())
+            .chain(self.draft_head.as_ref().map(|d| &d.matrix))
             .chain(
                 self.layers
                     .iter()
@@ -58,6 +68,7 @@ impl<M, V> Weights<M, V> {
             MatrixId::O(l) => self.layers.get_mut(l).map(|w| &mut w.o),
             MatrixId::GateUp(l) => self.layers.get_mut(l).map(|w| &mut w.gate_up),
             MatrixId::Down(l) => self.layers.get_mut(l).map(|w| &mut w.down),
+            MatrixId::DraftHead => self.draft_head.as_mut().map(|d| &mut d.matrix),
         }
     }
 }
@@ -88,6 +99,8 @@ pub enum MatrixId {
     O(usize),
     GateUp(usize),
     Down(usize),
+    /// The draft vocabulary's head rows, gathered from the exit head's while it streams.
+    DraftHead,
 }
 
 /// A checkpoint tensor's place in a fused matrix.
@@ -213,6 +226,39 @@ pub struct LoadReport {
     pub weight_bytes: u64,
 }
 
+/// The matrices to load and their formats: [`matrix_specs`] and [`matrix_formats`], plus a draft
+/// head of `draft_rows` rows in the exit head's format when there is a draft vocabulary.
+pub fn planned_matrices(
+    checkpoint: &Checkpoint,
+    quantize: Option<Quantization>,
+    draft_rows: Option<usize>,
+) -> Result<(Vec<MatrixSpec>, Vec<Format>)> {
+    let config = &checkpoint.config;
+    let mut specs = matrix_specs(config);
+    let mut formats = matrix_formats(checkpoint, &specs, quantize)?;
+    if let Some(rows) = draft_rows {
+        let head = head_id(config);
+        let at = specs.iter().position(|s| s.id == head).unwrap_or(0);
+        formats.push(formats[at]);
+        specs.push(MatrixSpec {
+            id: MatrixId::DraftHead,
+            name: "draft_head".into(),
+            rows,
+            cols: config.hidden_size,
+            pieces: vec![],
+        });
+    }
+    Ok((specs, formats))
+}
+
+/// The matrix the exit head reads: lm_head, or the embedding when tied.
+fn head_id(config: &Config) -> MatrixId {
+    match config.tie_word_embeddings {
+        true => MatrixId::Embed,
+        false => MatrixId::LmHead,
+    }
+}
+
 /// The format each matrix will have: a quantized checkpoint's own, or `quantize`, or the file's
 /// float type (fused tensors must then agree).
 pub fn matrix_formats(
@@ -258,17 +304,30 @@ pub fn matrix_formats(
 /// Loads every weight into `store`: checks every tensor first (so a bad checkpoint fails before
 /// anything is allocated), allocates all matrices, then streams each tensor in row ranges of at
 /// most `staging` bytes, file by file in offset order, checking for NaN and infinity on the way.
+/// With `draft_ids`, the exit head's rows for those ids are also written to a draft head as they
+/// stream past.
 pub async fn load<S: Store>(
     checkpoint: &Checkpoint,
     files: &impl Files,
     quantize: Option<Quantization>,
     staging: usize,
     store: &mut S,
+    draft_ids: Option<&[u32]>,
     mut progress: impl FnMut(Progress),
 ) -> Result<(Weights<S::Matrix, S::Vector>, LoadReport)> {
     let config = &checkpoint.config;
-    let specs = matrix_specs(config);
-    let formats = matrix_formats(checkpoint, &specs, quantize)?;
+    let (specs, formats) = planned_matrices(checkpoint, quantize, draft_ids.map(<[u32]>::len))?;
+    if let Some(ids) = draft_ids {
+        if ids.windows(2).any(|w| w[0] >= w[1])
+            || ids
+                .last()
+                .is_some_and(|&id| id as usize >= config.vocab_size)
+        {
+            return Err(Error::Invalid(
+                "draft vocabulary ids must be increasing and inside the vocabulary".into(),
+            ));
+        }
+    }
     let mut report = LoadReport::default();
     let mut total = 0u64;
     for spec in &specs {
@@ -340,7 +399,15 @@ pub async fn load<S: Store>(
         },
         final_norm: norm()?,
         layers,
+        draft_head: match draft_ids {
+            Some(ids) => Some(DraftHead {
+                ids: ids.to_vec(),
+                matrix: take(MatrixId::DraftHead)?,
+            }),
+            None => None,
+        },
     };
+    let head = head_id(config);
 
     // Stream the matrices' tensors in file order, so a disk or a download reads sequentially.
     let mut pieces: Vec<(&Piece, Format, Source)> = vec![];
@@ -361,10 +428,10 @@ pub async fn load<S: Store>(
             + format.row_data_bytes(piece.cols)
             + format.row_scale_bytes(piece.cols);
         let chunk = (staging / per_row.max(1)).max(1);
-        let matrix = weights
-            .matrix_mut(piece.matrix)
-            .ok_or_else(|| Error::Invalid(format!("no matrix for {}", piece.tensor)))?;
         for r0 in (0..piece.rows).step_by(chunk) {
+            let matrix = weights
+                .matrix_mut(piece.matrix)
+                .ok_or_else(|| Error::Invalid(format!("no matrix for {}", piece.tensor)))?;
             let n = chunk.min(piece.rows - r0);
             let (packed, read) = source
                 .read_rows(files, &piece.tensor, r0, n, format)
@@ -373,6 +440,17 @@ pub async fn load<S: Store>(
             let held = (read + converted + packed.bytes()) as u64;
             report.peak_staging_bytes = report.peak_staging_bytes.max(held);
             store.write(matrix, piece.row0 + r0, &packed)?;
+            // The draft vocabulary's rows among these: a contiguous run of the draft head.
+            if let (true, Some(draft)) = (piece.matrix == head, weights.draft_head.as_mut()) {
+                let first = (piece.row0 + r0) as u32;
+                let lo = draft.ids.partition_point(|&id| id < first);
+                let hi = draft.ids.partition_point(|&id| id < first + n as u32);
+                if hi > lo {
+                    let rows = draft.ids[lo..hi].iter().map(|&id| (id - first) as usize);
+                    let gathered = packed.gather(format, piece.cols, rows);
+                    store.write(&mut draft.matrix, lo, &gathered)?;
+                }
+            }
             done += read as u64;
             progress(Progress { done, total });
         }

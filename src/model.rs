@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::cpu::{CpuModel, Fast, Reference};
 use crate::engine::{Call, Counters, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
-use crate::files::{Files, MAX_TOKENIZER_BYTES};
+use crate::files::{Files, MAX_JSON_BYTES, MAX_TOKENIZER_BYTES};
 use crate::format::{KvFormat, Quantization};
 use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
 use crate::gpu::kernels::OpKind;
@@ -14,6 +14,7 @@ use crate::llama::{LoadReport, DEFAULT_STAGING_BYTES};
 use crate::plan::MemoryPlan;
 use crate::request::GenerateRequest;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::vocab;
 use serde::Serialize;
 
 /// Where the model runs.
@@ -85,6 +86,9 @@ pub struct LoadOptions {
     pub kv_cache: KvFormat,
     /// Host bytes the loader may hold at once.
     pub staging_bytes: usize,
+    /// Draft with a reduced exit head over this many of the most frequent token ids
+    /// (`token_frequencies.json` next to the model, else BPE merge order; see `vocab.rs`).
+    pub draft_vocab: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -95,6 +99,7 @@ impl Default for LoadOptions {
             quantize: None,
             kv_cache: KvFormat::default(),
             staging_bytes: DEFAULT_STAGING_BYTES,
+            draft_vocab: None,
         }
     }
 }
@@ -142,6 +147,9 @@ impl Engine for AnyEngine {
     fn backend(&self) -> Backend {
         each!(self, m => m.backend())
     }
+    fn draft_vocab(&self) -> Option<&[u32]> {
+        each!(self, m => m.draft_vocab())
+    }
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
         each!(self, m => m.run(calls).await)
     }
@@ -158,6 +166,8 @@ pub struct Model {
     pub eos_token_ids: Vec<u32>,
     /// The checkpoint's suggested exit layer (generation_config.json `assistant_early_exit`).
     checkpoint_exit_layer: Option<usize>,
+    /// Costs adaptive speculation measured on this engine, kept for later generations.
+    costs: Option<crate::adaptive::Costs>,
 }
 
 /// What `info` reports: the config summary, where the model runs and what it occupies.
@@ -178,6 +188,8 @@ pub struct ModelInfo {
     pub dtype: Option<String>,
     pub eos_token_ids: Vec<u32>,
     pub default_exit_layer: usize,
+    /// Token ids the draft head scores, when loaded with a draft vocabulary.
+    pub draft_vocab: Option<usize>,
     pub max_context: usize,
     pub backend: Backend,
     /// Why this backend runs (the adapter found, or why the CPU runs instead).
@@ -252,7 +264,24 @@ impl Model {
         prompt: &[u32],
         options: &GenerateOptions,
     ) -> Result<Generation> {
-        generate(&mut self.engine, prompt, options, |_, _| Flow::Continue).await
+        let options = self.with_costs(options);
+        let g = generate(&mut self.engine, prompt, &options, |_, _| Flow::Continue).await?;
+        self.keep_costs(&g.stats);
+        Ok(g)
+    }
+
+    /// `options` with the costs measured by an earlier adaptive generation, if any.
+    fn with_costs(&self, options: &GenerateOptions) -> GenerateOptions {
+        GenerateOptions {
+            costs: options.costs.or(self.costs),
+            ..options.clone()
+        }
+    }
+
+    fn keep_costs(&mut self, stats: &Stats) {
+        if let Some(c) = stats.adaptive.as_ref().and_then(|a| a.costs) {
+            self.costs = Some(c);
+        }
     }
 
     /// Cross-entropy, perplexity and top-1 accuracy of the exit head after every layer on `text`,
@@ -377,6 +406,7 @@ impl Model {
             dtype: c.dtype.clone(),
             eos_token_ids: self.eos_token_ids.clone(),
             default_exit_layer: self.default_exit_layer(),
+            draft_vocab: self.engine.draft_vocab().map(<[u32]>::len),
             max_context: self.engine.max_context(),
             backend: self.engine.backend(),
             backend_reason: self.backend_reason.clone(),
@@ -429,15 +459,43 @@ impl Model {
             Device::Cpu { threads } => (None, *threads, "--device cpu".to_string()),
             Device::CpuReference => (None, None, "--device cpu-reference".to_string()),
         };
+        let draft = match options.draft_vocab {
+            None => None,
+            Some(n) => {
+                let vocab = checkpoint.config.vocab_size;
+                let ranked = match files
+                    .read_capped(vocab::FREQUENCIES_FILE, MAX_JSON_BYTES)
+                    .await?
+                {
+                    Some(bytes) => vocab::Frequencies::parse(&bytes, vocab)?.ids,
+                    None => vocab::merge_order(&tokenizer_json, vocab)?,
+                };
+                Some(vocab::draft_ids(
+                    &ranked,
+                    n,
+                    &checkpoint.eos_token_ids,
+                    vocab,
+                )?)
+            }
+        };
+        let draft = draft.as_deref();
         let engine = match (ctx, &options.device) {
             (Some(ctx), _) => AnyEngine::Gpu(Box::new(
-                GpuModel::load(ctx, &checkpoint, files, options, progress).await?,
+                GpuModel::load(ctx, &checkpoint, files, options, draft, progress).await?,
             )),
             (None, Device::CpuReference) => AnyEngine::CpuReference(Box::new(
-                CpuModel::load(Reference, &checkpoint, files, options, progress).await?,
+                CpuModel::load(Reference, &checkpoint, files, options, draft, progress).await?,
             )),
             (None, _) => AnyEngine::Cpu(Box::new(
-                CpuModel::load(Fast::new(threads)?, &checkpoint, files, options, progress).await?,
+                CpuModel::load(
+                    Fast::new(threads)?,
+                    &checkpoint,
+                    files,
+                    options,
+                    draft,
+                    progress,
+                )
+                .await?,
             )),
         };
         Ok(Self {
@@ -446,6 +504,7 @@ impl Model {
             tokenizer,
             eos_token_ids: checkpoint.eos_token_ids,
             checkpoint_exit_layer: checkpoint.default_exit_layer,
+            costs: None,
         })
     }
 }
@@ -535,7 +594,7 @@ impl Model {
         mut on_token: impl FnMut(Streamed<'_>) -> bool,
     ) -> Result<Completion> {
         let prompt_tokens = self.tokenizer.encode(prompt)?;
-        let mut options = options.clone();
+        let mut options = self.with_costs(options);
         options.eos_token_ids.extend(&self.eos_token_ids);
         let tokenizer = &self.tokenizer;
         let mut stream = StreamDecoder::new();
@@ -583,6 +642,7 @@ impl Model {
         if let Some(e) = failure {
             return Err(e);
         }
+        self.keep_costs(&generation.stats);
         if !stopped {
             // Text a stop string might have started, and a trailing partial character.
             let rest = stream.finish(&self.tokenizer)?;

@@ -21,11 +21,12 @@ use crate::llama::matrix_specs;
 use serde_json::json;
 
 /// The files copied unchanged next to the weights.
-const COPIED: [&str; 4] = [
+const COPIED: [&str; 5] = [
     "generation_config.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
+    crate::vocab::FREQUENCIES_FILE,
 ];
 
 /// Largest shard written by default: under the ~2 GiB single allocations browsers allow.

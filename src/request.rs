@@ -2,6 +2,7 @@
 //! and (later) HTTP bodies all become a `GenerateRequest`, with one set of defaults and one
 //! validation, so a bad value is the same clear error everywhere.
 
+use crate::adaptive::Setting;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Strategy, StrategyKind};
 use crate::sampler::SamplingParams;
@@ -26,12 +27,13 @@ pub struct GenerateRequest {
     #[cfg_attr(not(target_arch = "wasm32"), arg(long, value_enum, default_value_t))]
     pub strategy: StrategyKind,
     /// Layer whose output the exit head reads (1-based). Defaults to generation_config.json's
-    /// `assistant_early_exit`, else a quarter of the layers.
+    /// `assistant_early_exit`, else a quarter of the layers. `auto` (self-speculative): chosen
+    /// every round from measured costs and acceptance.
     #[cfg_attr(not(target_arch = "wasm32"), arg(long))]
-    pub exit_layer: Option<usize>,
-    /// Drafts per self-speculative round.
-    #[cfg_attr(not(target_arch = "wasm32"), arg(long, default_value_t = defaults::NUM_SPECULATIONS))]
-    pub num_speculations: usize,
+    pub exit_layer: Option<Setting>,
+    /// Drafts per self-speculative round, or `auto` (chosen every round).
+    #[cfg_attr(not(target_arch = "wasm32"), arg(long, default_value_t = Setting::Fixed(defaults::NUM_SPECULATIONS)))]
+    pub num_speculations: Setting,
     #[cfg_attr(not(target_arch = "wasm32"), arg(long, default_value_t = defaults::MAX_NEW_TOKENS))]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 (the default) decodes greedily.
@@ -64,7 +66,7 @@ impl Default for GenerateRequest {
         Self {
             strategy: StrategyKind::default(),
             exit_layer: None,
-            num_speculations: defaults::NUM_SPECULATIONS,
+            num_speculations: Setting::Fixed(defaults::NUM_SPECULATIONS),
             max_new_tokens: defaults::MAX_NEW_TOKENS,
             temperature: 0.0,
             top_k: 0,
@@ -104,10 +106,10 @@ impl GenerateRequest {
                 )));
             }
         }
-        if self.num_speculations == 0 {
+        if self.num_speculations == Setting::Fixed(0) {
             return Err(invalid("num_speculations must be at least 1".into()));
         }
-        if self.exit_layer == Some(0) {
+        if self.exit_layer == Some(Setting::Fixed(0)) {
             return Err(invalid("exit_layer counts from 1".into()));
         }
         if self.stop.len() > MAX_STOP_STRINGS {
@@ -133,11 +135,20 @@ impl GenerateRequest {
     /// Checks the exit layer against the model.
     pub fn options(&self, layers: usize, default_exit: usize) -> Result<GenerateOptions> {
         self.validate()?;
-        let exit_layer = self.exit_layer.unwrap_or(default_exit);
-        let strategy = match self.strategy {
-            StrategyKind::Autoregressive => Strategy::Autoregressive,
-            StrategyKind::EarlyExit => Strategy::EarlyExit { exit_layer },
-            StrategyKind::SelfSpeculative => Strategy::SelfSpeculative {
+        let exit_layer = self.exit_layer.unwrap_or(Setting::Fixed(default_exit));
+        let strategy = match (self.strategy, exit_layer) {
+            (StrategyKind::Autoregressive, _) => Strategy::Autoregressive,
+            (StrategyKind::EarlyExit, Setting::Fixed(exit_layer)) => {
+                Strategy::EarlyExit { exit_layer }
+            }
+            (StrategyKind::EarlyExit, Setting::Auto) => {
+                return Err(invalid(
+                    "exit_layer auto needs the self-speculative strategy (early exit has no \
+                     verification to learn from)"
+                        .into(),
+                ))
+            }
+            (StrategyKind::SelfSpeculative, _) => Strategy::SelfSpeculative {
                 exit_layer,
                 num_speculations: self.num_speculations,
             },
@@ -155,6 +166,7 @@ impl GenerateRequest {
                 seed: self.seed,
             }),
             draft_confidence: self.draft_confidence,
+            costs: None,
         })
     }
 }
@@ -180,13 +192,21 @@ mod tests {
         )
         .unwrap();
         let o = r.options(8, 2).unwrap();
+        assert_eq!(o.strategy, Strategy::speculative(3, 2));
+        let r: GenerateRequest = serde_json::from_str(
+            r#"{"strategy": "self-speculative", "exitLayer": "auto", "numSpeculations": "auto"}"#,
+        )
+        .unwrap();
         assert_eq!(
-            o.strategy,
+            r.options(8, 2).unwrap().strategy,
             Strategy::SelfSpeculative {
-                exit_layer: 3,
-                num_speculations: 2
+                exit_layer: Setting::Auto,
+                num_speculations: Setting::Auto
             }
         );
+        let err =
+            serde_json::from_str::<GenerateRequest>(r#"{"exitLayer": "sometimes"}"#).unwrap_err();
+        assert!(err.to_string().contains("\"auto\""), "{err}");
         assert_eq!(o.sampling.unwrap().top_k, 4);
         let err = serde_json::from_str::<GenerateRequest>(r#"{"maxTokens": 3}"#).unwrap_err();
         assert!(
@@ -249,14 +269,14 @@ mod tests {
             ),
             (
                 GenerateRequest {
-                    num_speculations: 0,
+                    num_speculations: Setting::Fixed(0),
                     ..Default::default()
                 },
                 "num_speculations",
             ),
             (
                 GenerateRequest {
-                    exit_layer: Some(0),
+                    exit_layer: Some(Setting::Fixed(0)),
                     ..Default::default()
                 },
                 "exit_layer",
@@ -278,15 +298,23 @@ mod tests {
             (
                 GenerateRequest {
                     strategy: StrategyKind::EarlyExit,
-                    exit_layer: Some(9),
+                    exit_layer: Some(Setting::Fixed(9)),
                     ..Default::default()
                 },
                 "exit layer 9 is outside 1..=8",
             ),
             (
                 GenerateRequest {
+                    strategy: StrategyKind::EarlyExit,
+                    exit_layer: Some(Setting::Auto),
+                    ..Default::default()
+                },
+                "exit_layer auto needs the self-speculative strategy",
+            ),
+            (
+                GenerateRequest {
                     strategy: StrategyKind::SelfSpeculative,
-                    exit_layer: Some(8),
+                    exit_layer: Some(Setting::Fixed(8)),
                     ..Default::default()
                 },
                 "exit layer 8 is outside 1..=7",

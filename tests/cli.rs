@@ -281,9 +281,150 @@ fn sweep_writes_a_csv_grid() {
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("best: exit layer"), "{stdout}");
+    assert!(stdout.contains("% of the best pair"), "{stdout}");
     let text = std::fs::read_to_string(&csv).unwrap();
-    assert_eq!(text.lines().count(), 5, "header and a 2 x 2 grid: {text}");
+    assert_eq!(
+        text.lines().count(),
+        6,
+        "header, a 2 x 2 grid and the auto row: {text}"
+    );
+    assert!(
+        text.lines().last().unwrap().starts_with("auto,auto,"),
+        "{text}"
+    );
     let _ = std::fs::remove_file(csv);
+}
+
+/// `--exit-layer auto --num-speculations auto` in bench: greedy output still equals
+/// autoregressive, and the JSON carries the histograms, estimates and costs.
+#[test]
+fn bench_reports_adaptive_choices() {
+    let dir = fixture("llama32_tiny");
+    let out = json(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--exit-layer",
+        "auto",
+        "--num-speculations",
+        "auto",
+        "--max-new-tokens",
+        "16",
+        "--repetitions",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out["self_speculative_equals_autoregressive"], true);
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results[2]["strategy"], "self-speculative E=auto D=auto");
+    let a = &results[2]["adaptive"];
+    let rounds: u64 = a["exit_layers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(rounds > 0 || a["depths"]["0"].as_u64().unwrap() > 0, "{a}");
+    assert_eq!(
+        a["acceptance"].as_array().unwrap().len(),
+        4,
+        "exit layers 1..4 of 5: {a}"
+    );
+    assert!(a["costs"]["layer_ms"].as_f64().unwrap() > 0.0, "{a}");
+    // Early exit has no auto: it uses the default layer.
+    assert!(results[1]["strategy"]
+        .as_str()
+        .unwrap()
+        .starts_with("early-exit E="));
+}
+
+/// `vocab-stats` counts a text's tokens into token_frequencies.json; a model folder holding it
+/// drafts over that many ids with `--draft-vocab`, and the output is unchanged.
+#[test]
+fn vocab_stats_feed_the_draft_vocabulary() {
+    let dir = std::env::temp_dir().join(format!("layerskip-vocab-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(fixture("llama32_tiny")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "the cat sat on the mat. the dog sat on the log.\n".repeat(20),
+    )
+    .unwrap();
+    let out_file = dir.join("token_frequencies.json");
+    let (ok, stdout, stderr) = layerskip(&[
+        "vocab-stats",
+        "--model",
+        dir.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ids cover"), "{stdout}");
+    let counts: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let ids = counts["ids"].as_array().unwrap();
+    let total: u64 = counts["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, counts["tokens"].as_u64().unwrap());
+    assert!(!ids.is_empty());
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "the cat",
+            "--max-new-tokens",
+            "12",
+            "--ignore-eos",
+            "--json",
+            "--device",
+            "cpu",
+        ];
+        args.extend(extra);
+        json(&args)
+    };
+    let plain = generate(&["--strategy", "autoregressive"]);
+    for extra in [
+        &["--strategy", "self-speculative", "--draft-vocab", "64"][..],
+        &[
+            "--strategy",
+            "self-speculative",
+            "--draft-vocab",
+            "8",
+            "--exit-layer",
+            "auto",
+        ][..],
+    ] {
+        let drafted = generate(extra);
+        assert_eq!(drafted["tokens"], plain["tokens"], "{extra:?}");
+    }
+    let (ok, _, stderr) = layerskip(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--draft-vocab",
+        "100000",
+    ]);
+    assert!(
+        !ok && stderr.contains("--draft-vocab must be in 1..=397"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

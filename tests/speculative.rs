@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use layerskip::adaptive::Setting;
 use layerskip::gpu::GpuOptions;
 use layerskip::sampler::distribution;
 use layerskip::{
@@ -37,10 +38,7 @@ fn speculative(
     GenerateOptions {
         ignore_eos: true,
         ..GenerateOptions::greedy(
-            Strategy::SelfSpeculative {
-                exit_layer,
-                num_speculations,
-            },
+            Strategy::speculative(exit_layer, num_speculations),
             max_new_tokens,
         )
     }
@@ -86,6 +84,242 @@ fn greedy_self_speculative_equals_hugging_face_greedy() {
     }
 }
 
+/// `auto` exit layer, depth or both: greedy output equal to Hugging Face's greedy on every prompt
+/// of both fixtures on the CPU backends, and on the GPU for a subset; the stats' histograms
+/// account for every round.
+#[test]
+fn greedy_auto_equals_hugging_face_greedy() {
+    use Setting::{Auto, Fixed};
+    for name in ["llama2_tiny", "llama32_tiny"] {
+        let r = reference(name);
+        for (device, prompts) in [
+            (cpu(), r.prompts.len()),
+            (Device::CpuReference, r.prompts.len()),
+            (Device::Gpu(GpuOptions::default()), 2),
+        ] {
+            let mut model = load(name, device.clone());
+            for p in &r.prompts[..prompts] {
+                for (exit_layer, num_speculations) in
+                    [(Auto, Auto), (Auto, Fixed(3)), (Fixed(1), Auto)]
+                {
+                    let options = GenerateOptions {
+                        ignore_eos: true,
+                        ..GenerateOptions::greedy(
+                            Strategy::SelfSpeculative {
+                                exit_layer,
+                                num_speculations,
+                            },
+                            p.greedy.tokens.len(),
+                        )
+                    };
+                    let g = run(&mut model, &p.input_ids, &options);
+                    let case = format!("{name} {device:?} E={exit_layer} D={num_speculations}");
+                    assert_eq!(g.tokens, p.greedy.tokens, "{case}");
+                    let a = g.stats.adaptive.expect("adaptive stats");
+                    assert_eq!(
+                        a.exit_layers.values().sum::<usize>(),
+                        g.stats.rounds,
+                        "{case}"
+                    );
+                    let plain = a.depths.get(&0).copied().unwrap_or(0);
+                    assert_eq!(a.depths.values().sum::<usize>(), g.stats.rounds + plain);
+                    if let Fixed(e) = exit_layer {
+                        assert!(a.exit_layers.keys().all(|&k| k == e), "{case}");
+                    }
+                    if let Fixed(d) = num_speculations {
+                        // Fewer (or a plain step) only where the token budget clamps a round.
+                        assert!(a.depths.keys().all(|&k| k <= d), "{case}");
+                    }
+                    assert!(
+                        a.costs.is_some() && a.acceptance.iter().all(|x| (0.0..=1.0).contains(x))
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The picks a call makes after a shadow exit layer are the exit head's argmax at that layer:
+/// checked on the fast CPU backend and the GPU against the CPU reference's logits of calls that
+/// stop there, for a block from the first layer and one resumed from the exit-query cache.
+#[test]
+fn shadow_picks_are_the_exit_heads_argmax_at_their_layer() {
+    for name in ["llama2_tiny", "llama32_tiny"] {
+        let r = reference(name);
+        let ids = &r.prompts[1].input_ids;
+        let mut oracle = load(name, Device::CpuReference);
+        let layers = oracle.config().num_hidden_layers;
+        let logits_at = |oracle: &mut Model, e: usize| {
+            let call = Call::new(Input::Tokens(ids), 0, 0..e)
+                .head(layerskip::Head::All)
+                .logits(true);
+            pollster::block_on(oracle.engine.run(&[call]))
+                .unwrap()
+                .remove(0)
+                .logits
+        };
+        let expected: Vec<Vec<Vec<f32>>> = (1..layers).map(|e| logits_at(&mut oracle, e)).collect();
+        let all: Vec<usize> = (1..layers).collect();
+        let upper: Vec<usize> = (3..layers).collect();
+        for device in [cpu(), Device::Gpu(GpuOptions::default())] {
+            let mut model = load(name, device.clone());
+            let n = ids.len();
+            let from_start = Call::new(Input::Tokens(ids), 0, 0..layers)
+                .head(layerskip::Head::All)
+                .shadow(&all);
+            let first = Call::new(Input::Tokens(ids), 0, 0..2)
+                .head(layerskip::Head::None)
+                .save(0);
+            let resumed = Call::new(Input::ExitCache { rows: n }, 0, 2..layers)
+                .head(layerskip::Head::All)
+                .shadow(&upper);
+            let out = pollster::block_on(model.engine.run(&[from_start, first, resumed])).unwrap();
+            for (layers_probed, shadow) in [(&all, &out[0].shadow), (&upper, &out[2].shadow)] {
+                assert_eq!(shadow.len(), layers_probed.len());
+                for (&e, picks) in layers_probed.iter().zip(shadow) {
+                    assert_eq!(picks.len(), n);
+                    for (row, pick) in picks.iter().enumerate() {
+                        // Equal to the argmax, or a near tie with it.
+                        let l = &expected[e - 1][row];
+                        let top = l.iter().copied().fold(f32::MIN, f32::max);
+                        assert!(
+                            l[pick.token as usize] >= top - 1e-3 * top.abs().max(1.0),
+                            "{name} {device:?} exit layer {e} row {row}: picked {} ({}) but the top logit is {top}",
+                            pick.token,
+                            l[pick.token as usize]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn load_with_draft_vocab(name: &str, device: Device, n: usize) -> Model {
+    pollster::block_on(Model::load(
+        &DirFiles::new(fixture(name)).unwrap(),
+        &layerskip::LoadOptions {
+            draft_vocab: Some(n),
+            ..options(device, 128)
+        },
+        |_| {},
+    ))
+    .unwrap()
+}
+
+/// A draft head over N token ids picks the argmax of the full head's logits among those ids,
+/// and returns those logits: the fast CPU backend and the GPU against the CPU reference's full
+/// logits. Shadow picks use the draft head too.
+#[test]
+fn the_draft_head_scores_only_the_draft_vocabulary() {
+    for name in ["llama2_tiny", "llama32_tiny"] {
+        let r = reference(name);
+        let ids = &r.prompts[0].input_ids;
+        let mut oracle = load(name, Device::CpuReference);
+        let layers = oracle.config().num_hidden_layers;
+        let vocab = oracle.config().vocab_size;
+        let full_at = |oracle: &mut Model, e: usize| {
+            let call = Call::new(Input::Tokens(ids), 0, 0..e)
+                .head(layerskip::Head::All)
+                .logits(true);
+            pollster::block_on(oracle.engine.run(&[call]))
+                .unwrap()
+                .remove(0)
+                .logits
+        };
+        let full: Vec<Vec<Vec<f32>>> = (1..=layers).map(|e| full_at(&mut oracle, e)).collect();
+        for device in [cpu(), Device::Gpu(GpuOptions::default())] {
+            let mut model = load_with_draft_vocab(name, device.clone(), vocab / 5);
+            let draft: Vec<u32> = model.engine.draft_vocab().unwrap().to_vec();
+            assert_eq!(draft.len(), vocab / 5);
+            assert!(
+                model.eos_token_ids.iter().all(|e| draft.contains(e)),
+                "EOS is draftable"
+            );
+            let shadow = [1];
+            let call = Call::new(Input::Tokens(ids), 0, 0..layers)
+                .head(layerskip::Head::All)
+                .logits(true)
+                .draft_vocab(true)
+                .shadow(&shadow);
+            let out = pollster::block_on(model.engine.run(&[call]))
+                .unwrap()
+                .remove(0);
+            for (layer, picks, logits) in [
+                (layers, &out.picks, Some(&out.logits)),
+                (1, &out.shadow[0], None),
+            ] {
+                for (row, pick) in picks.iter().enumerate() {
+                    let want = &full[layer - 1][row];
+                    let best = draft
+                        .iter()
+                        .map(|&id| want[id as usize])
+                        .fold(f32::MIN, f32::max);
+                    assert!(
+                        draft.contains(&pick.token),
+                        "{name} {device:?}: {} not drafted",
+                        pick.token
+                    );
+                    assert!(
+                        want[pick.token as usize] >= best - 1e-3 * best.abs().max(1.0),
+                        "{name} {device:?} layer {layer} row {row}: {} is not the best draft id",
+                        pick.token
+                    );
+                    if let Some(logits) = logits {
+                        let got = &logits[row];
+                        assert_eq!(got.len(), draft.len());
+                        let expected: Vec<f32> =
+                            draft.iter().map(|&id| want[id as usize]).collect();
+                        let err = max_abs_diff(got, &expected);
+                        assert!(
+                            err < 2e-2,
+                            "{name} {device:?} row {row}: logits off by {err}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Drafting over a reduced vocabulary never changes greedy output: fixed and `auto` exit
+/// layers, on the CPU and the GPU, against Hugging Face's greedy tokens.
+#[test]
+fn greedy_output_with_a_draft_vocabulary_equals_hugging_face_greedy() {
+    for name in ["llama2_tiny", "llama32_tiny"] {
+        let r = reference(name);
+        for (device, prompts) in [
+            (cpu(), r.prompts.len()),
+            (Device::Gpu(GpuOptions::default()), 2),
+        ] {
+            let vocab = load(name, Device::CpuReference).config().vocab_size;
+            for n in [16, vocab / 4] {
+                let mut model = load_with_draft_vocab(name, device.clone(), n);
+                for p in &r.prompts[..prompts] {
+                    for strategy in [
+                        Strategy::speculative(1, 4),
+                        Strategy::speculative(2, 2),
+                        Strategy::SelfSpeculative {
+                            exit_layer: Setting::Auto,
+                            num_speculations: Setting::Auto,
+                        },
+                    ] {
+                        let options = GenerateOptions {
+                            ignore_eos: true,
+                            ..GenerateOptions::greedy(strategy, p.greedy.tokens.len())
+                        };
+                        let g = run(&mut model, &p.input_ids, &options);
+                        assert_eq!(
+                            g.tokens, p.greedy.tokens,
+                            "{name} {device:?} N={n} {strategy:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn rounds_never_pass_the_token_budget_and_stop_at_eos() {
     // llama2_tiny's greedy continuation of its first prompt has EOS (id 2) as the 4th token.
@@ -113,13 +347,7 @@ fn stop_strings_cut_the_text() {
     let p = &r.prompts[3];
     assert_eq!(p.greedy.text, "+Y\u{fffd}S\u{fffd}ulen%scl self\u{10}");
     let mut model = load("llama32_tiny", Device::Gpu(GpuOptions::default()));
-    for strategy in [
-        Strategy::Autoregressive,
-        Strategy::SelfSpeculative {
-            exit_layer: 2,
-            num_speculations: 3,
-        },
-    ] {
+    for strategy in [Strategy::Autoregressive, Strategy::speculative(2, 3)] {
         let options = GenerateOptions::greedy(strategy, 12);
         let mut streamed = String::new();
         let c = pollster::block_on(model.complete("x", &options, &["len".to_string()], |s| {
@@ -155,10 +383,7 @@ fn sampling_is_reproducible_per_seed() {
     for strategy in [
         Strategy::Autoregressive,
         Strategy::EarlyExit { exit_layer: 2 },
-        Strategy::SelfSpeculative {
-            exit_layer: 2,
-            num_speculations: 3,
-        },
+        Strategy::speculative(2, 3),
     ] {
         let options = |seed| GenerateOptions {
             sampling: Some(sampled(1.5, seed)),
@@ -250,16 +475,40 @@ fn speculative_sampling_keeps_the_full_models_distribution() {
             })
             .collect()
     };
-    let speculative = sample(Strategy::SelfSpeculative {
-        exit_layer: 1,
-        num_speculations: 2,
+    let speculative = sample(Strategy::speculative(1, 2));
+    // Exit layer and depth chosen every round (with the confidence cut-off, as sampling uses).
+    let adaptive = sample(Strategy::SelfSpeculative {
+        exit_layer: Setting::Auto,
+        num_speculations: Setting::Auto,
     });
     let autoregressive = sample(Strategy::Autoregressive);
+    // Drafts from a reduced head (zero probability outside 64 ids): still the full model's.
+    let mut reduced = load_with_draft_vocab("llama32_tiny", Device::CpuReference, 64);
+    let draft_vocab: Vec<Vec<u32>> = (0..runs)
+        .map(|seed| {
+            let options = GenerateOptions {
+                sampling: Some(SamplingParams { seed, ..params }),
+                ignore_eos: true,
+                ..GenerateOptions::greedy(Strategy::speculative(1, 2), 3)
+            };
+            run(&mut reduced, prompt, &options).tokens
+        })
+        .collect();
     // A wrong rule that keeps every draft would follow the early-exit model instead.
     let drafts_only = sample(Strategy::EarlyExit { exit_layer: 1 });
     // With 3000 samples over a few dozen tokens the sampling noise in TV is about 0.03-0.06.
     const THRESHOLD: f64 = 0.1;
     for index in 1..3 {
+        let auto = tv_at(&adaptive, &exact, index);
+        assert!(
+            auto < THRESHOLD,
+            "auto self-speculative sampling is off: {auto}"
+        );
+        let reduced = tv_at(&draft_vocab, &exact, index);
+        assert!(
+            reduced < THRESHOLD,
+            "sampling with a draft vocabulary is off: {reduced}"
+        );
         let (spec, ar, wrong) = (
             tv_at(&speculative, &exact, index),
             tv_at(&autoregressive, &exact, index),

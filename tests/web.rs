@@ -135,10 +135,7 @@ async fn greedy_self_speculative_equals_hugging_face_greedy() {
                     let options = GenerateOptions {
                         ignore_eos: true,
                         ..GenerateOptions::greedy(
-                            Strategy::SelfSpeculative {
-                                exit_layer: e,
-                                num_speculations: d,
-                            },
+                            Strategy::speculative(e, d),
                             p.greedy.tokens.len(),
                         )
                     };
@@ -211,6 +208,14 @@ async fn the_javascript_api_refuses_bad_options() {
             "num_speculations must be at least 1",
         ),
         (object(r#"{"seed": -1}"#), "invalid options"),
+        (
+            object(r#"{"exitLayer": "sometimes"}"#),
+            "expected a whole number or \"auto\"",
+        ),
+        (
+            object(r#"{"strategy": "early-exit", "exitLayer": "auto"}"#),
+            "exit_layer auto needs the self-speculative strategy",
+        ),
     ];
     for (options, expected) in cases {
         let err = call(&model, "generate", &[prompt.clone(), options])
@@ -255,6 +260,47 @@ async fn the_javascript_api_refuses_bad_options() {
         .message()
         .into();
     assert!(err.contains("not a plain file name"), "{err}");
+}
+
+/// Through the JavaScript API, on WebGPU and on the wasm CPU backend: `exitLayer: 'auto'` and
+/// `numSpeculations: 'auto'`, with and without a reduced draft vocabulary, give Hugging Face's
+/// greedy tokens, and the stats carry the choices made.
+#[wasm_bindgen_test]
+async fn auto_speculation_and_a_draft_vocabulary_keep_greedy_output() {
+    for (name, files, json) in fixtures() {
+        let r = reference::parse(json);
+        let p = &r.prompts[0];
+        for (device, draft_vocab) in [
+            ("gpu", ""),
+            ("cpu", ""),
+            ("gpu", r#", "draftVocab": 64"#),
+            ("cpu", r#", "draftVocab": 64"#),
+        ] {
+            let options = object(&format!(
+                r#"{{"device": "{device}", "maxContext": 128{draft_vocab}}}"#
+            ));
+            let promise = layerskip::wasm::LayerSkip::from_files(js_files(&files).into(), options);
+            let model = JsFuture::from(promise)
+                .await
+                .expect("loads through the JS API");
+            let request = object(&format!(
+                r#"{{"strategy": "self-speculative", "exitLayer": "auto", "numSpeculations": "auto", "maxNewTokens": {}, "ignoreEos": true}}"#,
+                p.greedy.tokens.len()
+            ));
+            let out = call(&model, "generate", &[p.text.as_str().into(), request])
+                .await
+                .unwrap();
+            let tokens: Vec<u32> =
+                js_sys::Array::from(&js_sys::Reflect::get(&out, &"tokens".into()).unwrap())
+                    .iter()
+                    .map(|t| t.as_f64().unwrap() as u32)
+                    .collect();
+            assert_eq!(tokens, p.greedy.tokens, "{name} {device}{draft_vocab}");
+            let stats = js_sys::Reflect::get(&out, &"stats".into()).unwrap();
+            let adaptive = js_sys::Reflect::get(&stats, &"adaptive".into()).unwrap();
+            assert!(adaptive.is_object(), "{name} {device}: no adaptive stats");
+        }
+    }
 }
 
 /// A panic (there should be none) rejects the promise in flight with its message instead of

@@ -2,10 +2,12 @@
 //! strategies interleaved after a warm-up so drift (clocks, caches) hits them all alike.
 
 use super::{load, ModelArgs};
+use layerskip::adaptive::{AdaptiveStats, Costs, Setting};
 use layerskip::request::defaults;
 use layerskip::{Error, GenerateOptions, GenerateRequest, Generation, Model, Result, StrategyKind};
 use serde::Serialize;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -81,11 +83,12 @@ pub struct BenchArgs {
     #[command(flatten)]
     prompts: PromptArgs,
     /// Layer whose output drafts and early exit read (1-based); defaults as for generate.
+    /// `auto`: chosen every round (early exit then uses the default layer).
     #[arg(long)]
-    exit_layer: Option<usize>,
-    /// Drafts per self-speculative round.
-    #[arg(long, default_value_t = defaults::NUM_SPECULATIONS)]
-    num_speculations: usize,
+    exit_layer: Option<Setting>,
+    /// Drafts per self-speculative round, or `auto`.
+    #[arg(long, default_value_t = Setting::Fixed(defaults::NUM_SPECULATIONS))]
+    num_speculations: Setting,
     #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
     max_new_tokens: usize,
     /// Also run self-speculative decoding with this draft confidence cut-off.
@@ -168,6 +171,82 @@ struct Runs {
     draft_ms: f64,
     verify_ms: f64,
     outputs: Vec<Vec<u32>>,
+    adaptive: Option<Adaptive>,
+}
+
+/// Adaptive rounds summed over runs: what was chosen and what probing cost.
+#[derive(Default, Serialize)]
+struct Adaptive {
+    exit_layers: BTreeMap<usize, usize>,
+    depths: BTreeMap<usize, usize>,
+    probes: usize,
+    shadow_ms: f64,
+    cut_offs: usize,
+    elapsed_ms: f64,
+    /// The last run's estimates and the measured costs.
+    acceptance: Vec<f64>,
+    costs: Option<Costs>,
+}
+
+impl Adaptive {
+    fn add(&mut self, a: &AdaptiveStats, elapsed_ms: f64) {
+        for (k, v) in &a.exit_layers {
+            *self.exit_layers.entry(*k).or_default() += v;
+        }
+        for (k, v) in &a.depths {
+            *self.depths.entry(*k).or_default() += v;
+        }
+        self.probes += a.probes;
+        self.shadow_ms += a.shadow_ms;
+        self.cut_offs += a.cut_offs;
+        self.elapsed_ms += elapsed_ms;
+        self.acceptance.clone_from(&a.acceptance);
+        self.costs = a.costs.or(self.costs);
+    }
+
+    /// Shares of a histogram: "3: 40%, 4: 60%".
+    fn shares(h: &BTreeMap<usize, usize>) -> String {
+        let total = h.values().sum::<usize>().max(1) as f64;
+        h.iter()
+            .map(|(k, v)| format!("{k}: {:.0}%", 100.0 * *v as f64 / total))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn print(&self, name: &str) {
+        println!("{name}:");
+        println!(
+            "  exit layers chosen (rounds): {}",
+            Self::shares(&self.exit_layers)
+        );
+        println!(
+            "  depths chosen (0 = plain step): {}",
+            Self::shares(&self.depths)
+        );
+        let rates: Vec<String> = self
+            .acceptance
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}: {:.0}%", i + 1, 100.0 * a))
+            .collect();
+        println!("  acceptance estimates by exit layer: {}", rates.join(", "));
+        if let Some(c) = &self.costs {
+            println!(
+                "  measured costs: submit {:.3} ms, layer {:.3} ms, head {:.3} ms, extra row {:.0}% of a pass",
+                c.submit_ms,
+                c.layer_ms,
+                c.head_ms,
+                100.0 * c.row_fraction
+            );
+        }
+        println!(
+            "  probes: {} rounds, shadow heads ~{:.1} ms ({:.1}% of the time); confidence cut-offs: {}",
+            self.probes,
+            self.shadow_ms,
+            100.0 * self.shadow_ms / self.elapsed_ms.max(f64::MIN_POSITIVE),
+            self.cut_offs
+        );
+    }
 }
 
 impl Runs {
@@ -183,6 +262,11 @@ impl Runs {
         self.round_submits += s.round_submits;
         self.draft_ms += s.draft_ms;
         self.verify_ms += s.verify_ms;
+        if let Some(a) = &s.adaptive {
+            self.adaptive
+                .get_or_insert_with(Adaptive::default)
+                .add(a, s.elapsed_ms);
+        }
         self.outputs.push(g.tokens);
     }
     fn acceptance(&self) -> f64 {
@@ -240,6 +324,8 @@ struct Row {
     submits_per_round: Option<f64>,
     draft_ms: f64,
     verify_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adaptive: Option<Adaptive>,
 }
 
 /// tokens/s relative to a baseline; 0 when the baseline measured nothing.
@@ -255,7 +341,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     args.prompts.check()?;
     let mut model = load(&args.model)?;
     let prompts = args.prompts.load(&model)?;
-    let exit = args.exit_layer.unwrap_or(model.default_exit_layer());
+    let exit = args
+        .exit_layer
+        .unwrap_or(Setting::Fixed(model.default_exit_layer()));
     let base = GenerateRequest {
         exit_layer: Some(exit),
         num_speculations: args.num_speculations,
@@ -266,12 +354,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         strategy: StrategyKind::SelfSpeculative,
         ..base.clone()
     };
+    let early = exit.fixed().unwrap_or(model.default_exit_layer());
     let mut configs = vec![
         greedy(&model, base.clone())?,
         greedy(
             &model,
             GenerateRequest {
                 strategy: StrategyKind::EarlyExit,
+                exit_layer: Some(Setting::Fixed(early)),
                 ..base.clone()
             },
         )?,
@@ -279,7 +369,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     ];
     let mut names = vec![
         "autoregressive".to_string(),
-        format!("early-exit E={exit}"),
+        format!("early-exit E={early}"),
         format!("self-speculative E={exit} D={}", args.num_speculations),
     ];
     if let Some(p) = args.draft_confidence {
@@ -297,8 +387,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let equal = runs[2..].iter().all(|r| r.outputs == runs[0].outputs);
     let rows: Vec<Row> = names
         .iter()
-        .zip(&runs)
-        .map(|(name, r)| {
+        .zip(runs)
+        .map(|(name, mut r)| {
             let tps = median(r.tokens_per_second.clone());
             Row {
                 strategy: name.clone(),
@@ -310,6 +400,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 submits_per_round: (r.rounds > 0).then(|| r.round_submits as f64 / r.rounds as f64),
                 draft_ms: r.draft_ms,
                 verify_ms: r.verify_ms,
+                adaptive: r.adaptive.take(),
             }
         })
         .collect();
@@ -363,6 +454,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "greedy self-speculative output equals autoregressive: {}",
         if equal { "yes" } else { "NO" }
     );
+    for row in &rows {
+        if let Some(a) = &row.adaptive {
+            a.print(&row.strategy);
+        }
+    }
     print_traffic(&bytes, rows[0].tokens_per_second_median, args.bandwidth);
     Ok(())
 }
@@ -504,14 +600,24 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
                 &model,
                 GenerateRequest {
                     strategy: StrategyKind::SelfSpeculative,
-                    exit_layer: Some(e),
-                    num_speculations: d,
+                    exit_layer: Some(Setting::Fixed(e)),
+                    num_speculations: Setting::Fixed(d),
                     ..base.clone()
                 },
             )?);
             grid.push((e, d));
         }
     }
+    // The last row: exit layer and depth chosen every round.
+    configs.push(greedy(
+        &model,
+        GenerateRequest {
+            strategy: StrategyKind::SelfSpeculative,
+            exit_layer: Some(Setting::Auto),
+            num_speculations: Setting::Auto,
+            ..base.clone()
+        },
+    )?);
     let runs = run_all(&mut model, &prompts, &configs, args.prompts.repetitions)?;
     let base = median(runs[0].tokens_per_second.clone());
     let mut csv =
@@ -522,7 +628,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         "E", "D", "acceptance", "tokens/s", "speedup"
     );
     let mut best = (0, 0, 0.0);
-    for (&(e, d), r) in grid.iter().zip(&runs[1..]) {
+    for (&(e, d), r) in grid.iter().zip(&runs[1..runs.len() - 1]) {
         let tps = median(r.tokens_per_second.clone());
         println!(
             "{e:>5} {d:>3} {:>10.1}% {tps:>10.1} {:>7.2}x",
@@ -538,6 +644,20 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             best = (e, d, tps);
         }
     }
+    let auto = &runs[runs.len() - 1];
+    let auto_tps = median(auto.tokens_per_second.clone());
+    println!(
+        "{:>5} {:>3} {:>10.1}% {auto_tps:>10.1} {:>7.2}x",
+        "auto",
+        "auto",
+        100.0 * auto.acceptance(),
+        ratio(auto_tps, base)
+    );
+    csv.push_str(&format!(
+        "auto,auto,{:.4},{auto_tps:.2},{:.3}\n",
+        auto.acceptance(),
+        ratio(auto_tps, base)
+    ));
     println!(
         "best: exit layer {} with {} speculations, {:.1} tokens/s ({:.2}x autoregressive)",
         best.0,
@@ -545,6 +665,19 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         best.2,
         ratio(best.2, base)
     );
+    println!(
+        "auto: {auto_tps:.1} tokens/s ({:.2}x autoregressive, {:.1}% of the best pair)",
+        ratio(auto_tps, base),
+        100.0 * ratio(auto_tps, best.2)
+    );
+    if !auto.outputs.iter().eq(runs[0].outputs.iter()) {
+        return Err(Error::Invalid(
+            "auto's greedy output differs from autoregressive".into(),
+        ));
+    }
+    if let Some(a) = &auto.adaptive {
+        a.print("auto");
+    }
     if let Some(path) = &args.csv {
         std::fs::write(path, csv)
             .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;

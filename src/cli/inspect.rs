@@ -88,6 +88,9 @@ pub fn info(args: InfoArgs) -> Result<()> {
         info.rope_scaling
     );
     println!("backend {} ({})", info.backend, info.backend_reason);
+    if let Some(n) = info.draft_vocab {
+        println!("draft vocabulary: {n} of {} token ids", info.vocab_size);
+    }
     println!(
         "dtype {}  parameters {}  eos ids {:?}  default exit layer {}",
         info.dtype.as_deref().unwrap_or("?"),

@@ -6,6 +6,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod quantize;
+mod vocab_stats;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use layerskip::checkpoint::Progress;
@@ -42,6 +43,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Cross-entropy, perplexity and top-1 accuracy of the exit head after every layer on a text.
     Eval(eval::EvalArgs),
+    /// Token frequencies of a text, for the reduced draft vocabulary (--draft-vocab).
+    VocabStats(vocab_stats::VocabStatsArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -88,6 +91,10 @@ pub struct ModelArgs {
     /// Sum partial products through workgroup memory even where the GPU has subgroup operations.
     #[arg(long)]
     no_subgroups: bool,
+    /// Draft with an exit head over only the N most frequent token ids (token_frequencies.json
+    /// next to the model, else BPE merge order); verification keeps the full head.
+    #[arg(long)]
+    draft_vocab: Option<usize>,
 }
 
 impl ModelArgs {
@@ -126,6 +133,7 @@ impl ModelArgs {
             max_context: self.max_context,
             quantize: self.quantize,
             kv_cache: self.kv_cache,
+            draft_vocab: self.draft_vocab,
             ..LoadOptions::default()
         })
     }
@@ -172,5 +180,6 @@ pub fn main() -> Result<()> {
         Command::Sweep(args) => bench::sweep(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::VocabStats(args) => vocab_stats::run(args),
     }
 }

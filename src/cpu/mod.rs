@@ -13,7 +13,7 @@ pub use reference::{
 
 use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
-use crate::engine::{Call, Counters, Engine, Head, Input, Output};
+use crate::engine::{Call, Counters, Engine, Head, Input, Output, Pick};
 use crate::error::{Error, Result};
 use crate::files::Files;
 use crate::format::{Format, KvFormat};
@@ -69,14 +69,18 @@ impl<M: Math> CpuModel<M> {
         checkpoint: &Checkpoint,
         files: &impl Files,
         options: &LoadOptions,
+        draft_ids: Option<&[u32]>,
         progress: impl FnMut(Progress),
     ) -> Result<Self> {
         let config = checkpoint.config.clone();
         let max_context = options.max_context.min(config.max_position_embeddings);
         // Weights as the backend holds them and an f32 KV cache, checked before anything is
         // allocated.
-        let specs = crate::llama::matrix_specs(&config);
-        let formats = crate::llama::matrix_formats(checkpoint, &specs, options.quantize)?;
+        let (specs, formats) = crate::llama::planned_matrices(
+            checkpoint,
+            options.quantize,
+            draft_ids.map(<[u32]>::len),
+        )?;
         let plan = crate::plan::MemoryPlan::new(
             &config,
             &specs,
@@ -104,6 +108,7 @@ impl<M: Math> CpuModel<M> {
             options.quantize,
             options.staging_bytes,
             &mut math,
+            draft_ids,
             progress,
         )
         .await?;
@@ -204,10 +209,30 @@ impl<M: Math> CpuModel<M> {
         }
     }
 
-    /// Exit-head logits of hidden rows.
-    fn logits(&self, rows: &[f32]) -> Vec<f32> {
+    /// Exit-head logits of hidden rows: the full head, or (`draft`) the draft vocabulary's.
+    fn logits(&self, rows: &[f32], draft: bool) -> Vec<f32> {
         let xn = rms_norm(rows, &self.weights.final_norm, self.config.rms_norm_eps);
-        self.math.matmul(&xn, self.weights.head())
+        match (draft, &self.weights.draft_head) {
+            (true, Some(d)) => self.math.matmul(&xn, &d.matrix),
+            _ => self.math.matmul(&xn, self.weights.head()),
+        }
+    }
+
+    /// Picks of logits rows of the full or the draft head, as token ids.
+    fn picks(&self, logits: &[f32], draft: bool) -> Vec<Pick> {
+        match (draft, &self.weights.draft_head) {
+            (true, Some(d)) => logits
+                .chunks(d.ids.len())
+                .map(|r| {
+                    let p = pick(r);
+                    Pick {
+                        token: d.ids[p.token as usize],
+                        ..p
+                    }
+                })
+                .collect(),
+            _ => logits.chunks(self.config.vocab_size).map(pick).collect(),
+        }
     }
 
     fn last_row(&self) -> &[f32] {
@@ -234,6 +259,9 @@ impl<M: Math> Engine for CpuModel<M> {
     fn backend(&self) -> crate::model::Backend {
         self.math.backend()
     }
+    fn draft_vocab(&self) -> Option<&[u32]> {
+        self.weights.draft_head.as_ref().map(|d| d.ids.as_slice())
+    }
 
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
         let outputs = self.run_calls(calls)?;
@@ -256,7 +284,6 @@ impl<M: Math> CpuModel<M> {
     fn run_calls(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
         self.calls += 1;
         let h = self.config.hidden_size;
-        let v = self.config.vocab_size;
         let mut outputs: Vec<Output> = Vec::with_capacity(calls.len());
         for call in calls {
             crate::engine::validate(call, &self.config, self.max_context, self.max_rows)?;
@@ -286,10 +313,14 @@ impl<M: Math> CpuModel<M> {
             }
             self.x = x;
             let mut lens = vec![];
+            let mut shadow = vec![];
             for l in call.layers.clone() {
                 self.layer(l, call.pos0);
                 if call.head == Head::Lens {
-                    lens.push(self.logits(self.last_row()));
+                    lens.push(self.logits(self.last_row(), false));
+                }
+                if call.shadow.contains(&(l + 1)) {
+                    shadow.push(self.picks(&self.logits(&self.x, true), true));
                 }
             }
             if let Some(row) = call.save {
@@ -297,17 +328,16 @@ impl<M: Math> CpuModel<M> {
                 self.exit_cache.resize(end, 0.0);
                 self.exit_cache[row * h..row * h + self.x.len()].copy_from_slice(&self.x);
             }
-            let rows: Vec<Vec<f32>> = match call.head {
+            let logits = match call.head {
                 Head::None | Head::Lens => vec![],
-                Head::Last => vec![self.logits(self.last_row())],
-                Head::All => self
-                    .logits(&self.x)
-                    .chunks(v)
-                    .map(<[f32]>::to_vec)
-                    .collect(),
+                Head::Last => self.logits(self.last_row(), call.draft_vocab),
+                Head::All => self.logits(&self.x, call.draft_vocab),
             };
+            let picks = self.picks(&logits, call.draft_vocab);
+            let width = logits.len() / picks.len().max(1);
+            let rows: Vec<Vec<f32>> = logits.chunks(width.max(1)).map(<[f32]>::to_vec).collect();
             outputs.push(Output {
-                picks: rows.iter().map(|r| pick(r)).collect(),
+                picks,
                 logits: if call.head == Head::Lens {
                     lens
                 } else if call.logits {
@@ -315,6 +345,7 @@ impl<M: Math> CpuModel<M> {
                 } else {
                     vec![]
                 },
+                shadow,
             });
         }
         Ok(outputs)

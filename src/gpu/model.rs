@@ -39,6 +39,13 @@ struct Product {
     gemm: Vec<Op>,
 }
 
+/// The reduced draft head's dispatches: its product (logits rows as wide as the draft
+/// vocabulary) and an argmax that maps indices to token ids.
+struct DraftOps {
+    head: Product,
+    argmax: Op,
+}
+
 impl Product {
     fn ops(&self, rows: u32) -> &[Op] {
         match rows as usize <= MATVEC_MAX_ROWS {
@@ -96,6 +103,8 @@ pub struct GpuModel {
     final_norm: Op,
     head: Product,
     argmax: Op,
+    /// The reduced draft head, when the model has a draft vocabulary.
+    draft: Option<DraftOps>,
     /// Keys per range of split attention.
     attention_chunk: usize,
     /// Rows per prompt chunk and per exit-head block, as the memory plan sized them.
@@ -263,12 +272,13 @@ impl GpuModel {
         checkpoint: &Checkpoint,
         files: &impl Files,
         options: &LoadOptions,
+        draft_ids: Option<&[u32]>,
         progress: impl FnMut(Progress),
     ) -> Result<Self> {
         let config = checkpoint.config.clone();
         let max_context = options.max_context.min(config.max_position_embeddings);
-        let specs = llama::matrix_specs(&config);
-        let formats = llama::matrix_formats(checkpoint, &specs, options.quantize)?;
+        let (specs, formats) =
+            llama::planned_matrices(checkpoint, options.quantize, draft_ids.map(<[u32]>::len))?;
         let blocks = Blocks::fitting(&config, ctx.max_binding, BLOCK_ROWS, HEAD_ROWS, MAX_PICKS);
         let plan = MemoryPlan::new(
             &config,
@@ -293,6 +303,7 @@ impl GpuModel {
             options.quantize,
             options.staging_bytes,
             &mut store,
+            draft_ids,
             progress,
         )
         .await?;
@@ -493,6 +504,37 @@ impl GpuModel {
                 Grid::PerToken(1),
             )
             .labeled(OpKind::Argmax);
+        let draft = match &weights.draft_head {
+            None => None,
+            Some(d) => {
+                let ids = ctx.storage(
+                    "draft_ids",
+                    (d.ids.len() * 4) as u64,
+                    wgpu::BufferUsages::COPY_DST,
+                )?;
+                ctx.queue
+                    .write_buffer(&ids, 0, bytemuck::cast_slice(&d.ids));
+                let argmax = k
+                    .op(
+                        Shader::Argmax,
+                        &Defines::new().u32("V", d.ids.len()).flag("MAP_IDS"),
+                        &buf.step,
+                        &[
+                            (Access::Read, &buf.logits),
+                            (Access::Write, &buf.picks),
+                            (Access::Read, &ids),
+                        ],
+                        None,
+                        Grid::PerToken(1),
+                    )
+                    .labeled(OpKind::Argmax);
+                // The bind group keeps `ids` alive.
+                Some(DraftOps {
+                    head: product(&mut k, OpKind::Head, &d.matrix, &buf.xn, &buf.logits, &[]),
+                    argmax,
+                })
+            }
+        };
         let embed_ops = weights
             .embed
             .blocks
@@ -529,6 +571,7 @@ impl GpuModel {
             final_norm,
             head,
             argmax,
+            draft,
             attention_chunk,
             blocks,
             counters: Counters::default(),
@@ -682,16 +725,34 @@ impl GpuModel {
         ops
     }
 
-    /// The exit head's dispatches for `rows` rows: final norm and lm_head.
-    fn head_ops(&self, rows: u32) -> Vec<&Op> {
-        [&self.final_norm]
+    /// The exit head's dispatches for `rows` rows: final norm and lm_head, or (`draft`, when the
+    /// model has one) the draft head; with `pick`, the argmax too.
+    fn head_ops(&self, rows: u32, draft: bool, pick: bool) -> Vec<&Op> {
+        let (head, argmax) = match (draft, &self.draft) {
+            (true, Some(d)) => (&d.head, &d.argmax),
+            _ => (&self.head, &self.argmax),
+        };
+        let mut ops: Vec<&Op> = [&self.final_norm]
             .into_iter()
-            .chain(self.head.ops(rows))
-            .collect()
+            .chain(head.ops(rows))
+            .collect();
+        if pick {
+            ops.push(argmax);
+        }
+        ops
+    }
+
+    /// Logits per row of the full or the draft head.
+    fn head_width(&self, draft: bool) -> usize {
+        match (draft, &self.weights.draft_head) {
+            (true, Some(d)) => d.ids.len(),
+            _ => self.config.vocab_size,
+        }
     }
 
     /// Embeds and runs one block of rows through `layers`; for the logit lens, also applies the
-    /// exit head to the last row after each layer and copies its logits out.
+    /// exit head to the last row after each layer and copies its logits out; for shadow exit
+    /// layers, picks a token for every row after each of them (into `picks` from `*next_pick`).
     fn record_block(
         &self,
         rec: &mut Recording,
@@ -699,6 +760,7 @@ impl GpuModel {
         embed: bool,
         call: &Call<'_>,
         logit_rows: &mut usize,
+        next_pick: &mut usize,
     ) -> Result<()> {
         let slot = rec.slot(step)?;
         let max_dim = self.max_dim();
@@ -707,7 +769,29 @@ impl GpuModel {
             ops.extend(&self.embed);
         }
         if call.head != Head::Lens {
-            ops.extend(call.layers.clone().flat_map(|l| self.layer_ops(l, step)));
+            for l in call.layers.clone() {
+                ops.extend(self.layer_ops(l, step));
+                if !call.shadow.contains(&(l + 1)) {
+                    continue;
+                }
+                let rows = step.n_tokens as usize;
+                if *next_pick + rows > MAX_PICKS {
+                    return Err(Error::Invalid(format!(
+                        "more than {MAX_PICKS} picks in one run"
+                    )));
+                }
+                rec.pass(&ops, slot, step, max_dim);
+                ops.clear();
+                let head_step = Step {
+                    n_tokens: step.n_tokens,
+                    out0: *next_pick as u32,
+                    ..Step::default()
+                };
+                let head_slot = rec.slot(head_step)?;
+                let head = self.head_ops(step.n_tokens, true, true);
+                rec.pass(&head, head_slot, head_step, max_dim);
+                *next_pick += rows;
+            }
             rec.pass(&ops, slot, step, max_dim);
             return Ok(());
         }
@@ -723,7 +807,12 @@ impl GpuModel {
             ops.extend(self.layer_ops(l, step));
             rec.pass(&ops, slot, step, max_dim);
             ops.clear();
-            rec.pass(&self.head_ops(1), head_slot, head_step, max_dim);
+            rec.pass(
+                &self.head_ops(1, false, false),
+                head_slot,
+                head_step,
+                max_dim,
+            );
             rec.encoder.copy_buffer_to_buffer(
                 &self.buf.logits,
                 0,
@@ -800,6 +889,19 @@ fn matmul_ops(
         .collect()
 }
 
+/// Where one call's results land in the picks and logits buffers.
+struct Landing {
+    /// First shadow pick; `shadow_rows` picks per shadow exit layer.
+    shadow: usize,
+    shadow_rows: usize,
+    picks: usize,
+    head_rows: usize,
+    logits: usize,
+    logit_rows: usize,
+    /// Logits per row (the vocabulary, or the draft vocabulary), rows at a vocabulary's stride.
+    logit_width: usize,
+}
+
 impl Engine for GpuModel {
     fn config(&self) -> &Config {
         &self.config
@@ -815,6 +917,9 @@ impl Engine for GpuModel {
     }
     fn backend(&self) -> crate::model::Backend {
         crate::model::Backend::Gpu
+    }
+    fn draft_vocab(&self) -> Option<&[u32]> {
+        self.weights.draft_head.as_ref().map(|d| d.ids.as_slice())
     }
 
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
@@ -842,8 +947,7 @@ impl GpuModel {
                 kinds: vec![],
             }),
         };
-        // Where each call's results land: (first pick, picks) and (first logits row, rows).
-        let mut results: Vec<(usize, usize, usize, usize)> = vec![];
+        let mut results: Vec<Landing> = vec![];
         let (mut tok, mut picks, mut logit_rows) = (0usize, 0usize, 0usize);
         let mut last_pick: Option<usize> = None;
         // Validate everything before recording anything, so a bad request leaves no trace.
@@ -853,6 +957,7 @@ impl GpuModel {
         for call in calls {
             let n = engine::rows(call);
             let rows0 = logit_rows;
+            let shadow0 = picks;
             match call.input {
                 Input::Tokens(ids) => {
                     if tok + ids.len() > self.max_context + MAX_PICKS {
@@ -882,7 +987,14 @@ impl GpuModel {
                             },
                             ..call.clone()
                         };
-                        self.record_block(&mut rec, step, true, &chunk_call, &mut logit_rows)?;
+                        self.record_block(
+                            &mut rec,
+                            step,
+                            true,
+                            &chunk_call,
+                            &mut logit_rows,
+                            &mut picks,
+                        )?;
                     }
                     tok += ids.len();
                 }
@@ -903,7 +1015,7 @@ impl GpuModel {
                         tok0: tok as u32,
                         ..Step::default()
                     };
-                    self.record_block(&mut rec, step, true, call, &mut logit_rows)?;
+                    self.record_block(&mut rec, step, true, call, &mut logit_rows, &mut picks)?;
                     tok += 1;
                 }
                 Input::ExitCache { rows } => {
@@ -919,7 +1031,7 @@ impl GpuModel {
                         pos0: call.pos0 as u32,
                         ..Step::default()
                     };
-                    self.record_block(&mut rec, step, false, call, &mut logit_rows)?;
+                    self.record_block(&mut rec, step, false, call, &mut logit_rows, &mut picks)?;
                 }
             }
             // After the last chunk, x holds the final rows of the call.
@@ -951,24 +1063,36 @@ impl GpuModel {
                     ..Step::default()
                 };
                 let slot = rec.slot(head_step)?;
-                let mut ops = self.head_ops(head_rows as u32);
-                ops.push(&self.argmax);
+                let ops = self.head_ops(head_rows as u32, call.draft_vocab, true);
                 rec.pass(&ops, slot, head_step, self.max_dim());
                 last_pick = Some(picks + head_rows - 1);
                 if call.logits {
+                    // Rows of `width` logits, packed after the earlier calls' full-width rows.
                     self.check_logit_rows(logit_rows + head_rows)?;
+                    let width = self.head_width(call.draft_vocab) as u64;
                     let vocab_bytes = (self.config.vocab_size * 4) as u64;
                     rec.encoder.copy_buffer_to_buffer(
                         &self.buf.logits,
                         0,
                         &self.buf.out_logits,
                         logit_rows as u64 * vocab_bytes,
-                        head_rows as u64 * vocab_bytes,
+                        head_rows as u64 * width * 4,
                     );
                     logit_rows += head_rows;
                 }
             }
-            results.push((picks, head_rows, rows0, logit_rows - rows0));
+            results.push(Landing {
+                shadow: shadow0,
+                shadow_rows: if call.shadow.is_empty() { 0 } else { n },
+                picks,
+                head_rows,
+                logits: rows0,
+                logit_rows: logit_rows - rows0,
+                logit_width: match call.head {
+                    Head::Lens => self.config.vocab_size,
+                    _ => self.head_width(call.draft_vocab),
+                },
+            });
             picks += head_rows;
         }
 
@@ -1043,16 +1167,28 @@ impl GpuModel {
         let v = self.config.vocab_size;
         Ok(results
             .into_iter()
-            .map(|(p0, np, l0, nl)| Output {
-                picks: (p0..p0 + np)
-                    .map(|i| Pick {
-                        token: pick_words[2 * i],
-                        sum_exp: f32::from_bits(pick_words[2 * i + 1]),
-                    })
-                    .collect(),
-                logits: (l0..l0 + nl)
-                    .map(|r| logit_floats[r * v..(r + 1) * v].to_vec())
-                    .collect(),
+            .zip(calls)
+            .map(|(at, call)| {
+                let picks = |from: usize, n: usize| -> Vec<Pick> {
+                    (from..from + n)
+                        .map(|i| Pick {
+                            token: pick_words[2 * i],
+                            sum_exp: f32::from_bits(pick_words[2 * i + 1]),
+                        })
+                        .collect()
+                };
+                Output {
+                    picks: picks(at.picks, at.head_rows),
+                    logits: (0..at.logit_rows)
+                        .map(|r| {
+                            let from = at.logits * v + r * at.logit_width;
+                            logit_floats[from..from + at.logit_width].to_vec()
+                        })
+                        .collect(),
+                    shadow: (0..call.shadow.len())
+                        .map(|j| picks(at.shadow + j * at.shadow_rows, at.shadow_rows))
+                        .collect(),
+                }
             })
             .collect())
     }

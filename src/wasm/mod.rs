@@ -38,14 +38,18 @@ export interface LoadOptions {
   quantize?: "q8" | "q4";
   /** Precision of the KV cache (default f16, half the memory of f32). */
   kvCache?: "f16" | "f32";
+  /** Draft with an exit head over only the N most frequent token ids (token_frequencies.json next
+   *  to the model, else BPE merge order); verification keeps the full head, so output is unchanged. */
+  draftVocab?: number;
   /** "auto" (default): WebGPU when the browser has a hardware adapter, else the wasm CPU backend.
    *  "gpu" fails clearly without WebGPU; "cpu" always runs on the CPU. */
   device?: "auto" | "gpu" | "cpu";
 }
 export interface GenerateOptions {
   strategy?: "autoregressive" | "early-exit" | "self-speculative";
-  exitLayer?: number;
-  numSpeculations?: number;
+  /** "auto" (self-speculative): chosen every round from measured costs and acceptance. */
+  exitLayer?: number | "auto";
+  numSpeculations?: number | "auto";
   maxNewTokens?: number;
   /** 0 (default) decodes greedily. */
   temperature?: number;
@@ -65,6 +69,13 @@ export interface Stats {
   draft_ms: number; verify_ms: number; submits: number; dispatches: number;
   submits_per_token: number; dispatches_per_token: number;
   stop_reason: "max_new_tokens" | "eos" | "stop_string" | "cancelled";
+  /** With exitLayer or numSpeculations "auto": rounds per exit layer and per depth (0: a plain
+   *  step), acceptance estimates per exit layer, the measured costs and what probing cost. */
+  adaptive?: {
+    exit_layers: Record<string, number>; depths: Record<string, number>; acceptance: number[];
+    costs: { submit_ms: number; layer_ms: number; head_ms: number; row_fraction: number } | null;
+    calibration_ms: number; probes: number; shadow_rows: number; shadow_ms: number; cut_offs: number;
+  };
 }
 export interface GenerateResult { prompt_tokens: number[]; tokens: number[]; text: string; stats: Stats }
 export interface LogitLens { prompt_tokens: number[]; exits: { layer: number; top: [number, number, string][] }[] }
@@ -78,6 +89,7 @@ struct JsLoadOptions {
     quantize: Option<Quantization>,
     kv_cache: Option<KvFormat>,
     device: Option<JsDevice>,
+    draft_vocab: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq)]
@@ -162,6 +174,7 @@ async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> 
         max_context: parsed.max_context.unwrap_or(defaults.max_context),
         quantize: parsed.quantize,
         kv_cache: parsed.kv_cache.unwrap_or(defaults.kv_cache),
+        draft_vocab: parsed.draft_vocab,
         ..defaults
     };
     let panics = guard::panics();

@@ -79,8 +79,11 @@ async function load(page, device, modelUrl) {
   return state(page);
 }
 
-// "Compare" generates autoregressively, then self-speculatively; both must equal the CLI's text.
-async function compare(page, label) {
+// "Compare" generates autoregressively, then self-speculatively (with `auto` exit layer and
+// depth when asked); both must equal the CLI's text.
+async function compare(page, label, auto = false) {
+  await page.setChecked('#exit-auto', auto);
+  await page.setChecked('#speculations-auto', auto);
   await page.fill('#prompt', prompt);
   await page.fill('#max-tokens', String(maxTokens));
   await page.fill('#temperature', '0');
@@ -157,6 +160,8 @@ async function withoutWebGpu() {
     console.log(`without WebGPU: ${info[1]}`);
     if (info[0] !== 'cpu') fail(`without WebGPU the page should run on the CPU, ran on ${info[0]}`);
     await compare(page, 'wasm CPU');
+    await compare(page, 'wasm CPU, auto exit layer and depth', true);
+    if (!(await page.$eval('#stats', (e) => e.textContent)).includes('auto exit layers')) fail('auto stats missing from the page');
     const [g, why] = await load(page, 'gpu');
     if (g !== 'error' || !why.includes('WebGPU is not available')) fail(`asking for WebGPU without it: ${why}`);
     console.log(`device gpu without WebGPU: ${why}`);

@@ -77,8 +77,9 @@ async function load(message, label) {
 function options(strategy) {
   return {
     strategy,
-    exitLayer: Number($('exit-layer').value),
-    numSpeculations: Number($('speculations').value),
+    // 'auto': chosen every round from measured costs and acceptance (self-speculative only).
+    exitLayer: $('exit-auto').checked ? 'auto' : Number($('exit-layer').value),
+    numSpeculations: $('speculations-auto').checked ? 'auto' : Number($('speculations').value),
     temperature: Number($('temperature').value),
     maxNewTokens: Number($('max-tokens').value),
     seed: 0,
@@ -90,6 +91,13 @@ function describe(stats) {
     `first token ${stats.time_to_first_token_ms.toFixed(0)} ms`];
   if (stats.rounds > 0) {
     parts.push(`acceptance ${(100 * stats.acceptance_rate).toFixed(1)}% (${stats.accepted}/${stats.drafted} drafts, ${stats.rounds} rounds)`);
+  }
+  if (stats.adaptive) {
+    const shares = (h) => {
+      const total = Object.values(h).reduce((a, b) => a + b, 0) || 1;
+      return Object.entries(h).map(([k, v]) => `${k}: ${Math.round((100 * v) / total)}%`).join(', ');
+    };
+    parts.push(`auto exit layers ${shares(stats.adaptive.exit_layers)}`, `depths ${shares(stats.adaptive.depths)}`);
   }
   parts.push(`${stats.dispatches_per_token.toFixed(1)} dispatches/token`, `stop: ${stats.stop_reason}`);
   return parts.join(' · ');

@@ -1,0 +1,548 @@
+//! Adaptive self-speculation: the exit layer E and the draft depth d chosen every round.
+//!
+//! Three parts, each testable on its own:
+//! - [`Costs`]: what one decoder layer, the exit head, one submission and the extra rows of a
+//!   block cost on the running device, measured once per model by timing a few calls
+//!   ([`calibrate`]).
+//! - [`Acceptance`]: per exit layer, how often the exit head's argmax there agrees with the full
+//!   model's token. Every round observes its own exit layer for free (its drafts against the
+//!   verification's picks); every [`PROBE_EVERY`] rounds, shadow picks (the exit head applied to
+//!   rows the round computes anyway: after layers below E in the draft calls, above E in the
+//!   verification block) observe the other candidate layers.
+//! - [`choose`]: the (E, d) with the most expected tokens per millisecond. With per-token
+//!   acceptance a, a round of d drafts yields 1 + a + ... + a^d tokens (the accepted prefix plus
+//!   the verifier's own token); d = 0 is a plain full-model step.
+//!
+//! Any choice is lossless: each round is an ordinary self-speculative round whose E and d depend
+//! only on earlier rounds.
+
+use crate::clock::now_ms;
+use crate::engine::{Call, Engine, Head, Input};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A value the user fixes, or `auto` (chosen every round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SettingText")]
+pub enum Setting {
+    Auto,
+    Fixed(usize),
+}
+
+/// How a [`Setting`] is written in JSON: a number or the string "auto".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SettingText {
+    Number(f64),
+    Text(String),
+}
+
+impl TryFrom<SettingText> for Setting {
+    type Error = String;
+    fn try_from(v: SettingText) -> std::result::Result<Self, String> {
+        match v {
+            SettingText::Number(n) if n >= 0.0 && n.fract() == 0.0 => {
+                Ok(Setting::Fixed(n as usize))
+            }
+            SettingText::Number(n) => Err(format!("expected a whole number or \"auto\", got {n}")),
+            SettingText::Text(s) => s.parse(),
+        }
+    }
+}
+
+impl Serialize for Setting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Setting::Auto => s.serialize_str("auto"),
+            Setting::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl std::str::FromStr for Setting {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(Setting::Auto),
+            n => n
+                .parse()
+                .map(Setting::Fixed)
+                .map_err(|_| format!("expected a whole number or \"auto\", got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Auto => f.write_str("auto"),
+            Setting::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Setting {
+    pub fn fixed(self) -> Option<usize> {
+        match self {
+            Setting::Auto => None,
+            Setting::Fixed(n) => Some(n),
+        }
+    }
+}
+
+/// Rounds between shadow probes of the other candidate exit layers (the first round probes).
+pub const PROBE_EVERY: usize = 8;
+/// Most shadow exit layers one probe looks at: those nearest the current exit layer.
+pub const MAX_SHADOW: usize = 4;
+/// Deepest draft `auto` considers.
+pub const MAX_AUTO_DEPTH: usize = 12;
+/// Weight of each older observation relative to the next one (an effective memory of about 33
+/// observations per layer), so the estimates follow the text as it changes.
+const FORGET: f64 = 0.97;
+/// Prior agreement count and weight: an unobserved layer counts as agreeing half the time.
+const PRIOR_AGREE: f64 = 0.5;
+const PRIOR_SEEN: f64 = 1.0;
+
+/// Measured costs on the running device, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Costs {
+    /// Fixed cost of one submission (one `Engine::run`), its readback included.
+    pub submit_ms: f64,
+    /// One decoder layer for one row.
+    pub layer_ms: f64,
+    /// The exit head for one row (final norm, lm_head, argmax).
+    pub head_ms: f64,
+    /// Extra cost of each row of a block beyond the first, as a fraction of the one-row cost:
+    /// 0 when a block reads its weights once and rows are free, 1 when every row is a full pass.
+    pub row_fraction: f64,
+}
+
+impl Costs {
+    /// Whether a submission costs less than a tenth of one layer and the head: then a round may
+    /// as well go back to the host after every draft.
+    pub fn cheap_submits(&self) -> bool {
+        self.submit_ms < 0.1 * (self.layer_ms + self.head_ms)
+    }
+
+    /// Cost of a block of `rows` rows relative to one row.
+    fn block(&self, rows: usize) -> f64 {
+        1.0 + self.row_fraction * rows.saturating_sub(1) as f64
+    }
+
+    /// One plain step through all `layers` layers.
+    pub fn step_ms(&self, layers: usize) -> f64 {
+        self.submit_ms + layers as f64 * self.layer_ms + self.head_ms
+    }
+
+    /// A round of `depth` drafts from exit layer `exit`: the drafts (each through 0..E and the
+    /// head), the last draft's own pass through 0..E, and the verification block of depth + 1
+    /// rows through E..L and the head. `chained` rounds are one submission; otherwise every draft
+    /// is its own.
+    pub fn round_ms(&self, layers: usize, exit: usize, depth: usize, chained: bool) -> f64 {
+        let (e, d) = (exit as f64, depth as f64);
+        let g = self.block(depth + 1);
+        let drafts = d * (e * self.layer_ms + self.head_ms) + e * self.layer_ms;
+        let verify = ((layers - exit) as f64 * self.layer_ms + self.head_ms) * g;
+        let submits = if chained { 1.0 } else { d + 1.0 };
+        submits * self.submit_ms + drafts + verify
+    }
+}
+
+/// Times a few calls at position `pos` (whose KV rows are rewritten before anything reads
+/// them: every position is run through every layer again before it becomes context) and fits
+/// [`Costs`]. Each measurement is the fastest of three after a warm-up.
+pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Result<Costs> {
+    let layers = engine.config().num_hidden_layers;
+    let room = engine.max_context().saturating_sub(pos);
+    let rows = (MAX_AUTO_DEPTH / 2 + 1).min(engine.max_rows()).min(room);
+    if rows < 2 || layers < 2 {
+        return Err(Error::Invalid(
+            "no room to measure costs for adaptive speculation".into(),
+        ));
+    }
+    let one = [token];
+    let block = vec![token; rows];
+    let plans: [Vec<Call>; 4] = [
+        vec![Call::new(Input::Tokens(&one), pos, 0..1)],
+        vec![
+            Call::new(Input::Tokens(&one), pos, 0..1),
+            Call::new(Input::PreviousPick, pos + 1, 0..1),
+        ],
+        vec![Call::new(Input::Tokens(&one), pos, 0..layers)],
+        vec![Call::new(Input::Tokens(&block), pos, 0..layers).head(Head::All)],
+    ];
+    let mut best = [f64::INFINITY; 4];
+    for rep in 0..4 {
+        for (plan, best) in plans.iter().zip(&mut best) {
+            let t0 = now_ms();
+            engine.run(plan).await?;
+            if rep > 0 {
+                *best = best.min(now_ms() - t0);
+            }
+        }
+    }
+    let [one, two, full, block] = best;
+    const TINY: f64 = 1e-6;
+    let layer_ms = ((full - one) / (layers - 1) as f64).max(TINY);
+    let head_ms = (two - one - layer_ms).max(TINY);
+    let submit_ms = (one - layer_ms - head_ms).max(0.0);
+    let pass = (full - submit_ms).max(TINY);
+    let row_fraction = (((block - submit_ms) / pass - 1.0) / (rows - 1) as f64).clamp(0.0, 1.0);
+    Ok(Costs {
+        submit_ms,
+        layer_ms,
+        head_ms,
+        row_fraction,
+    })
+}
+
+/// Per exit layer (1..L-1), a forgetting count of how often its exit head agreed with the full
+/// model.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    agreed: Vec<f64>,
+    seen: Vec<f64>,
+}
+
+impl Acceptance {
+    pub fn new(layers: usize) -> Self {
+        let n = layers.saturating_sub(1);
+        Acceptance {
+            agreed: vec![0.0; n],
+            seen: vec![0.0; n],
+        }
+    }
+
+    /// One observation of exit layer `exit`.
+    pub fn observe(&mut self, exit: usize, agreed: bool) {
+        let i = exit - 1;
+        self.agreed[i] = FORGET * self.agreed[i] + f64::from(u8::from(agreed));
+        self.seen[i] = FORGET * self.seen[i] + 1.0;
+    }
+
+    /// Estimated probability that a draft from `exit` is accepted.
+    pub fn rate(&self, exit: usize) -> f64 {
+        let i = exit - 1;
+        (self.agreed[i] + PRIOR_AGREE) / (self.seen[i] + PRIOR_SEEN)
+    }
+
+    pub fn rates(&self) -> Vec<f64> {
+        (1..=self.agreed.len()).map(|e| self.rate(e)).collect()
+    }
+}
+
+/// Expected tokens from a round of `depth` drafts at per-token acceptance `a`: the accepted
+/// prefix plus the verifier's token, 1 + a + ... + a^depth.
+pub fn expected_tokens(a: f64, depth: usize) -> f64 {
+    (0..=depth).map(|i| a.powi(i as i32)).sum()
+}
+
+/// One round's plan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    pub exit: usize,
+    /// 0: a plain full-model step instead of a round.
+    pub depth: usize,
+    /// Expected tokens per millisecond.
+    pub rate: f64,
+}
+
+/// The exit layer among `exits` and depth among `depths` (0 allowed: a plain step) with the
+/// most expected tokens per millisecond.
+pub fn choose(
+    acceptance: impl Fn(usize) -> f64,
+    costs: &Costs,
+    layers: usize,
+    exits: &[usize],
+    depths: std::ops::RangeInclusive<usize>,
+    chained: bool,
+) -> Plan {
+    let mut best = Plan {
+        exit: exits.first().copied().unwrap_or(1),
+        depth: 0,
+        rate: 1.0 / costs.step_ms(layers),
+    };
+    if !depths.contains(&0) {
+        best.rate = 0.0;
+    }
+    for &exit in exits {
+        let a = acceptance(exit);
+        for depth in depths.clone().filter(|&d| d > 0) {
+            let rate = expected_tokens(a, depth) / costs.round_ms(layers, exit, depth, chained);
+            if rate > best.rate {
+                best = Plan { exit, depth, rate };
+            }
+        }
+    }
+    best
+}
+
+/// The shadow exit layers a probe looks at: candidates other than `exit`, nearest first, at most
+/// [`MAX_SHADOW`], in increasing order.
+pub fn probe_layers(candidates: &[usize], exit: usize) -> Vec<usize> {
+    let mut near: Vec<usize> = candidates.iter().copied().filter(|&e| e != exit).collect();
+    near.sort_by_key(|&e| (e.abs_diff(exit), e));
+    near.truncate(MAX_SHADOW);
+    near.sort_unstable();
+    near
+}
+
+/// Whether to draft one more token in a round that stops early: the expected gain (the chance
+/// that every draft so far and the next are accepted, at the time a token costs) must beat what
+/// the next draft adds to the round.
+pub fn worth_drafting(
+    accepted_so_far: f64,
+    next_acceptance: f64,
+    ms_per_token: f64,
+    next_draft_ms: f64,
+) -> bool {
+    accepted_so_far * next_acceptance * ms_per_token > next_draft_ms
+}
+
+/// The per-generation state of adaptive speculation: estimates, costs and what was chosen.
+#[derive(Debug, Clone)]
+pub struct Tuner {
+    layers: usize,
+    /// Candidate exit layers: 1..L-1, or the one the user fixed.
+    exits: Vec<usize>,
+    /// The depth the user fixed, if any.
+    depth: Option<usize>,
+    pub costs: Costs,
+    pub acceptance: Acceptance,
+    /// Rounds draft one submit at a time and stop by confidence (see [`worth_drafting`]).
+    pub cut_off: bool,
+    /// Rounds are one submission each (greedy, no cut-off): what the cost model charges.
+    pub chained: bool,
+    rounds: usize,
+    /// Expected tokens per millisecond of the last plan.
+    rate: f64,
+    pub stats: AdaptiveStats,
+}
+
+impl Tuner {
+    pub fn new(layers: usize, exit: Setting, depth: Setting, costs: Costs) -> Self {
+        Tuner {
+            layers,
+            exits: match exit {
+                Setting::Auto => (1..layers).collect(),
+                Setting::Fixed(e) => vec![e],
+            },
+            depth: depth.fixed(),
+            costs,
+            acceptance: Acceptance::new(layers),
+            cut_off: false,
+            chained: true,
+            rounds: 0,
+            rate: 0.0,
+            stats: AdaptiveStats {
+                costs: Some(costs),
+                ..AdaptiveStats::default()
+            },
+        }
+    }
+
+    /// The next round's exit layer and depth, at most `cap` drafts.
+    pub fn plan(&mut self, cap: usize) -> Plan {
+        let depths = match self.depth {
+            Some(d) => d.min(cap)..=d.min(cap),
+            None => 0..=MAX_AUTO_DEPTH.min(cap),
+        };
+        let plan = choose(
+            |e| self.acceptance.rate(e),
+            &self.costs,
+            self.layers,
+            &self.exits,
+            depths,
+            self.chained,
+        );
+        self.rounds += 1;
+        self.rate = plan.rate;
+        *self.stats.depths.entry(plan.depth).or_default() += 1;
+        if plan.depth > 0 {
+            *self.stats.exit_layers.entry(plan.exit).or_default() += 1;
+        }
+        plan
+    }
+
+    /// Shadow exit layers for this round: none except every [`PROBE_EVERY`] rounds (the first
+    /// included). A plain step probes its own exit layer too, so speculation can resume.
+    pub fn probe(&mut self, exit: usize, plain: bool) -> Vec<usize> {
+        if !(self.rounds - 1).is_multiple_of(PROBE_EVERY) {
+            return vec![];
+        }
+        let mut layers = probe_layers(&self.exits, exit);
+        if plain {
+            layers.push(exit);
+            layers.sort_unstable();
+            layers.truncate(MAX_SHADOW);
+        }
+        layers
+    }
+
+    /// Records a probe's cost: `below` shadow layers over every draft call's row and `above`
+    /// over the verification block's `rows` rows.
+    pub fn probed(&mut self, below: usize, above: usize, rows: usize) {
+        if below + above == 0 {
+            return;
+        }
+        self.stats.probes += 1;
+        self.stats.shadow_rows += (below + above) * rows;
+        self.stats.shadow_ms += self.costs.head_ms
+            * (below as f64 * rows as f64 + above as f64 * self.costs.block(rows));
+    }
+
+    /// Whether a round that stops by confidence drafts one more token after drafts whose top
+    /// probabilities multiply to `confidence`.
+    pub fn keep_drafting(&self, exit: usize, confidence: f64) -> bool {
+        let c = &self.costs;
+        let late = (self.layers - exit) as f64 * c.layer_ms + c.head_ms;
+        let next_draft = c.submit_ms + exit as f64 * c.layer_ms + c.head_ms + late * c.row_fraction;
+        worth_drafting(
+            confidence,
+            self.acceptance.rate(exit),
+            1.0 / self.rate.max(f64::MIN_POSITIVE),
+            next_draft,
+        )
+    }
+
+    pub fn finish(mut self) -> AdaptiveStats {
+        self.stats.acceptance = self.acceptance.rates();
+        self.stats
+    }
+}
+
+/// What the stats report about adaptive rounds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AdaptiveStats {
+    /// Rounds per exit layer and per depth (depth 0: plain full-model steps).
+    pub exit_layers: BTreeMap<usize, usize>,
+    pub depths: BTreeMap<usize, usize>,
+    /// The acceptance estimate per exit layer 1..L-1 at the end.
+    pub acceptance: Vec<f64>,
+    /// The measured costs, and how long measuring them took (0 when the model already had them).
+    pub costs: Option<Costs>,
+    pub calibration_ms: f64,
+    /// Rounds that carried shadow probes, the head rows they added, and what those rows cost
+    /// by the measured head cost.
+    pub probes: usize,
+    pub shadow_rows: usize,
+    pub shadow_ms: f64,
+    /// Rounds that stopped drafting before their depth because the drafts' confidence fell.
+    pub cut_offs: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs() -> Costs {
+        Costs {
+            submit_ms: 1.0,
+            layer_ms: 1.0,
+            head_ms: 2.0,
+            row_fraction: 0.1,
+        }
+    }
+
+    #[test]
+    fn settings_parse_from_text_and_json() {
+        assert_eq!("auto".parse::<Setting>(), Ok(Setting::Auto));
+        assert_eq!("3".parse::<Setting>(), Ok(Setting::Fixed(3)));
+        assert!("three".parse::<Setting>().is_err());
+        let s: Setting = serde_json::from_str("\"auto\"").unwrap();
+        assert_eq!(s, Setting::Auto);
+        let s: Setting = serde_json::from_str("5").unwrap();
+        assert_eq!(s, Setting::Fixed(5));
+        assert!(serde_json::from_str::<Setting>("\"often\"").is_err());
+        assert!(serde_json::from_str::<Setting>("2.5").is_err());
+        assert!(serde_json::from_str::<Setting>("-1").is_err());
+        assert_eq!(serde_json::to_string(&Setting::Fixed(3)).unwrap(), "3");
+        assert_eq!(serde_json::to_string(&Setting::Auto).unwrap(), "\"auto\"");
+    }
+
+    #[test]
+    fn round_cost_follows_the_formula() {
+        let c = costs();
+        // 8 layers, E = 2, d = 3, one submit: drafts 3 x (2 + 2) + 2 = 14; verification
+        // (6 + 2) x (1 + 0.1 x 3) = 10.4; submit 1.
+        assert!((c.round_ms(8, 2, 3, true) - 25.4).abs() < 1e-9);
+        // Host-looped: 4 submits.
+        assert!((c.round_ms(8, 2, 3, false) - 28.4).abs() < 1e-9);
+        assert!((c.step_ms(8) - 11.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn expected_tokens_is_the_geometric_sum() {
+        assert_eq!(expected_tokens(0.0, 4), 1.0);
+        assert_eq!(expected_tokens(1.0, 4), 5.0);
+        assert!((expected_tokens(0.5, 2) - 1.75).abs() < 1e-12);
+    }
+
+    /// The chooser returns the pair the formula ranks first, over a brute-force evaluation.
+    #[test]
+    fn chooser_picks_the_best_rate() {
+        let c = costs();
+        let rates = [0.3, 0.6, 0.8, 0.9, 0.95, 0.97, 0.99];
+        let acc = |e: usize| rates[e - 1];
+        let exits: Vec<usize> = (1..8).collect();
+        let plan = choose(acc, &c, 8, &exits, 0..=8, true);
+        let mut best = (0, 0, 1.0 / c.step_ms(8));
+        for &e in &exits {
+            for d in 1..=8 {
+                let r = expected_tokens(acc(e), d) / c.round_ms(8, e, d, true);
+                if r > best.2 {
+                    best = (e, d, r);
+                }
+            }
+        }
+        assert_eq!((plan.exit, plan.depth), (best.0, best.1));
+        assert!((plan.rate - best.2).abs() < 1e-12);
+        // Drafts that are never accepted lose to plain steps.
+        let plan = choose(|_| 0.0, &c, 8, &exits, 0..=8, true);
+        assert_eq!(plan.depth, 0);
+        // Certain drafts from a cheap layer go as deep as allowed.
+        let plan = choose(
+            |e| if e == 1 { 1.0 } else { 0.5 },
+            &c,
+            8,
+            &exits,
+            0..=8,
+            true,
+        );
+        assert_eq!((plan.exit, plan.depth), (1, 8));
+        // A fixed depth is respected even when plain steps would be faster.
+        let plan = choose(|_| 0.0, &c, 8, &[3], 2..=2, true);
+        assert_eq!((plan.exit, plan.depth), (3, 2));
+    }
+
+    #[test]
+    fn acceptance_estimates_follow_observations() {
+        let mut a = Acceptance::new(4);
+        assert_eq!(a.rates(), vec![0.5, 0.5, 0.5]);
+        for i in 0..200 {
+            a.observe(2, i % 4 != 0);
+        }
+        // 3 in 4 agree: the estimate approaches 0.75 (the prior weighs 1 of ~33 observations).
+        assert!((a.rate(2) - 0.75).abs() < 0.06, "{}", a.rate(2));
+        // Forgetting: after a run of disagreements the estimate falls below a half.
+        for _ in 0..60 {
+            a.observe(2, false);
+        }
+        assert!(a.rate(2) < 0.3, "{}", a.rate(2));
+        assert_eq!(a.rate(1), 0.5);
+    }
+
+    #[test]
+    fn probes_take_the_nearest_layers() {
+        let candidates: Vec<usize> = (1..16).collect();
+        assert_eq!(probe_layers(&candidates, 4), vec![2, 3, 5, 6]);
+        assert_eq!(probe_layers(&[1, 2, 3], 2), vec![1, 3]);
+    }
+
+    #[test]
+    fn drafting_stops_when_the_gain_is_below_the_cost() {
+        assert!(worth_drafting(0.9, 0.9, 10.0, 5.0));
+        assert!(!worth_drafting(0.2, 0.9, 10.0, 5.0));
+    }
+}
