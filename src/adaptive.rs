@@ -197,45 +197,173 @@ pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Res
     })
 }
 
-/// Per exit layer (1..L-1), a forgetting count of how often its exit head agreed with the full
-/// model.
+/// Per exit layer (1..L-1) and draft position (0..MAX_AUTO_DEPTH), a forgetting count of how
+/// often the exit head agreed with the full model on a row whose earlier drafts were all
+/// accepted. Positions differ: on the embedded model the first draft after the verifier's own
+/// token is accepted far more often than later ones, so one rate per layer would overrate deep
+/// drafts. A position with few observations leans on the position before it.
 #[derive(Debug, Clone)]
 pub struct Acceptance {
-    agreed: Vec<f64>,
-    seen: Vec<f64>,
+    agreed: Vec<[f64; MAX_AUTO_DEPTH]>,
+    seen: Vec<[f64; MAX_AUTO_DEPTH]>,
 }
 
 impl Acceptance {
     pub fn new(layers: usize) -> Self {
         let n = layers.saturating_sub(1);
         Acceptance {
-            agreed: vec![0.0; n],
-            seen: vec![0.0; n],
+            agreed: vec![[0.0; MAX_AUTO_DEPTH]; n],
+            seen: vec![[0.0; MAX_AUTO_DEPTH]; n],
         }
     }
 
-    /// One observation of exit layer `exit`.
-    pub fn observe(&mut self, exit: usize, agreed: bool) {
-        let i = exit - 1;
-        self.agreed[i] = FORGET * self.agreed[i] + f64::from(u8::from(agreed));
-        self.seen[i] = FORGET * self.seen[i] + 1.0;
+    /// One observation of exit layer `exit` at draft position `position` (positions past the
+    /// deepest draft count as the deepest).
+    pub fn observe(&mut self, exit: usize, position: usize, agreed: bool) {
+        let (l, i) = (exit - 1, position.min(MAX_AUTO_DEPTH - 1));
+        self.agreed[l][i] = FORGET * self.agreed[l][i] + f64::from(u8::from(agreed));
+        self.seen[l][i] = FORGET * self.seen[l][i] + 1.0;
     }
 
-    /// Estimated probability that a draft from `exit` is accepted.
-    pub fn rate(&self, exit: usize) -> f64 {
-        let i = exit - 1;
-        (self.agreed[i] + PRIOR_AGREE) / (self.seen[i] + PRIOR_SEEN)
+    /// Estimated probability that the draft at `position` from `exit` is accepted, given that
+    /// the drafts before it were.
+    pub fn rate(&self, exit: usize, position: usize) -> f64 {
+        let l = exit - 1;
+        let mut prior = PRIOR_AGREE / PRIOR_SEEN;
+        for i in 0..=position.min(MAX_AUTO_DEPTH - 1) {
+            prior = (self.agreed[l][i] + PRIOR_SEEN * prior) / (self.seen[l][i] + PRIOR_SEEN);
+        }
+        prior
     }
 
-    pub fn rates(&self) -> Vec<f64> {
-        (1..=self.agreed.len()).map(|e| self.rate(e)).collect()
+    /// Per exit layer, the estimate at every draft position.
+    pub fn rates(&self) -> Vec<Vec<f64>> {
+        (1..=self.agreed.len())
+            .map(|e| (0..MAX_AUTO_DEPTH).map(|i| self.rate(e, i)).collect())
+            .collect()
     }
 }
 
-/// Expected tokens from a round of `depth` drafts at per-token acceptance `a`: the accepted
-/// prefix plus the verifier's token, 1 + a + ... + a^depth.
-pub fn expected_tokens(a: f64, depth: usize) -> f64 {
-    (0..=depth).map(|i| a.powi(i as i32)).sum()
+/// Weight of the cost model's own predictions in [`Timing`]'s fits, in rounds.
+const PRIOR_ROUNDS: f64 = 1.0;
+
+/// Measured round times, per exit layer a line `ms = fixed + per_draft x depth` fitted by
+/// forgetting least squares, anchored by the cost model's predictions at depths 1 and
+/// [`MAX_AUTO_DEPTH`] (weighing [`PRIOR_ROUNDS`] rounds each). What calibration cannot see
+/// shows up here: caches that stay warm while the same few layers draft again and again, host
+/// work per round.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Per exit layer: sums of w, w d, w d^2, w t, w d t over timed rounds.
+    fits: Vec<[f64; 5]>,
+    prior: Vec<[f64; 5]>,
+    /// Plain steps: forgetting sum of times and count, and the model's prediction.
+    step: [f64; 2],
+    step_prior: f64,
+}
+
+impl Timing {
+    pub fn new(layers: usize, costs: &Costs, chained: bool) -> Self {
+        let point = |d: usize, t: f64| {
+            let (d, w) = (d as f64, PRIOR_ROUNDS);
+            [w, w * d, w * d * d, w * t, w * d * t]
+        };
+        let prior = (1..layers)
+            .map(|e| {
+                let (a, b) = (
+                    point(1, costs.round_ms(layers, e, 1, chained)),
+                    point(
+                        MAX_AUTO_DEPTH,
+                        costs.round_ms(layers, e, MAX_AUTO_DEPTH, chained),
+                    ),
+                );
+                std::array::from_fn(|k| a[k] + b[k])
+            })
+            .collect();
+        Timing {
+            fits: vec![[0.0; 5]; layers.saturating_sub(1)],
+            prior,
+            step: [0.0; 2],
+            step_prior: costs.step_ms(layers),
+        }
+    }
+
+    /// A round of `depth` drafts from `exit` (depth 0: a plain step) took `ms`.
+    pub fn observe(&mut self, exit: usize, depth: usize, ms: f64) {
+        if depth == 0 {
+            self.step = [FORGET * self.step[0] + ms, FORGET * self.step[1] + 1.0];
+            return;
+        }
+        let d = depth as f64;
+        let f = &mut self.fits[exit - 1];
+        for (sum, x) in f.iter_mut().zip([1.0, d, d * d, ms, d * ms]) {
+            *sum = FORGET * *sum + x;
+        }
+    }
+
+    /// Expected milliseconds of a round (depth 0: a plain step).
+    pub fn ms(&self, exit: usize, depth: usize) -> f64 {
+        if depth == 0 {
+            let w = PRIOR_ROUNDS;
+            return (self.step[0] + w * self.step_prior) / (self.step[1] + w);
+        }
+        let (f, p) = (&self.fits[exit - 1], &self.prior[exit - 1]);
+        let [w, sd, sdd, st, sdt]: [f64; 5] = std::array::from_fn(|k| f[k] + p[k]);
+        let det = w * sdd - sd * sd;
+        let slope = ((w * sdt - sd * st) / det).max(0.0);
+        let fixed = ((st - slope * sd) / w).max(f64::MIN_POSITIVE);
+        fixed + slope * depth as f64
+    }
+}
+
+/// Bins of a draft's top probability in [`Confidence`].
+const CONFIDENCE_BINS: usize = 10;
+
+/// Per exit layer, how often a draft whose top probability fell in each tenth of [0, 1] was
+/// accepted: the draft's confidence calibrated against what verification said. An empty bin
+/// reads as its own confidence (the uncalibrated cut-off).
+#[derive(Debug, Clone)]
+pub struct Confidence {
+    agreed: Vec<[f64; CONFIDENCE_BINS]>,
+    seen: Vec<[f64; CONFIDENCE_BINS]>,
+}
+
+impl Confidence {
+    pub fn new(layers: usize) -> Self {
+        let n = layers.saturating_sub(1);
+        Confidence {
+            agreed: vec![[0.0; CONFIDENCE_BINS]; n],
+            seen: vec![[0.0; CONFIDENCE_BINS]; n],
+        }
+    }
+
+    fn bin(top: f32) -> usize {
+        ((top.clamp(0.0, 1.0) * CONFIDENCE_BINS as f32) as usize).min(CONFIDENCE_BINS - 1)
+    }
+
+    pub fn observe(&mut self, exit: usize, top: f32, accepted: bool) {
+        let (l, b) = (exit - 1, Self::bin(top));
+        self.agreed[l][b] = FORGET * self.agreed[l][b] + f64::from(u8::from(accepted));
+        self.seen[l][b] = FORGET * self.seen[l][b] + 1.0;
+    }
+
+    /// Probability that a draft from `exit` with top probability `top` is accepted.
+    pub fn probability(&self, exit: usize, top: f32) -> f64 {
+        let (l, b) = (exit - 1, Self::bin(top));
+        (self.agreed[l][b] + PRIOR_SEEN * f64::from(top)) / (self.seen[l][b] + PRIOR_SEEN)
+    }
+}
+
+/// Expected tokens from a round of `depth` drafts whose draft at position i is accepted with
+/// probability `a(i)` once the drafts before it were: the accepted prefix plus the verifier's
+/// token, 1 + a(0) + a(0) a(1) + ... (1 + a + ... + a^depth for a constant rate).
+pub fn expected_tokens(a: impl Fn(usize) -> f64, depth: usize) -> f64 {
+    let (mut total, mut all) = (1.0, 1.0);
+    for i in 0..depth {
+        all *= a(i);
+        total += all;
+    }
+    total
 }
 
 /// One round's plan.
@@ -249,27 +377,26 @@ pub struct Plan {
 }
 
 /// The exit layer among `exits` and depth among `depths` (0 allowed: a plain step) with the
-/// most expected tokens per millisecond.
+/// most expected tokens per millisecond; `acceptance(exit, position)` as [`Acceptance::rate`],
+/// `ms(exit, depth)` what a round (depth 0: a plain step) takes.
 pub fn choose(
-    acceptance: impl Fn(usize) -> f64,
-    costs: &Costs,
-    layers: usize,
+    acceptance: impl Fn(usize, usize) -> f64,
+    ms: impl Fn(usize, usize) -> f64,
     exits: &[usize],
     depths: std::ops::RangeInclusive<usize>,
-    chained: bool,
 ) -> Plan {
     let mut best = Plan {
         exit: exits.first().copied().unwrap_or(1),
         depth: 0,
-        rate: 1.0 / costs.step_ms(layers),
+        rate: 1.0 / ms(0, 0),
     };
     if !depths.contains(&0) {
         best.rate = 0.0;
     }
     for &exit in exits {
-        let a = acceptance(exit);
+        let a = |i| acceptance(exit, i);
         for depth in depths.clone().filter(|&d| d > 0) {
-            let rate = expected_tokens(a, depth) / costs.round_ms(layers, exit, depth, chained);
+            let rate = expected_tokens(a, depth) / ms(exit, depth);
             if rate > best.rate {
                 best = Plan { exit, depth, rate };
             }
@@ -300,6 +427,28 @@ pub fn worth_drafting(
     accepted_so_far * next_acceptance * ms_per_token > next_draft_ms
 }
 
+/// What adaptive speculation has learned about a model on its device: kept by [`crate::Model`]
+/// from one generation to the next, so a conversation or a benchmark does not start cold.
+#[derive(Debug, Clone)]
+pub struct Learned {
+    pub costs: Costs,
+    pub timing: Timing,
+    pub acceptance: Acceptance,
+    pub confidence: Confidence,
+}
+
+impl Learned {
+    /// Measured costs and no observations yet; `chained` as in [`Costs::round_ms`].
+    pub fn new(layers: usize, costs: Costs, chained: bool) -> Self {
+        Learned {
+            costs,
+            timing: Timing::new(layers, &costs, chained),
+            acceptance: Acceptance::new(layers),
+            confidence: Confidence::new(layers),
+        }
+    }
+}
+
 /// The per-generation state of adaptive speculation: estimates, costs and what was chosen.
 #[derive(Debug, Clone)]
 pub struct Tuner {
@@ -309,11 +458,11 @@ pub struct Tuner {
     /// The depth the user fixed, if any.
     depth: Option<usize>,
     pub costs: Costs,
+    pub timing: Timing,
     pub acceptance: Acceptance,
+    pub confidence: Confidence,
     /// Rounds draft one submit at a time and stop by confidence (see [`worth_drafting`]).
     pub cut_off: bool,
-    /// Rounds are one submission each (greedy, no cut-off): what the cost model charges.
-    pub chained: bool,
     rounds: usize,
     /// Expected tokens per millisecond of the last plan.
     rate: f64,
@@ -321,7 +470,13 @@ pub struct Tuner {
 }
 
 impl Tuner {
-    pub fn new(layers: usize, exit: Setting, depth: Setting, costs: Costs) -> Self {
+    pub fn new(layers: usize, exit: Setting, depth: Setting, learned: Learned) -> Self {
+        let Learned {
+            costs,
+            timing,
+            acceptance,
+            confidence,
+        } = learned;
         Tuner {
             layers,
             exits: match exit {
@@ -330,9 +485,10 @@ impl Tuner {
             },
             depth: depth.fixed(),
             costs,
-            acceptance: Acceptance::new(layers),
+            timing,
+            acceptance,
+            confidence,
             cut_off: false,
-            chained: true,
             rounds: 0,
             rate: 0.0,
             stats: AdaptiveStats {
@@ -349,12 +505,10 @@ impl Tuner {
             None => 0..=MAX_AUTO_DEPTH.min(cap),
         };
         let plan = choose(
-            |e| self.acceptance.rate(e),
-            &self.costs,
-            self.layers,
+            |e, i| self.acceptance.rate(e, i),
+            |e, d| self.timing.ms(e, d),
             &self.exits,
             depths,
-            self.chained,
         );
         self.rounds += 1;
         self.rate = plan.rate;
@@ -365,11 +519,12 @@ impl Tuner {
         plan
     }
 
-    /// Shadow exit layers for this round: none except every [`PROBE_EVERY`] rounds (the first
-    /// included). A plain step probes its own exit layer too, so speculation can resume.
-    pub fn probe(&mut self, exit: usize, plain: bool) -> Vec<usize> {
+    /// Shadow exit layers for a probe round, every [`PROBE_EVERY`] rounds (the first included);
+    /// `None` for other rounds. A plain step probes its own exit layer too, so speculation can
+    /// resume; a round's probe also looks one position past its drafts.
+    pub fn probe(&mut self, exit: usize, plain: bool) -> Option<Vec<usize>> {
         if !(self.rounds - 1).is_multiple_of(PROBE_EVERY) {
-            return vec![];
+            return None;
         }
         let mut layers = probe_layers(&self.exits, exit);
         if plain {
@@ -377,7 +532,7 @@ impl Tuner {
             layers.sort_unstable();
             layers.truncate(MAX_SHADOW);
         }
-        layers
+        Some(layers)
     }
 
     /// Records a probe's cost: `below` shadow layers over every draft call's row and `above`
@@ -392,23 +547,31 @@ impl Tuner {
             * (below as f64 * rows as f64 + above as f64 * self.costs.block(rows));
     }
 
-    /// Whether a round that stops by confidence drafts one more token after drafts whose top
-    /// probabilities multiply to `confidence`.
-    pub fn keep_drafting(&self, exit: usize, confidence: f64) -> bool {
+    /// Whether a round that stops by confidence drafts a token at `position`, when the drafts
+    /// before it are all accepted with probability `accepted_so_far` (their calibrated
+    /// confidences multiplied).
+    pub fn keep_drafting(&self, exit: usize, position: usize, accepted_so_far: f64) -> bool {
         let c = &self.costs;
         let late = (self.layers - exit) as f64 * c.layer_ms + c.head_ms;
         let next_draft = c.submit_ms + exit as f64 * c.layer_ms + c.head_ms + late * c.row_fraction;
         worth_drafting(
-            confidence,
-            self.acceptance.rate(exit),
+            accepted_so_far,
+            self.acceptance.rate(exit, position),
             1.0 / self.rate.max(f64::MIN_POSITIVE),
             next_draft,
         )
     }
 
-    pub fn finish(mut self) -> AdaptiveStats {
+    /// The stats, and what was learned for the next generation.
+    pub fn finish(mut self) -> (AdaptiveStats, Learned) {
         self.stats.acceptance = self.acceptance.rates();
-        self.stats
+        let learned = Learned {
+            costs: self.costs,
+            timing: self.timing,
+            acceptance: self.acceptance,
+            confidence: self.confidence,
+        };
+        (self.stats, learned)
     }
 }
 
@@ -418,9 +581,10 @@ pub struct AdaptiveStats {
     /// Rounds per exit layer and per depth (depth 0: plain full-model steps).
     pub exit_layers: BTreeMap<usize, usize>,
     pub depths: BTreeMap<usize, usize>,
-    /// The acceptance estimate per exit layer 1..L-1 at the end.
-    pub acceptance: Vec<f64>,
+    /// The acceptance estimate per exit layer 1..L-1 and draft position at the end.
+    pub acceptance: Vec<Vec<f64>>,
     /// The measured costs, and how long measuring them took (0 when the model already had them).
+    /// Costs and estimates carry over from the model's earlier adaptive generations.
     pub costs: Option<Costs>,
     pub calibration_ms: f64,
     /// Rounds that carried shadow probes, the head rows they added, and what those rows cost
@@ -473,10 +637,13 @@ mod tests {
     }
 
     #[test]
-    fn expected_tokens_is_the_geometric_sum() {
-        assert_eq!(expected_tokens(0.0, 4), 1.0);
-        assert_eq!(expected_tokens(1.0, 4), 5.0);
-        assert!((expected_tokens(0.5, 2) - 1.75).abs() < 1e-12);
+    fn expected_tokens_is_the_sum_of_prefix_products() {
+        assert_eq!(expected_tokens(|_| 0.0, 4), 1.0);
+        assert_eq!(expected_tokens(|_| 1.0, 4), 5.0);
+        assert!((expected_tokens(|_| 0.5, 2) - 1.75).abs() < 1e-12);
+        // 1 + 0.9 + 0.9 x 0.5 + 0.9 x 0.5 x 0.5
+        let a = |i| if i == 0 { 0.9 } else { 0.5 };
+        assert!((expected_tokens(a, 3) - 2.575).abs() < 1e-12);
     }
 
     /// The chooser returns the pair the formula ranks first, over a brute-force evaluation.
@@ -484,13 +651,18 @@ mod tests {
     fn chooser_picks_the_best_rate() {
         let c = costs();
         let rates = [0.3, 0.6, 0.8, 0.9, 0.95, 0.97, 0.99];
-        let acc = |e: usize| rates[e - 1];
+        // Deeper drafts are accepted less often.
+        let acc = |e: usize, i: usize| rates[e - 1] * 0.97f64.powi(i as i32);
         let exits: Vec<usize> = (1..8).collect();
-        let plan = choose(acc, &c, 8, &exits, 0..=8, true);
+        let ms = |e, d| match d {
+            0 => c.step_ms(8),
+            d => c.round_ms(8, e, d, true),
+        };
+        let plan = choose(acc, ms, &exits, 0..=8);
         let mut best = (0, 0, 1.0 / c.step_ms(8));
         for &e in &exits {
             for d in 1..=8 {
-                let r = expected_tokens(acc(e), d) / c.round_ms(8, e, d, true);
+                let r = expected_tokens(|i| acc(e, i), d) / c.round_ms(8, e, d, true);
                 if r > best.2 {
                     best = (e, d, r);
                 }
@@ -499,38 +671,84 @@ mod tests {
         assert_eq!((plan.exit, plan.depth), (best.0, best.1));
         assert!((plan.rate - best.2).abs() < 1e-12);
         // Drafts that are never accepted lose to plain steps.
-        let plan = choose(|_| 0.0, &c, 8, &exits, 0..=8, true);
+        let plan = choose(|_, _| 0.0, ms, &exits, 0..=8);
         assert_eq!(plan.depth, 0);
         // Certain drafts from a cheap layer go as deep as allowed.
-        let plan = choose(
-            |e| if e == 1 { 1.0 } else { 0.5 },
-            &c,
-            8,
-            &exits,
-            0..=8,
-            true,
-        );
+        let plan = choose(|e, _| if e == 1 { 1.0 } else { 0.5 }, ms, &exits, 0..=8);
         assert_eq!((plan.exit, plan.depth), (1, 8));
         // A fixed depth is respected even when plain steps would be faster.
-        let plan = choose(|_| 0.0, &c, 8, &[3], 2..=2, true);
+        let plan = choose(|_, _| 0.0, ms, &[3], 2..=2);
         assert_eq!((plan.exit, plan.depth), (3, 2));
+        // Only the first draft is ever right: one draft, not more.
+        let plan = choose(|_, i| if i == 0 { 1.0 } else { 0.0 }, ms, &[1], 1..=8);
+        assert_eq!(plan.depth, 1);
     }
 
     #[test]
     fn acceptance_estimates_follow_observations() {
         let mut a = Acceptance::new(4);
-        assert_eq!(a.rates(), vec![0.5, 0.5, 0.5]);
+        assert!(a.rates().iter().flatten().all(|&r| r == 0.5));
         for i in 0..200 {
-            a.observe(2, i % 4 != 0);
+            a.observe(2, 0, i % 4 != 0);
         }
         // 3 in 4 agree: the estimate approaches 0.75 (the prior weighs 1 of ~33 observations).
-        assert!((a.rate(2) - 0.75).abs() < 0.06, "{}", a.rate(2));
+        assert!((a.rate(2, 0) - 0.75).abs() < 0.06, "{}", a.rate(2, 0));
+        // An unobserved position leans on the one before it; observations pull it away.
+        assert!((a.rate(2, 1) - a.rate(2, 0)).abs() < 0.02);
+        for _ in 0..100 {
+            a.observe(2, 1, false);
+        }
+        assert!(
+            a.rate(2, 1) < 0.05 && a.rate(2, 0) > 0.7,
+            "{:?}",
+            a.rates()[1]
+        );
         // Forgetting: after a run of disagreements the estimate falls below a half.
         for _ in 0..60 {
-            a.observe(2, false);
+            a.observe(2, 0, false);
         }
-        assert!(a.rate(2) < 0.3, "{}", a.rate(2));
-        assert_eq!(a.rate(1), 0.5);
+        assert!(a.rate(2, 0) < 0.3, "{}", a.rate(2, 0));
+        assert_eq!(a.rate(1, 0), 0.5);
+    }
+
+    #[test]
+    fn measured_round_times_replace_the_model() {
+        let c = costs();
+        let mut t = Timing::new(8, &c, true);
+        // Without measurements, the model's line through depths 1 and 12.
+        assert!((t.ms(2, 1) - c.round_ms(8, 2, 1, true)).abs() < 1e-9);
+        assert!((t.ms(2, 12) - c.round_ms(8, 2, 12, true)).abs() < 1e-9);
+        assert!((t.ms(2, 0) - c.step_ms(8)).abs() < 1e-9);
+        // Rounds measured at 5 + 1 x depth at depths 1 and 8, far below the model's 15.8 and
+        // 49.4: the fit follows the measurements (9 at depth 4, where the model says 30.2).
+        for _ in 0..60 {
+            t.observe(2, 1, 6.0);
+            t.observe(2, 8, 13.0);
+            t.observe(2, 0, 4.0);
+        }
+        assert!((t.ms(2, 4) - 9.0).abs() < 1.5, "{}", t.ms(2, 4));
+        assert!((t.ms(2, 0) - 4.0).abs() < 0.3, "{}", t.ms(2, 0));
+        // Other exit layers keep the model's figures.
+        assert!((t.ms(3, 1) - c.round_ms(8, 3, 1, true)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn confidence_is_calibrated_by_what_was_accepted() {
+        let mut c = Confidence::new(3);
+        // Uncalibrated, a draft's confidence is its top probability.
+        assert!((c.probability(1, 0.25) - 0.25).abs() < 1e-6);
+        // A low-confidence draft that is nearly always accepted reads as likely.
+        for i in 0..100 {
+            c.observe(1, 0.25, i % 10 != 0);
+        }
+        assert!(
+            (c.probability(1, 0.22) - 0.9).abs() < 0.05,
+            "{}",
+            c.probability(1, 0.22)
+        );
+        // Other bins and layers are unaffected.
+        assert!((c.probability(1, 0.85) - 0.85).abs() < 1e-6);
+        assert!((c.probability(2, 0.25) - 0.25).abs() < 1e-6);
     }
 
     #[test]

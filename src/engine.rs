@@ -46,13 +46,14 @@ pub struct Call<'a> {
     /// Also return the logits of the head's rows (for sampling on the host).
     pub logits: bool,
     /// Shadow picks: after each of these exit layers (counted from 1, inside the call's layer
-    /// range), also pick a token for every row with the draft's exit head (the reduced one when
-    /// the model has a draft vocabulary). Adaptive speculation reads them to learn how often
-    /// each exit layer would have drafted the right token.
+    /// range), also pick a token for every row with the exit head. Adaptive speculation reads
+    /// them to learn how often each exit layer would have drafted the right token.
     pub shadow: &'a [usize],
     /// The head is the reduced draft head (when the model has a draft vocabulary): picks are
     /// token ids of the draft vocabulary and logits rows have one entry per draft id.
     pub draft_vocab: bool,
+    /// Shadow picks use the reduced draft head (as the drafts they stand for do).
+    pub shadow_draft_vocab: bool,
 }
 
 impl<'a> Call<'a> {
@@ -67,6 +68,7 @@ impl<'a> Call<'a> {
             logits: false,
             shadow: &[],
             draft_vocab: false,
+            shadow_draft_vocab: false,
         }
     }
     pub fn head(self, head: Head) -> Self {
@@ -81,8 +83,13 @@ impl<'a> Call<'a> {
     pub fn logits(self, logits: bool) -> Self {
         Call { logits, ..self }
     }
-    pub fn shadow(self, shadow: &'a [usize]) -> Self {
-        Call { shadow, ..self }
+    /// Shadow picks after `shadow` exit layers, with the draft head when `draft_vocab`.
+    pub fn shadow(self, shadow: &'a [usize], draft_vocab: bool) -> Self {
+        Call {
+            shadow,
+            shadow_draft_vocab: draft_vocab,
+            ..self
+        }
     }
     pub fn draft_vocab(self, draft_vocab: bool) -> Self {
         Call {

@@ -2,7 +2,7 @@
 //! (layers 1..E and the shared exit head) and self-speculative decoding (draft with 1..E, verify
 //! with E+1..L over the exit-query cache, accept, roll back), greedy or sampled.
 
-use crate::adaptive::{self, Costs, Setting};
+use crate::adaptive::{self, Setting};
 use crate::clock::now_ms;
 use crate::engine::{Call, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
@@ -144,9 +144,12 @@ pub struct GenerateOptions {
     pub sampling: Option<SamplingParams>,
     /// Self-speculative only: stop drafting once a draft's top probability falls below this.
     pub draft_confidence: Option<f32>,
-    /// Costs measured on this engine by an earlier adaptive generation (measured again if
-    /// `None`; [`crate::Model`] keeps them).
-    pub costs: Option<Costs>,
+    /// What earlier adaptive generations on this engine learned (costs are measured again if
+    /// `None`; [`crate::Model`] keeps it).
+    pub learned: Option<adaptive::Learned>,
+    /// Draft with the full exit head even when the model has a draft vocabulary (benchmarks
+    /// compare the two in one process).
+    pub full_vocab_drafts: bool,
 }
 
 impl GenerateOptions {
@@ -158,7 +161,8 @@ impl GenerateOptions {
             eos_token_ids: vec![],
             sampling: None,
             draft_confidence: None,
-            costs: None,
+            learned: None,
+            full_vocab_drafts: false,
         }
     }
 }
@@ -224,6 +228,8 @@ pub struct Stats {
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub stats: Stats,
+    /// What adaptive speculation learned, for the next generation.
+    pub learned: Option<adaptive::Learned>,
 }
 
 /// State shared by the strategies: where tokens go, when to stop, how to choose a token.
@@ -281,7 +287,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
 
     /// Whether drafts use the reduced draft head.
     fn draft_vocab(&self) -> bool {
-        self.engine.draft_vocab().is_some()
+        self.engine.draft_vocab().is_some() && !self.options.full_vocab_drafts
     }
 
     /// Appends a generated token; false once generation is over.
@@ -337,13 +343,14 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
     ) -> Result<()> {
         let mut input = last;
         let mut confidence = 1.0;
+        let draft_vocab = self.draft_vocab();
         for i in 0..round.depth {
             let ids = [input];
             let call = Call::new(Input::Tokens(&ids), pos + i, 0..round.exit)
                 .save(i)
                 .logits(self.sampling())
-                .shadow(below)
-                .draft_vocab(self.draft_vocab());
+                .shadow(below, draft_vocab)
+                .draft_vocab(draft_vocab);
             let out = self.run(&[call]).await?.remove(0);
             let (token, dist) = self.choose(&out, 0);
             let top = if dist.is_empty() {
@@ -351,15 +358,15 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             } else {
                 dist.iter().copied().fold(0.0, f32::max)
             };
-            round.drafted(token, dist, &out);
+            round.drafted(token, dist, top, &out);
             let eos = !self.options.ignore_eos && self.options.eos_token_ids.contains(&token);
             if eos || self.options.draft_confidence.is_some_and(|min| top < min) {
                 break;
             }
-            confidence *= f64::from(top);
             let more = i + 1 < round.depth;
             if let Some(tuner) = self.tuner.as_mut().filter(|t| t.cut_off && more) {
-                if !tuner.keep_drafting(round.exit, confidence) {
+                confidence *= tuner.confidence.probability(round.exit, top);
+                if !tuner.keep_drafting(round.exit, i + 1, confidence) {
                     tuner.stats.cut_offs += 1;
                     break;
                 }
@@ -399,28 +406,29 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
                 };
                 Call::new(input, pos + i, 0..exit)
                     .save(i)
-                    .shadow(below)
+                    .shadow(below, draft_vocab)
                     .draft_vocab(draft_vocab)
             })
             .collect();
         calls.push(
             Call::new(Input::PreviousPick, pos + depth, 0..exit)
                 .save(depth)
-                .head(Head::None)
-                .shadow(below),
+                .head(round.last_head())
+                .draft_vocab(draft_vocab)
+                .shadow(below, draft_vocab),
         );
         calls.push(
             Call::new(Input::ExitCache { rows: depth + 1 }, pos, exit..layers)
                 .head(Head::All)
-                .shadow(above),
+                .shadow(above, draft_vocab),
         );
         let mut out = self.run(&calls).await?;
         round.verification = out.pop().unwrap_or_default();
         let last_draft = out.pop().unwrap_or_default();
         for o in &out {
-            round.drafted(o.picks[0].token, vec![], o);
+            round.drafted(o.picks[0].token, vec![], o.picks[0].probability(), o);
         }
-        round.last_draft(&last_draft);
+        round.last_pass(&last_draft);
         Ok(())
     }
 
@@ -434,6 +442,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
     ) -> Result<()> {
         let layers = self.engine.config().num_hidden_layers;
         let n = round.drafts.len();
+        let draft_vocab = self.draft_vocab();
         let calls = [
             Call::new(
                 Input::Tokens(&round.drafts[n - 1..]),
@@ -441,16 +450,17 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
                 0..round.exit,
             )
             .save(n)
-            .head(Head::None)
-            .shadow(below),
+            .head(round.last_head())
+            .draft_vocab(draft_vocab)
+            .shadow(below, draft_vocab),
             Call::new(Input::ExitCache { rows: n + 1 }, pos, round.exit..layers)
                 .head(Head::All)
                 .logits(self.sampling())
-                .shadow(above),
+                .shadow(above, draft_vocab),
         ];
         let mut out = self.run(&calls).await?;
         round.verification = out.pop().unwrap_or_default();
-        round.last_draft(&out.pop().unwrap_or_default());
+        round.last_pass(&out.pop().unwrap_or_default());
         Ok(())
     }
 
@@ -460,12 +470,12 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         let ids = [last];
         let call = Call::new(Input::Tokens(&ids), pos, 0..layers)
             .logits(self.sampling())
-            .shadow(probe);
+            .shadow(probe, self.draft_vocab());
         let out = self.run(&[call]).await?.remove(0);
         if let Some(tuner) = &mut self.tuner {
             let target = out.picks[0].token;
             for (&e, picks) in probe.iter().zip(&out.shadow) {
-                tuner.acceptance.observe(e, picks[0].token == target);
+                tuner.acceptance.observe(e, 0, picks[0].token == target);
             }
         }
         Ok(self.choose(&out, 0).0)
@@ -489,23 +499,26 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             let (exit, depth, probe) = match &mut self.tuner {
                 Some(tuner) => {
                     let plan = tuner.plan(cap);
-                    (
-                        plan.exit,
-                        plan.depth,
-                        tuner.probe(plan.exit, plan.depth == 0),
-                    )
+                    let probe = tuner.probe(plan.exit, plan.depth == 0);
+                    (plan.exit, plan.depth, probe)
                 }
                 None => (
                     exit.fixed().unwrap_or(1),
                     depth.fixed().unwrap_or(1).min(cap),
-                    vec![],
+                    None,
                 ),
             };
+            let frontier = probe.is_some();
+            let probe = probe.unwrap_or_default();
             if depth == 0 {
+                let t0 = now_ms();
                 let token = match self.tuner.is_some() {
                     true => self.adaptive_step(last, pos, &probe).await?,
                     false => self.step(&[last], pos, 0..layers).await?,
                 };
+                if let Some(tuner) = self.tuner.as_mut().filter(|_| !frontier) {
+                    tuner.timing.observe(exit, 0, now_ms() - t0);
+                }
                 if !self.emit(token, TokenKind::Bonus) {
                     return Ok(());
                 }
@@ -516,7 +529,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             let shadow = (&probe[..split], &probe[split..]);
             let t0 = now_ms();
             let submits = self.engine.counters().submits;
-            let mut round = Round::new(exit, depth);
+            let mut round = Round::new(exit, depth, frontier);
             let chained = self.chained();
             if chained {
                 self.draft_and_verify(&mut round, last, pos, shadow).await?;
@@ -529,7 +542,12 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             }
             let (drafts, q, out) = (&round.drafts, &round.dists, &round.verification);
             let n = drafts.len();
-            self.stats.round_ms += now_ms() - t0;
+            let ms = now_ms() - t0;
+            self.stats.round_ms += ms;
+            // Probe rounds do extra work: their times would overstate a round's cost.
+            if let Some(tuner) = self.tuner.as_mut().filter(|_| !frontier) {
+                tuner.timing.observe(exit, n, ms);
+            }
             self.stats.round_submits += self.engine.counters().submits - submits;
             self.stats.rounds += 1;
             self.stats.drafted += n;
@@ -591,30 +609,54 @@ struct Round {
     drafts: Vec<u32>,
     /// Each draft's distribution (sampling only).
     dists: Vec<Vec<f32>>,
-    /// The exit head's argmax at `exit` for each draft (the draft itself when greedy).
+    /// The exit head's argmax at `exit` for each draft (the draft itself when greedy), and the
+    /// draft's top probability.
     argmax: Vec<u32>,
+    tops: Vec<f32>,
     /// Shadow picks of the draft calls below `exit`: per row, one token per shadow layer.
     below: Vec<Vec<u32>>,
+    /// Probe rounds also pick at `exit` for the last draft's own row: the draft the round would
+    /// have made next, so positions past the chosen depth keep being observed.
+    frontier: bool,
+    frontier_pick: Option<u32>,
     verification: Output,
 }
 
 impl Round {
-    fn new(exit: usize, depth: usize) -> Self {
+    fn new(exit: usize, depth: usize, frontier: bool) -> Self {
         Round {
             exit,
             depth,
             drafts: vec![],
             dists: vec![],
             argmax: vec![],
+            tops: vec![],
             below: vec![],
+            frontier,
+            frontier_pick: None,
             verification: Output::default(),
         }
     }
 
-    fn drafted(&mut self, token: u32, dist: Vec<f32>, out: &Output) {
+    fn drafted(&mut self, token: u32, dist: Vec<f32>, top: f32, out: &Output) {
         self.drafts.push(token);
         self.dists.push(dist);
         self.argmax.push(out.picks[0].token);
+        self.tops.push(top);
+        self.last_draft(out);
+    }
+
+    /// The head of the last draft's own pass: a pick only in probe rounds.
+    fn last_head(&self) -> Head {
+        match self.frontier {
+            true => Head::Last,
+            false => Head::None,
+        }
+    }
+
+    /// The last draft's own pass: its frontier pick (probe rounds) and shadow picks.
+    fn last_pass(&mut self, out: &Output) {
+        self.frontier_pick = out.picks.first().map(|p| p.token);
         self.last_draft(out);
     }
 
@@ -635,13 +677,20 @@ impl Round {
         let targets = &self.verification.picks;
         for (i, target) in targets.iter().enumerate().take(accepted + 1) {
             if let Some(&a) = self.argmax.get(i) {
-                tuner.acceptance.observe(self.exit, a == target.token);
+                tuner.acceptance.observe(self.exit, i, a == target.token);
+                tuner
+                    .confidence
+                    .observe(self.exit, self.tops[i], i < accepted);
+            } else if let Some(a) = self.frontier_pick {
+                tuner.acceptance.observe(self.exit, i, a == target.token);
             }
             for (&e, &t) in below.iter().zip(self.below.get(i).into_iter().flatten()) {
-                tuner.acceptance.observe(e, t == target.token);
+                tuner.acceptance.observe(e, i, t == target.token);
             }
             for (&e, picks) in above.iter().zip(&self.verification.shadow) {
-                tuner.acceptance.observe(e, picks[i].token == target.token);
+                tuner
+                    .acceptance
+                    .observe(e, i, picks[i].token == target.token);
             }
         }
         let rows = targets.len();
@@ -709,22 +758,23 @@ pub async fn generate<E: Engine>(
     ) = (options.strategy.adaptive(), options.strategy)
     {
         let t0 = now_ms();
-        let costs = match options.costs {
-            Some(costs) => costs,
-            None => adaptive::calibrate(d.engine, prompt[0], 0).await?,
+        let learned = match &options.learned {
+            Some(learned) => learned.clone(),
+            None => {
+                let costs = adaptive::calibrate(d.engine, prompt[0], 0).await?;
+                // The model's round costs assume the mode rounds run in (chained() below).
+                let chained = options.sampling.is_none() && options.draft_confidence.is_none();
+                adaptive::Learned::new(layers, costs, chained)
+            }
         };
-        let mut tuner = adaptive::Tuner::new(layers, exit_layer, num_speculations, costs);
+        let mut tuner = adaptive::Tuner::new(layers, exit_layer, num_speculations, learned);
         tuner.stats.calibration_ms = now_ms() - t0;
         // Rounds that stop drafting by confidence cost a submit per draft: worth it where
         // submits are cheap (the CPU) or where the host looks at every draft anyway (sampling).
         tuner.cut_off = num_speculations == Setting::Auto
             && options.draft_confidence.is_none()
-            && (options.sampling.is_some() || costs.cheap_submits());
+            && options.sampling.is_some();
         d.tuner = Some(tuner);
-        let chained = d.chained();
-        if let Some(t) = &mut d.tuner {
-            t.chained = chained;
-        }
     }
     if options.max_new_tokens > 0 {
         match options.strategy {
@@ -740,7 +790,8 @@ pub async fn generate<E: Engine>(
     let end = now_ms();
     let counters = d.engine.counters();
     let (tokens, mut stats) = (d.tokens, d.stats);
-    stats.adaptive = d.tuner.map(adaptive::Tuner::finish);
+    let (adaptive, learned) = d.tuner.map(adaptive::Tuner::finish).unzip();
+    stats.adaptive = adaptive;
     let n = tokens.len();
     let first = d.first_token_at.unwrap_or(end);
     stats.generated_tokens = n;
@@ -766,5 +817,9 @@ pub async fn generate<E: Engine>(
     stats.submits_per_token = stats.submits as f64 / n.max(1) as f64;
     stats.submits_per_round = stats.round_submits as f64 / stats.rounds.max(1) as f64;
     stats.dispatches_per_token = stats.dispatches as f64 / n.max(1) as f64;
-    Ok(Generation { tokens, stats })
+    Ok(Generation {
+        tokens,
+        stats,
+        learned,
+    })
 }

@@ -166,8 +166,8 @@ pub struct Model {
     pub eos_token_ids: Vec<u32>,
     /// The checkpoint's suggested exit layer (generation_config.json `assistant_early_exit`).
     checkpoint_exit_layer: Option<usize>,
-    /// Costs adaptive speculation measured on this engine, kept for later generations.
-    costs: Option<crate::adaptive::Costs>,
+    /// What adaptive speculation learned on this engine, kept for later generations.
+    learned: Option<crate::adaptive::Learned>,
 }
 
 /// What `info` reports: the config summary, where the model runs and what it occupies.
@@ -264,23 +264,23 @@ impl Model {
         prompt: &[u32],
         options: &GenerateOptions,
     ) -> Result<Generation> {
-        let options = self.with_costs(options);
+        let options = self.with_learned(options);
         let g = generate(&mut self.engine, prompt, &options, |_, _| Flow::Continue).await?;
-        self.keep_costs(&g.stats);
+        self.keep_learned(&g);
         Ok(g)
     }
 
-    /// `options` with the costs measured by an earlier adaptive generation, if any.
-    fn with_costs(&self, options: &GenerateOptions) -> GenerateOptions {
+    /// `options` with what earlier adaptive generations learned, if anything.
+    fn with_learned(&self, options: &GenerateOptions) -> GenerateOptions {
         GenerateOptions {
-            costs: options.costs.or(self.costs),
+            learned: options.learned.clone().or_else(|| self.learned.clone()),
             ..options.clone()
         }
     }
 
-    fn keep_costs(&mut self, stats: &Stats) {
-        if let Some(c) = stats.adaptive.as_ref().and_then(|a| a.costs) {
-            self.costs = Some(c);
+    fn keep_learned(&mut self, generation: &Generation) {
+        if let Some(l) = &generation.learned {
+            self.learned = Some(l.clone());
         }
     }
 
@@ -504,7 +504,7 @@ impl Model {
             tokenizer,
             eos_token_ids: checkpoint.eos_token_ids,
             checkpoint_exit_layer: checkpoint.default_exit_layer,
-            costs: None,
+            learned: None,
         })
     }
 }
@@ -594,7 +594,7 @@ impl Model {
         mut on_token: impl FnMut(Streamed<'_>) -> bool,
     ) -> Result<Completion> {
         let prompt_tokens = self.tokenizer.encode(prompt)?;
-        let mut options = self.with_costs(options);
+        let mut options = self.with_learned(options);
         options.eos_token_ids.extend(&self.eos_token_ids);
         let tokenizer = &self.tokenizer;
         let mut stream = StreamDecoder::new();
@@ -642,7 +642,7 @@ impl Model {
         if let Some(e) = failure {
             return Err(e);
         }
-        self.keep_costs(&generation.stats);
+        self.keep_learned(&generation);
         if !stopped {
             // Text a stop string might have started, and a trailing partial character.
             let rest = stream.finish(&self.tokenizer)?;

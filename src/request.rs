@@ -166,7 +166,8 @@ impl GenerateRequest {
                 seed: self.seed,
             }),
             draft_confidence: self.draft_confidence,
-            costs: None,
+            learned: None,
+            full_vocab_drafts: false,
         })
     }
 }

@@ -411,6 +411,43 @@ fn vocab_stats_feed_the_draft_vocabulary() {
         let drafted = generate(extra);
         assert_eq!(drafted["tokens"], plain["tokens"], "{extra:?}");
     }
+    // bench compares drafting over the draft vocabulary with the full head in one run; with a
+    // confidence cut-off drafting is timed on its own.
+    let out = json(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "the cat",
+        "--max-new-tokens",
+        "8",
+        "--repetitions",
+        "1",
+        "--device",
+        "cpu",
+        "--draft-vocab",
+        "64",
+        "--draft-confidence",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(out["self_speculative_equals_autoregressive"], true);
+    let names: Vec<&str> = out["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["strategy"].as_str().unwrap())
+        .collect();
+    assert!(
+        names[2].ends_with("vocab 64") && names[4].ends_with("full vocab"),
+        "{names:?}"
+    );
+    assert!(
+        out["results"][3]["draft_ms_per_drafted_token"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     let (ok, _, stderr) = layerskip(&[
         "generate",
         "--model",

@@ -131,7 +131,11 @@ fn greedy_auto_equals_hugging_face_greedy() {
                         assert!(a.depths.keys().all(|&k| k <= d), "{case}");
                     }
                     assert!(
-                        a.costs.is_some() && a.acceptance.iter().all(|x| (0.0..=1.0).contains(x))
+                        a.costs.is_some()
+                            && a.acceptance
+                                .iter()
+                                .flatten()
+                                .all(|x| (0.0..=1.0).contains(x))
                     );
                 }
             }
@@ -166,13 +170,13 @@ fn shadow_picks_are_the_exit_heads_argmax_at_their_layer() {
             let n = ids.len();
             let from_start = Call::new(Input::Tokens(ids), 0, 0..layers)
                 .head(layerskip::Head::All)
-                .shadow(&all);
+                .shadow(&all, false);
             let first = Call::new(Input::Tokens(ids), 0, 0..2)
                 .head(layerskip::Head::None)
                 .save(0);
             let resumed = Call::new(Input::ExitCache { rows: n }, 0, 2..layers)
                 .head(layerskip::Head::All)
-                .shadow(&upper);
+                .shadow(&upper, false);
             let out = pollster::block_on(model.engine.run(&[from_start, first, resumed])).unwrap();
             for (layers_probed, shadow) in [(&all, &out[0].shadow), (&upper, &out[2].shadow)] {
                 assert_eq!(shadow.len(), layers_probed.len());
@@ -241,7 +245,7 @@ fn the_draft_head_scores_only_the_draft_vocabulary() {
                 .head(layerskip::Head::All)
                 .logits(true)
                 .draft_vocab(true)
-                .shadow(&shadow);
+                .shadow(&shadow, true);
             let out = pollster::block_on(model.engine.run(&[call]))
                 .unwrap()
                 .remove(0);

@@ -184,7 +184,7 @@ struct Adaptive {
     cut_offs: usize,
     elapsed_ms: f64,
     /// The last run's estimates and the measured costs.
-    acceptance: Vec<f64>,
+    acceptance: Vec<Vec<f64>>,
     costs: Option<Costs>,
 }
 
@@ -227,9 +227,15 @@ impl Adaptive {
             .acceptance
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}: {:.0}%", i + 1, 100.0 * a))
+            .map(|(i, a)| {
+                let at = |p: usize| a.get(p).map_or(0.0, |r| 100.0 * r);
+                format!("{}: {:.0}/{:.0}/{:.0}%", i + 1, at(0), at(1), at(3))
+            })
             .collect();
-        println!("  acceptance estimates by exit layer: {}", rates.join(", "));
+        println!(
+            "  acceptance estimates by exit layer (1st/2nd/4th draft): {}",
+            rates.join(", ")
+        );
         if let Some(c) = &self.costs {
             println!(
                 "  measured costs: submit {:.3} ms, layer {:.3} ms, head {:.3} ms, extra row {:.0}% of a pass",
@@ -324,6 +330,10 @@ struct Row {
     submits_per_round: Option<f64>,
     draft_ms: f64,
     verify_ms: f64,
+    /// Where drafting is its own submits (sampling, a confidence cut-off): its time per drafted
+    /// token, and verification's per round.
+    draft_ms_per_drafted_token: Option<f64>,
+    verify_ms_per_round: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     adaptive: Option<Adaptive>,
 }
@@ -382,6 +392,18 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         )?);
         names.push(format!("{} confidence>={p}", names[2]));
     }
+    // With a draft vocabulary, each self-speculative row again drafting with the full head.
+    if let Some(n) = model.info().draft_vocab {
+        for i in 2..configs.len() {
+            configs.push(GenerateOptions {
+                full_vocab_drafts: true,
+                ..configs[i].clone()
+            });
+            let name = std::mem::take(&mut names[i]);
+            names[i] = format!("{name} vocab {n}");
+            names.push(format!("{name} full vocab"));
+        }
+    }
     let runs = run_all(&mut model, &prompts, &configs, args.prompts.repetitions)?;
     let base = median(runs[0].tokens_per_second.clone());
     let equal = runs[2..].iter().all(|r| r.outputs == runs[0].outputs);
@@ -400,6 +422,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 submits_per_round: (r.rounds > 0).then(|| r.round_submits as f64 / r.rounds as f64),
                 draft_ms: r.draft_ms,
                 verify_ms: r.verify_ms,
+                draft_ms_per_drafted_token: (r.draft_ms > 0.0 && r.drafted > 0)
+                    .then(|| r.draft_ms / r.drafted as f64),
+                verify_ms_per_round: (r.verify_ms > 0.0 && r.rounds > 0)
+                    .then(|| r.verify_ms / r.rounds as f64),
                 adaptive: r.adaptive.take(),
             }
         })
@@ -455,6 +481,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         if equal { "yes" } else { "NO" }
     );
     for row in &rows {
+        if let (Some(d), Some(v)) = (row.draft_ms_per_drafted_token, row.verify_ms_per_round) {
+            println!(
+                "{}: drafting {d:.3} ms per drafted token, verifying {v:.3} ms per round",
+                row.strategy
+            );
+        }
         if let Some(a) = &row.adaptive {
             a.print(&row.strategy);
         }

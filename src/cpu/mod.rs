@@ -320,7 +320,8 @@ impl<M: Math> CpuModel<M> {
                     lens.push(self.logits(self.last_row(), false));
                 }
                 if call.shadow.contains(&(l + 1)) {
-                    shadow.push(self.picks(&self.logits(&self.x, true), true));
+                    let draft = call.shadow_draft_vocab;
+                    shadow.push(self.picks(&self.logits(&self.x, draft), draft));
                 }
             }
             if let Some(row) = call.save {

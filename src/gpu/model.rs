@@ -788,7 +788,7 @@ impl GpuModel {
                     ..Step::default()
                 };
                 let head_slot = rec.slot(head_step)?;
-                let head = self.head_ops(step.n_tokens, true, true);
+                let head = self.head_ops(step.n_tokens, call.shadow_draft_vocab, true);
                 rec.pass(&head, head_slot, head_step, max_dim);
                 *next_pick += rows;
             }
