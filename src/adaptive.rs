@@ -102,6 +102,10 @@ pub const MAX_AUTO_DEPTH: usize = 12;
 const FORGET: f64 = 0.97;
 /// Prior agreement count and weight: an unobserved layer counts as agreeing half the time.
 const PRIOR_AGREE: f64 = 0.5;
+/// Every round, all acceptance counts fade by this much (a half-life of about 35 rounds), so an
+/// estimate nothing observes lately drifts back to its prior (the position before it) and the
+/// chooser tries it again: a bad spell of second drafts does not rule out deep drafts for good.
+const ROUND_FADE: f64 = 0.98;
 const PRIOR_SEEN: f64 = 1.0;
 
 /// Measured costs on the running device, in milliseconds.
@@ -223,6 +227,13 @@ impl Acceptance {
         let (l, i) = (exit - 1, position.min(MAX_AUTO_DEPTH - 1));
         self.agreed[l][i] = FORGET * self.agreed[l][i] + f64::from(u8::from(agreed));
         self.seen[l][i] = FORGET * self.seen[l][i] + 1.0;
+    }
+
+    /// One round has passed: every count fades by [`ROUND_FADE`].
+    pub fn fade(&mut self) {
+        for x in self.agreed.iter_mut().chain(&mut self.seen).flatten() {
+            *x *= ROUND_FADE;
+        }
     }
 
     /// Estimated probability that the draft at `position` from `exit` is accepted, given that
@@ -511,6 +522,7 @@ impl Tuner {
             depths,
         );
         self.rounds += 1;
+        self.acceptance.fade();
         self.rate = plan.rate;
         *self.stats.depths.entry(plan.depth).or_default() += 1;
         if plan.depth > 0 {
@@ -709,6 +721,16 @@ mod tests {
         }
         assert!(a.rate(2, 0) < 0.3, "{}", a.rate(2, 0));
         assert_eq!(a.rate(1, 0), 0.5);
+        // Unobserved for long, position 1 drifts back towards position 0's estimate.
+        for _ in 0..100 {
+            a.observe(2, 0, true);
+        }
+        let stale = a.rate(2, 1);
+        for _ in 0..200 {
+            a.fade();
+            a.observe(2, 0, true);
+        }
+        assert!(a.rate(2, 1) > stale + 0.3, "{stale} -> {}", a.rate(2, 1));
     }
 
     #[test]

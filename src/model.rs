@@ -166,8 +166,9 @@ pub struct Model {
     pub eos_token_ids: Vec<u32>,
     /// The checkpoint's suggested exit layer (generation_config.json `assistant_early_exit`).
     checkpoint_exit_layer: Option<usize>,
-    /// What adaptive speculation learned on this engine, kept for later generations.
-    learned: Option<crate::adaptive::Learned>,
+    /// What adaptive speculation learned on this engine, kept for later generations of the
+    /// same kind (see [`learned_key`]).
+    learned: Vec<(LearnedKey, crate::adaptive::Learned)>,
 }
 
 /// What `info` reports: the config summary, where the model runs and what it occupies.
@@ -266,21 +267,28 @@ impl Model {
     ) -> Result<Generation> {
         let options = self.with_learned(options);
         let g = generate(&mut self.engine, prompt, &options, |_, _| Flow::Continue).await?;
-        self.keep_learned(&g);
+        self.keep_learned(&options, &g);
         Ok(g)
     }
 
-    /// `options` with what earlier adaptive generations learned, if anything.
+    /// `options` with what earlier adaptive generations of the same kind learned, if anything.
     fn with_learned(&self, options: &GenerateOptions) -> GenerateOptions {
+        let key = learned_key(options);
+        let kept = self.learned.iter().find(|(k, _)| *k == key);
         GenerateOptions {
-            learned: options.learned.clone().or_else(|| self.learned.clone()),
+            learned: options
+                .learned
+                .clone()
+                .or_else(|| kept.map(|(_, l)| l.clone())),
             ..options.clone()
         }
     }
 
-    fn keep_learned(&mut self, generation: &Generation) {
+    fn keep_learned(&mut self, options: &GenerateOptions, generation: &Generation) {
         if let Some(l) = &generation.learned {
-            self.learned = Some(l.clone());
+            let key = learned_key(options);
+            self.learned.retain(|(k, _)| *k != key);
+            self.learned.push((key, l.clone()));
         }
     }
 
@@ -504,7 +512,7 @@ impl Model {
             tokenizer,
             eos_token_ids: checkpoint.eos_token_ids,
             checkpoint_exit_layer: checkpoint.default_exit_layer,
-            learned: None,
+            learned: vec![],
         })
     }
 }
@@ -642,7 +650,7 @@ impl Model {
         if let Some(e) = failure {
             return Err(e);
         }
-        self.keep_learned(&generation);
+        self.keep_learned(&options, &generation);
         if !stopped {
             // Text a stop string might have started, and a trailing partial character.
             let rest = stream.finish(&self.tokenizer)?;
@@ -670,6 +678,18 @@ impl Model {
             stats: generation.stats,
         })
     }
+}
+
+/// Generations whose rounds cost and behave differently learn separately: drafting over the
+/// draft vocabulary or the full head, and rounds that go back to the host after every draft
+/// (sampling, a confidence cut-off) or not.
+type LearnedKey = (bool, bool);
+
+fn learned_key(options: &GenerateOptions) -> LearnedKey {
+    (
+        options.full_vocab_drafts,
+        options.sampling.is_some() || options.draft_confidence.is_some(),
+    )
 }
 
 /// The largest char boundary of `s` at or before `i`.
