@@ -659,37 +659,26 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         "{:>5} {:>3} {:>11} {:>10} {:>8}",
         "E", "D", "acceptance", "tokens/s", "speedup"
     );
+    // One printed and CSV row: exit layer and depth (numbers or "auto"); returns tokens/s.
+    let mut row = |e: &str, d: &str, r: &Runs| {
+        let tps = median(r.tokens_per_second.clone());
+        let (acceptance, speedup) = (r.acceptance(), ratio(tps, base));
+        println!(
+            "{e:>5} {d:>3} {:>10.1}% {tps:>10.1} {speedup:>7.2}x",
+            100.0 * acceptance
+        );
+        csv.push_str(&format!("{e},{d},{acceptance:.4},{tps:.2},{speedup:.3}\n"));
+        tps
+    };
     let mut best = (0, 0, 0.0);
     for (&(e, d), r) in grid.iter().zip(&runs[1..runs.len() - 1]) {
-        let tps = median(r.tokens_per_second.clone());
-        println!(
-            "{e:>5} {d:>3} {:>10.1}% {tps:>10.1} {:>7.2}x",
-            100.0 * r.acceptance(),
-            ratio(tps, base)
-        );
-        csv.push_str(&format!(
-            "{e},{d},{:.4},{tps:.2},{:.3}\n",
-            r.acceptance(),
-            ratio(tps, base)
-        ));
+        let tps = row(&e.to_string(), &d.to_string(), r);
         if tps > best.2 {
             best = (e, d, tps);
         }
     }
     let auto = &runs[runs.len() - 1];
-    let auto_tps = median(auto.tokens_per_second.clone());
-    println!(
-        "{:>5} {:>3} {:>10.1}% {auto_tps:>10.1} {:>7.2}x",
-        "auto",
-        "auto",
-        100.0 * auto.acceptance(),
-        ratio(auto_tps, base)
-    );
-    csv.push_str(&format!(
-        "auto,auto,{:.4},{auto_tps:.2},{:.3}\n",
-        auto.acceptance(),
-        ratio(auto_tps, base)
-    ));
+    let auto_tps = row("auto", "auto", auto);
     println!(
         "best: exit layer {} with {} speculations, {:.1} tokens/s ({:.2}x autoregressive)",
         best.0,
