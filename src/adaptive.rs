@@ -155,7 +155,9 @@ impl Costs {
 
 /// Times a few calls at position `pos` (whose KV rows are rewritten before anything reads
 /// them: every position is run through every layer again before it becomes context) and fits
-/// [`Costs`]. Each measurement is the fastest of three after a warm-up.
+/// [`Costs`]. Each call shape is timed once after a warm-up run: calibration delays the first
+/// adaptive generation, and [`Timing`] corrects what one run gets wrong from the rounds that
+/// follow.
 pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Result<Costs> {
     let layers = engine.config().num_hidden_layers;
     let room = engine.max_context().saturating_sub(pos);
@@ -177,7 +179,7 @@ pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Res
         vec![Call::new(Input::Tokens(&block), pos, 0..layers).head(Head::All)],
     ];
     let mut best = [f64::INFINITY; 4];
-    for rep in 0..4 {
+    for rep in 0..2 {
         for (plan, best) in plans.iter().zip(&mut best) {
             let t0 = now_ms();
             engine.run(plan).await?;
