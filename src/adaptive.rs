@@ -1,17 +1,19 @@
 //! Adaptive self-speculation: the exit layer E and the draft depth d chosen every round.
 //!
-//! Three parts, each testable on its own:
+//! Parts, each testable on its own:
 //! - [`Costs`]: what one decoder layer, the exit head, one submission and the extra rows of a
 //!   block cost on the running device, measured once per model by timing a few calls
-//!   ([`calibrate`]).
-//! - [`Acceptance`]: per exit layer, how often the exit head's argmax there agrees with the full
-//!   model's token. Every round observes its own exit layer for free (its drafts against the
-//!   verification's picks); every [`PROBE_EVERY`] rounds, shadow picks (the exit head applied to
-//!   rows the round computes anyway: after layers below E in the draft calls, above E in the
-//!   verification block) observe the other candidate layers.
-//! - [`choose`]: the (E, d) with the most expected tokens per millisecond. With per-token
-//!   acceptance a, a round of d drafts yields 1 + a + ... + a^d tokens (the accepted prefix plus
-//!   the verifier's own token); d = 0 is a plain full-model step.
+//!   ([`calibrate`]); [`Timing`] then fits each exit layer's round times as they are measured.
+//! - [`Acceptance`]: per exit layer and draft position, how often the exit head's argmax there
+//!   agrees with the full model's token. Every round observes its own exit layer for free (its
+//!   drafts against the verification's picks); every [`PROBE_EVERY`] rounds, shadow picks (the
+//!   exit head applied to rows the round computes anyway: after layers below E in the draft
+//!   calls, above E in the verification block) observe the other candidate layers.
+//! - [`Confidence`]: a draft's top probability calibrated against what was accepted, for
+//!   rounds that stop drafting early (sampled ones).
+//! - [`choose`]: the (E, d) with the most expected tokens per millisecond. A round of d drafts
+//!   yields 1 + a0 + a0 a1 + ... tokens (the accepted prefix plus the verifier's own token), a_i
+//!   the acceptance at position i; d = 0 is a plain full-model step.
 //!
 //! Any choice is lossless: each round is an ordinary self-speculative round whose E and d depend
 //! only on earlier rounds.
@@ -102,11 +104,11 @@ pub const MAX_AUTO_DEPTH: usize = 12;
 const FORGET: f64 = 0.97;
 /// Prior agreement count and weight: an unobserved layer counts as agreeing half the time.
 const PRIOR_AGREE: f64 = 0.5;
+const PRIOR_SEEN: f64 = 1.0;
 /// Every round, all acceptance counts fade by this much (a half-life of about 35 rounds), so an
 /// estimate nothing observes lately drifts back to its prior (the position before it) and the
 /// chooser tries it again: a bad spell of second drafts does not rule out deep drafts for good.
 const ROUND_FADE: f64 = 0.98;
-const PRIOR_SEEN: f64 = 1.0;
 
 /// Measured costs on the running device, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -123,12 +125,6 @@ pub struct Costs {
 }
 
 impl Costs {
-    /// Whether a submission costs less than a tenth of one layer and the head: then a round may
-    /// as well go back to the host after every draft.
-    pub fn cheap_submits(&self) -> bool {
-        self.submit_ms < 0.1 * (self.layer_ms + self.head_ms)
-    }
-
     /// Cost of a block of `rows` rows relative to one row.
     fn block(&self, rows: usize) -> f64 {
         1.0 + self.row_fraction * rows.saturating_sub(1) as f64
@@ -178,17 +174,16 @@ pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Res
         vec![Call::new(Input::Tokens(&one), pos, 0..layers)],
         vec![Call::new(Input::Tokens(&block), pos, 0..layers).head(Head::All)],
     ];
-    let mut best = [f64::INFINITY; 4];
-    for rep in 0..2 {
-        for (plan, best) in plans.iter().zip(&mut best) {
-            let t0 = now_ms();
-            engine.run(plan).await?;
-            if rep > 0 {
-                *best = best.min(now_ms() - t0);
-            }
-        }
+    for plan in &plans {
+        engine.run(plan).await?;
     }
-    let [one, two, full, block] = best;
+    let mut ms = [0.0; 4];
+    for (plan, ms) in plans.iter().zip(&mut ms) {
+        let t0 = now_ms();
+        engine.run(plan).await?;
+        *ms = now_ms() - t0;
+    }
+    let [one, two, full, block] = ms;
     const TINY: f64 = 1e-6;
     let layer_ms = ((full - one) / (layers - 1) as f64).max(TINY);
     let head_ms = (two - one - layer_ms).max(TINY);
@@ -203,37 +198,61 @@ pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Res
     })
 }
 
-/// Per exit layer (1..L-1) and draft position (0..MAX_AUTO_DEPTH), a forgetting count of how
-/// often the exit head agreed with the full model on a row whose earlier drafts were all
-/// accepted. Positions differ: on the embedded model the first draft after the verifier's own
-/// token is accepted far more often than later ones, so one rate per layer would overrate deep
-/// drafts. A position with few observations leans on the position before it.
+/// Per exit layer (1..L-1) and cell (a draft position, a confidence bin), forgetting counts of
+/// outcomes and of how many of them were good: what [`Acceptance`] and [`Confidence`] estimate
+/// from.
 #[derive(Debug, Clone)]
-pub struct Acceptance {
-    agreed: Vec<[f64; MAX_AUTO_DEPTH]>,
-    seen: Vec<[f64; MAX_AUTO_DEPTH]>,
+struct Tally<const N: usize> {
+    good: Vec<[f64; N]>,
+    seen: Vec<[f64; N]>,
 }
+
+impl<const N: usize> Tally<N> {
+    fn new(layers: usize) -> Self {
+        let n = layers.saturating_sub(1);
+        Tally {
+            good: vec![[0.0; N]; n],
+            seen: vec![[0.0; N]; n],
+        }
+    }
+
+    /// One outcome for exit layer `exit` in `cell` (cells past the last count as the last).
+    fn observe(&mut self, exit: usize, cell: usize, good: bool) {
+        let (l, i) = (exit - 1, cell.min(N - 1));
+        self.good[l][i] = FORGET * self.good[l][i] + f64::from(u8::from(good));
+        self.seen[l][i] = FORGET * self.seen[l][i] + 1.0;
+    }
+
+    /// The good fraction of `cell`, with `prior` weighing [`PRIOR_SEEN`] outcomes.
+    fn rate(&self, exit: usize, cell: usize, prior: f64) -> f64 {
+        let (l, i) = (exit - 1, cell.min(N - 1));
+        (self.good[l][i] + PRIOR_SEEN * prior) / (self.seen[l][i] + PRIOR_SEEN)
+    }
+}
+
+/// Per exit layer (1..L-1) and draft position (0..MAX_AUTO_DEPTH), how often the exit head
+/// agreed with the full model on a row whose earlier drafts were all accepted. Positions differ:
+/// on the embedded model the first draft after the verifier's own token is accepted far more
+/// often than later ones, so one rate per layer would overrate deep drafts. A position with few
+/// observations leans on the position before it.
+#[derive(Debug, Clone)]
+pub struct Acceptance(Tally<MAX_AUTO_DEPTH>);
 
 impl Acceptance {
     pub fn new(layers: usize) -> Self {
-        let n = layers.saturating_sub(1);
-        Acceptance {
-            agreed: vec![[0.0; MAX_AUTO_DEPTH]; n],
-            seen: vec![[0.0; MAX_AUTO_DEPTH]; n],
-        }
+        Acceptance(Tally::new(layers))
     }
 
     /// One observation of exit layer `exit` at draft position `position` (positions past the
     /// deepest draft count as the deepest).
     pub fn observe(&mut self, exit: usize, position: usize, agreed: bool) {
-        let (l, i) = (exit - 1, position.min(MAX_AUTO_DEPTH - 1));
-        self.agreed[l][i] = FORGET * self.agreed[l][i] + f64::from(u8::from(agreed));
-        self.seen[l][i] = FORGET * self.seen[l][i] + 1.0;
+        self.0.observe(exit, position, agreed);
     }
 
     /// One round has passed: every count fades by [`ROUND_FADE`].
     pub fn fade(&mut self) {
-        for x in self.agreed.iter_mut().chain(&mut self.seen).flatten() {
+        let Tally { good, seen } = &mut self.0;
+        for x in good.iter_mut().chain(seen).flatten() {
             *x *= ROUND_FADE;
         }
     }
@@ -241,17 +260,16 @@ impl Acceptance {
     /// Estimated probability that the draft at `position` from `exit` is accepted, given that
     /// the drafts before it were.
     pub fn rate(&self, exit: usize, position: usize) -> f64 {
-        let l = exit - 1;
-        let mut prior = PRIOR_AGREE / PRIOR_SEEN;
+        let mut rate = PRIOR_AGREE / PRIOR_SEEN;
         for i in 0..=position.min(MAX_AUTO_DEPTH - 1) {
-            prior = (self.agreed[l][i] + PRIOR_SEEN * prior) / (self.seen[l][i] + PRIOR_SEEN);
+            rate = self.0.rate(exit, i, rate);
         }
-        prior
+        rate
     }
 
     /// Per exit layer, the estimate at every draft position.
     pub fn rates(&self) -> Vec<Vec<f64>> {
-        (1..=self.agreed.len())
+        (1..=self.0.seen.len())
             .map(|e| (0..MAX_AUTO_DEPTH).map(|i| self.rate(e, i)).collect())
             .collect()
     }
@@ -336,34 +354,24 @@ const CONFIDENCE_BINS: usize = 10;
 /// accepted: the draft's confidence calibrated against what verification said. An empty bin
 /// reads as its own confidence (the uncalibrated cut-off).
 #[derive(Debug, Clone)]
-pub struct Confidence {
-    agreed: Vec<[f64; CONFIDENCE_BINS]>,
-    seen: Vec<[f64; CONFIDENCE_BINS]>,
-}
+pub struct Confidence(Tally<CONFIDENCE_BINS>);
 
 impl Confidence {
     pub fn new(layers: usize) -> Self {
-        let n = layers.saturating_sub(1);
-        Confidence {
-            agreed: vec![[0.0; CONFIDENCE_BINS]; n],
-            seen: vec![[0.0; CONFIDENCE_BINS]; n],
-        }
+        Confidence(Tally::new(layers))
     }
 
     fn bin(top: f32) -> usize {
-        ((top.clamp(0.0, 1.0) * CONFIDENCE_BINS as f32) as usize).min(CONFIDENCE_BINS - 1)
+        (top.clamp(0.0, 1.0) * CONFIDENCE_BINS as f32) as usize
     }
 
     pub fn observe(&mut self, exit: usize, top: f32, accepted: bool) {
-        let (l, b) = (exit - 1, Self::bin(top));
-        self.agreed[l][b] = FORGET * self.agreed[l][b] + f64::from(u8::from(accepted));
-        self.seen[l][b] = FORGET * self.seen[l][b] + 1.0;
+        self.0.observe(exit, Self::bin(top), accepted);
     }
 
     /// Probability that a draft from `exit` with top probability `top` is accepted.
     pub fn probability(&self, exit: usize, top: f32) -> f64 {
-        let (l, b) = (exit - 1, Self::bin(top));
-        (self.agreed[l][b] + PRIOR_SEEN * f64::from(top)) / (self.seen[l][b] + PRIOR_SEEN)
+        self.0.rate(exit, Self::bin(top), f64::from(top))
     }
 }
 
@@ -470,10 +478,8 @@ pub struct Tuner {
     exits: Vec<usize>,
     /// The depth the user fixed, if any.
     depth: Option<usize>,
-    pub costs: Costs,
-    pub timing: Timing,
-    pub acceptance: Acceptance,
-    pub confidence: Confidence,
+    /// What it knows, carried over from earlier generations and handed on at the end.
+    pub learned: Learned,
     /// Rounds draft one submit at a time and stop by confidence (see [`worth_drafting`]).
     pub cut_off: bool,
     rounds: usize,
@@ -484,12 +490,7 @@ pub struct Tuner {
 
 impl Tuner {
     pub fn new(layers: usize, exit: Setting, depth: Setting, learned: Learned) -> Self {
-        let Learned {
-            costs,
-            timing,
-            acceptance,
-            confidence,
-        } = learned;
+        let costs = learned.costs;
         Tuner {
             layers,
             exits: match exit {
@@ -497,10 +498,7 @@ impl Tuner {
                 Setting::Fixed(e) => vec![e],
             },
             depth: depth.fixed(),
-            costs,
-            timing,
-            acceptance,
-            confidence,
+            learned,
             cut_off: false,
             rounds: 0,
             rate: 0.0,
@@ -518,13 +516,13 @@ impl Tuner {
             None => 0..=MAX_AUTO_DEPTH.min(cap),
         };
         let plan = choose(
-            |e, i| self.acceptance.rate(e, i),
-            |e, d| self.timing.ms(e, d),
+            |e, i| self.learned.acceptance.rate(e, i),
+            |e, d| self.learned.timing.ms(e, d),
             &self.exits,
             depths,
         );
         self.rounds += 1;
-        self.acceptance.fade();
+        self.learned.acceptance.fade();
         self.rate = plan.rate;
         *self.stats.depths.entry(plan.depth).or_default() += 1;
         if plan.depth > 0 {
@@ -534,17 +532,25 @@ impl Tuner {
     }
 
     /// Shadow exit layers for a probe round, every [`PROBE_EVERY`] rounds (the first included);
-    /// `None` for other rounds. A plain step probes its own exit layer too, so speculation can
-    /// resume; a round's probe also looks one position past its drafts.
+    /// `None` for other rounds. A plain step probes its own exit layer too (in place of the
+    /// farthest neighbour), so speculation can resume; a round's probe also looks one position
+    /// past its drafts.
     pub fn probe(&mut self, exit: usize, plain: bool) -> Option<Vec<usize>> {
         if !(self.rounds - 1).is_multiple_of(PROBE_EVERY) {
             return None;
         }
         let mut layers = probe_layers(&self.exits, exit);
         if plain {
+            if layers.len() == MAX_SHADOW {
+                // The neighbours are in increasing order: drop the one farthest from `exit`.
+                let far = match layers[0].abs_diff(exit) > layers[MAX_SHADOW - 1].abs_diff(exit) {
+                    true => 0,
+                    false => MAX_SHADOW - 1,
+                };
+                layers.remove(far);
+            }
             layers.push(exit);
             layers.sort_unstable();
-            layers.truncate(MAX_SHADOW);
         }
         Some(layers)
     }
@@ -557,20 +563,21 @@ impl Tuner {
         }
         self.stats.probes += 1;
         self.stats.shadow_rows += (below + above) * rows;
-        self.stats.shadow_ms += self.costs.head_ms
-            * (below as f64 * rows as f64 + above as f64 * self.costs.block(rows));
+        let c = &self.learned.costs;
+        self.stats.shadow_ms +=
+            c.head_ms * (below as f64 * rows as f64 + above as f64 * c.block(rows));
     }
 
     /// Whether a round that stops by confidence drafts a token at `position`, when the drafts
     /// before it are all accepted with probability `accepted_so_far` (their calibrated
     /// confidences multiplied).
     pub fn keep_drafting(&self, exit: usize, position: usize, accepted_so_far: f64) -> bool {
-        let c = &self.costs;
+        let c = &self.learned.costs;
         let late = (self.layers - exit) as f64 * c.layer_ms + c.head_ms;
         let next_draft = c.submit_ms + exit as f64 * c.layer_ms + c.head_ms + late * c.row_fraction;
         worth_drafting(
             accepted_so_far,
-            self.acceptance.rate(exit, position),
+            self.learned.acceptance.rate(exit, position),
             1.0 / self.rate.max(f64::MIN_POSITIVE),
             next_draft,
         )
@@ -578,14 +585,8 @@ impl Tuner {
 
     /// The stats, and what was learned for the next generation.
     pub fn finish(mut self) -> (AdaptiveStats, Learned) {
-        self.stats.acceptance = self.acceptance.rates();
-        let learned = Learned {
-            costs: self.costs,
-            timing: self.timing,
-            acceptance: self.acceptance,
-            confidence: self.confidence,
-        };
-        (self.stats, learned)
+        self.stats.acceptance = self.learned.acceptance.rates();
+        (self.stats, self.learned)
     }
 }
 
@@ -780,6 +781,23 @@ mod tests {
         let candidates: Vec<usize> = (1..16).collect();
         assert_eq!(probe_layers(&candidates, 4), vec![2, 3, 5, 6]);
         assert_eq!(probe_layers(&[1, 2, 3], 2), vec![1, 3]);
+        // A plain step probes its own exit layer too, wherever it sits among the candidates.
+        let costs = costs();
+        for exit in [1, 4, 7] {
+            let mut t = Tuner::new(
+                8,
+                Setting::Auto,
+                Setting::Auto,
+                Learned::new(8, costs, true),
+            );
+            t.rounds = 1;
+            let layers = t.probe(exit, true).unwrap();
+            assert!(
+                layers.contains(&exit) && layers.len() <= MAX_SHADOW,
+                "{exit}: {layers:?}"
+            );
+            assert!(layers.windows(2).all(|w| w[0] < w[1]), "{layers:?}");
+        }
     }
 
     #[test]

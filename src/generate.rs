@@ -153,6 +153,12 @@ pub struct GenerateOptions {
 }
 
 impl GenerateOptions {
+    /// Whether a greedy self-speculative round can be one submit: nothing needs the host
+    /// between its drafts (no sampling, no confidence cut-off).
+    pub fn one_submit_rounds(&self) -> bool {
+        self.sampling.is_none() && self.draft_confidence.is_none()
+    }
+
     pub fn greedy(strategy: Strategy, max_new_tokens: usize) -> Self {
         GenerateOptions {
             strategy,
@@ -365,7 +371,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             }
             let more = i + 1 < round.depth;
             if let Some(tuner) = self.tuner.as_mut().filter(|t| t.cut_off && more) {
-                confidence *= tuner.confidence.probability(round.exit, top);
+                confidence *= tuner.learned.confidence.probability(round.exit, top);
                 if !tuner.keep_drafting(round.exit, i + 1, confidence) {
                     tuner.stats.cut_offs += 1;
                     break;
@@ -374,14 +380,6 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             input = token;
         }
         Ok(())
-    }
-
-    /// Greedy drafts without a confidence cut-off never need the host between calls: the whole
-    /// round (drafts, the last draft's own pass, verification) is one submit.
-    fn chained(&self) -> bool {
-        !self.sampling()
-            && self.options.draft_confidence.is_none()
-            && !self.tuner.as_ref().is_some_and(|t| t.cut_off)
     }
 
     /// One round in one submit: `depth` drafts chained on the GPU (each embeds the previous
@@ -464,8 +462,8 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         Ok(())
     }
 
-    /// A plain full-model step chosen by the adaptive planner, probing exit layers on the way.
-    async fn adaptive_step(&mut self, last: u32, pos: usize, probe: &[usize]) -> Result<u32> {
+    /// A plain full-model step in place of a round, probing the `probe` exit layers on the way.
+    async fn probed_step(&mut self, last: u32, pos: usize, probe: &[usize]) -> Result<u32> {
         let layers = self.engine.config().num_hidden_layers;
         let ids = [last];
         let call = Call::new(Input::Tokens(&ids), pos, 0..layers)
@@ -475,7 +473,10 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         if let Some(tuner) = &mut self.tuner {
             let target = out.picks[0].token;
             for (&e, picks) in probe.iter().zip(&out.shadow) {
-                tuner.acceptance.observe(e, 0, picks[0].token == target);
+                tuner
+                    .learned
+                    .acceptance
+                    .observe(e, 0, picks[0].token == target);
             }
         }
         Ok(self.choose(&out, 0).0)
@@ -512,12 +513,9 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             let probe = probe.unwrap_or_default();
             if depth == 0 {
                 let t0 = now_ms();
-                let token = match self.tuner.is_some() {
-                    true => self.adaptive_step(last, pos, &probe).await?,
-                    false => self.step(&[last], pos, 0..layers).await?,
-                };
+                let token = self.probed_step(last, pos, &probe).await?;
                 if let Some(tuner) = self.tuner.as_mut().filter(|_| !frontier) {
-                    tuner.timing.observe(exit, 0, now_ms() - t0);
+                    tuner.learned.timing.observe(exit, 0, now_ms() - t0);
                 }
                 if !self.emit(token, TokenKind::Bonus) {
                     return Ok(());
@@ -530,8 +528,9 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             let t0 = now_ms();
             let submits = self.engine.counters().submits;
             let mut round = Round::new(exit, depth, frontier);
-            let chained = self.chained();
-            if chained {
+            // Greedy rounds without a cut-off are one submit: drafts, the last draft's own pass,
+            // verification.
+            if self.options.one_submit_rounds() {
                 self.draft_and_verify(&mut round, last, pos, shadow).await?;
             } else {
                 self.draft(&mut round, last, pos, shadow.0).await?;
@@ -546,7 +545,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             self.stats.round_ms += ms;
             // Probe rounds do extra work: their times would overstate a round's cost.
             if let Some(tuner) = self.tuner.as_mut().filter(|_| !frontier) {
-                tuner.timing.observe(exit, n, ms);
+                tuner.learned.timing.observe(exit, n, ms);
             }
             self.stats.round_submits += self.engine.counters().submits - submits;
             self.stats.rounds += 1;
@@ -677,18 +676,26 @@ impl Round {
         let targets = &self.verification.picks;
         for (i, target) in targets.iter().enumerate().take(accepted + 1) {
             if let Some(&a) = self.argmax.get(i) {
-                tuner.acceptance.observe(self.exit, i, a == target.token);
                 tuner
+                    .learned
+                    .acceptance
+                    .observe(self.exit, i, a == target.token);
+                tuner
+                    .learned
                     .confidence
                     .observe(self.exit, self.tops[i], i < accepted);
             } else if let Some(a) = self.frontier_pick {
-                tuner.acceptance.observe(self.exit, i, a == target.token);
+                tuner
+                    .learned
+                    .acceptance
+                    .observe(self.exit, i, a == target.token);
             }
             for (&e, &t) in below.iter().zip(self.below.get(i).into_iter().flatten()) {
-                tuner.acceptance.observe(e, i, t == target.token);
+                tuner.learned.acceptance.observe(e, i, t == target.token);
             }
             for (&e, picks) in above.iter().zip(&self.verification.shadow) {
                 tuner
+                    .learned
                     .acceptance
                     .observe(e, i, picks[i].token == target.token);
             }
@@ -762,15 +769,14 @@ pub async fn generate<E: Engine>(
             Some(learned) => learned.clone(),
             None => {
                 let costs = adaptive::calibrate(d.engine, prompt[0], 0).await?;
-                // The model's round costs assume the mode rounds run in (chained() below).
-                let chained = options.sampling.is_none() && options.draft_confidence.is_none();
-                adaptive::Learned::new(layers, costs, chained)
+                adaptive::Learned::new(layers, costs, options.one_submit_rounds())
             }
         };
         let mut tuner = adaptive::Tuner::new(layers, exit_layer, num_speculations, learned);
         tuner.stats.calibration_ms = now_ms() - t0;
-        // Rounds that stop drafting by confidence cost a submit per draft: worth it where
-        // submits are cheap (the CPU) or where the host looks at every draft anyway (sampling).
+        // Sampled rounds look at every draft on the host anyway, so they can stop drafting by
+        // confidence at no extra submits (on greedy CPU rounds the cut-off measured slower than
+        // one-submit rounds).
         tuner.cut_off = num_speculations == Setting::Auto
             && options.draft_confidence.is_none()
             && options.sampling.is_some();

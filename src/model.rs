@@ -686,10 +686,7 @@ impl Model {
 type LearnedKey = (bool, bool);
 
 fn learned_key(options: &GenerateOptions) -> LearnedKey {
-    (
-        options.full_vocab_drafts,
-        options.sampling.is_some() || options.draft_confidence.is_some(),
-    )
+    (options.full_vocab_drafts, options.one_submit_rounds())
 }
 
 /// The largest char boundary of `s` at or before `i`.

@@ -155,10 +155,7 @@ impl GenerateRequest {
         };
         strategy.check(layers)?;
         Ok(GenerateOptions {
-            strategy,
-            max_new_tokens: self.max_new_tokens,
             ignore_eos: self.ignore_eos,
-            eos_token_ids: vec![],
             sampling: (self.temperature > 0.0).then_some(SamplingParams {
                 temperature: self.temperature,
                 top_k: self.top_k,
@@ -166,8 +163,7 @@ impl GenerateRequest {
                 seed: self.seed,
             }),
             draft_confidence: self.draft_confidence,
-            learned: None,
-            full_vocab_drafts: false,
+            ..GenerateOptions::greedy(strategy, self.max_new_tokens)
         })
     }
 }
