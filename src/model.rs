@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::cpu::{CpuModel, Fast, Reference};
 use crate::engine::{Call, Counters, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
-use crate::files::{Files, MAX_JSON_BYTES, MAX_TOKENIZER_BYTES};
+use crate::files::{Files, MAX_TOKENIZER_BYTES};
 use crate::format::{KvFormat, Quantization};
 use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
 use crate::gpu::kernels::OpKind;
@@ -469,22 +469,7 @@ impl Model {
         };
         let draft = match options.draft_vocab {
             None => None,
-            Some(n) => {
-                let vocab = checkpoint.config.vocab_size;
-                let ranked = match files
-                    .read_capped(vocab::FREQUENCIES_FILE, MAX_JSON_BYTES)
-                    .await?
-                {
-                    Some(bytes) => vocab::Frequencies::parse(&bytes, vocab)?.ids,
-                    None => vocab::merge_order(&tokenizer_json, vocab)?,
-                };
-                Some(vocab::draft_ids(
-                    &ranked,
-                    n,
-                    &checkpoint.eos_token_ids,
-                    vocab,
-                )?)
-            }
+            Some(n) => Some(vocab::load(files, &tokenizer_json, n, &checkpoint).await?),
         };
         let draft = draft.as_deref();
         let engine = match (ctx, &options.device) {

@@ -7,7 +7,9 @@
 //! vocab-stats`), else from the tokenizer's BPE merge order (a token made by an earlier merge was
 //! more frequent in the tokenizer's training text).
 
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::files::{Files, MAX_JSON_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -146,6 +148,22 @@ pub fn draft_ids(ranked: &[u32], n: usize, always: &[u32], vocab: usize) -> Resu
     }
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// The draft vocabulary of `n` ids for a checkpoint: ranked by `token_frequencies.json` when the
+/// model folder has one, else by the merge order of `tokenizer_json`.
+pub async fn load(
+    files: &impl Files,
+    tokenizer_json: &[u8],
+    n: usize,
+    checkpoint: &Checkpoint,
+) -> Result<Vec<u32>> {
+    let vocab = checkpoint.config.vocab_size;
+    let ranked = match files.read_capped(FREQUENCIES_FILE, MAX_JSON_BYTES).await? {
+        Some(bytes) => Frequencies::parse(&bytes, vocab)?.ids,
+        None => merge_order(tokenizer_json, vocab)?,
+    };
+    draft_ids(&ranked, n, &checkpoint.eos_token_ids, vocab)
 }
 
 #[cfg(test)]
