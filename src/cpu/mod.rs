@@ -209,30 +209,31 @@ impl<M: Math> CpuModel<M> {
         }
     }
 
-    /// Exit-head logits of hidden rows: the full head, or (`draft`) the draft vocabulary's.
-    fn logits(&self, rows: &[f32], draft: bool) -> Vec<f32> {
+    /// The exit head applied to hidden rows: one logits row per hidden row and its pick, from
+    /// the full head or (`draft`, when the model has one) the draft head, whose logits rows have
+    /// one entry per draft id and whose picks are mapped back to token ids.
+    fn exit_head(&self, rows: &[f32], draft: bool) -> (Vec<Vec<f32>>, Vec<Pick>) {
         let xn = rms_norm(rows, &self.weights.final_norm, self.config.rms_norm_eps);
-        match (draft, &self.weights.draft_head) {
-            (true, Some(d)) => self.math.matmul(&xn, &d.matrix),
-            _ => self.math.matmul(&xn, self.weights.head()),
-        }
-    }
-
-    /// Picks of logits rows of the full or the draft head, as token ids.
-    fn picks(&self, logits: &[f32], draft: bool) -> Vec<Pick> {
-        match (draft, &self.weights.draft_head) {
-            (true, Some(d)) => logits
-                .chunks(d.ids.len())
-                .map(|r| {
-                    let p = pick(r);
-                    Pick {
-                        token: d.ids[p.token as usize],
-                        ..p
-                    }
-                })
-                .collect(),
-            _ => logits.chunks(self.config.vocab_size).map(pick).collect(),
-        }
+        let (matrix, ids) = match (draft, &self.weights.draft_head) {
+            (true, Some(d)) => (&d.matrix, Some(d.ids.as_slice())),
+            _ => (self.weights.head(), None),
+        };
+        let width = ids.map_or(self.config.vocab_size, <[u32]>::len);
+        let logits: Vec<Vec<f32>> = self
+            .math
+            .matmul(&xn, matrix)
+            .chunks(width)
+            .map(<[f32]>::to_vec)
+            .collect();
+        let picks = logits
+            .iter()
+            .map(|r| {
+                let p = pick(r);
+                let token = ids.map_or(p.token, |ids| ids[p.token as usize]);
+                Pick { token, ..p }
+            })
+            .collect();
+        (logits, picks)
     }
 
     fn last_row(&self) -> &[f32] {
@@ -317,11 +318,10 @@ impl<M: Math> CpuModel<M> {
             for l in call.layers.clone() {
                 self.layer(l, call.pos0);
                 if call.head == Head::Lens {
-                    lens.push(self.logits(self.last_row(), false));
+                    lens.extend(self.exit_head(self.last_row(), false).0);
                 }
                 if call.shadow.contains(&(l + 1)) {
-                    let draft = call.shadow_draft_vocab;
-                    shadow.push(self.picks(&self.logits(&self.x, draft), draft));
+                    shadow.push(self.exit_head(&self.x, call.shadow_draft_vocab).1);
                 }
             }
             if let Some(row) = call.save {
@@ -329,14 +329,11 @@ impl<M: Math> CpuModel<M> {
                 self.exit_cache.resize(end, 0.0);
                 self.exit_cache[row * h..row * h + self.x.len()].copy_from_slice(&self.x);
             }
-            let logits = match call.head {
-                Head::None | Head::Lens => vec![],
-                Head::Last => self.logits(self.last_row(), call.draft_vocab),
-                Head::All => self.logits(&self.x, call.draft_vocab),
+            let (rows, picks) = match call.head {
+                Head::None | Head::Lens => (vec![], vec![]),
+                Head::Last => self.exit_head(self.last_row(), call.draft_vocab),
+                Head::All => self.exit_head(&self.x, call.draft_vocab),
             };
-            let picks = self.picks(&logits, call.draft_vocab);
-            let width = logits.len() / picks.len().max(1);
-            let rows: Vec<Vec<f32>> = logits.chunks(width.max(1)).map(<[f32]>::to_vec).collect();
             outputs.push(Output {
                 picks,
                 logits: if call.head == Head::Lens {
