@@ -494,16 +494,25 @@ impl GpuModel {
             &buf.logits,
             &[],
         );
-        let argmax = k
-            .op(
+        // Picks over logits rows of `width`; with `ids`, row index i stands for token ids[i].
+        let argmax_op = |k: &mut Kernels, width: usize, ids: Option<&wgpu::Buffer>| {
+            let mut defines = Defines::new().u32("V", width);
+            let mut bound = vec![(Access::Read, &buf.logits), (Access::Write, &buf.picks)];
+            if let Some(ids) = ids {
+                defines = defines.flag("MAP_IDS");
+                bound.push((Access::Read, ids));
+            }
+            k.op(
                 Shader::Argmax,
-                &Defines::new().u32("V", v),
+                &defines,
                 &buf.step,
-                &[(Access::Read, &buf.logits), (Access::Write, &buf.picks)],
+                &bound,
                 None,
                 Grid::PerToken(1),
             )
-            .labeled(OpKind::Argmax);
+            .labeled(OpKind::Argmax)
+        };
+        let argmax = argmax_op(&mut k, v, None);
         let draft = match &weights.draft_head {
             None => None,
             Some(d) => {
@@ -514,20 +523,7 @@ impl GpuModel {
                 )?;
                 ctx.queue
                     .write_buffer(&ids, 0, bytemuck::cast_slice(&d.ids));
-                let argmax = k
-                    .op(
-                        Shader::Argmax,
-                        &Defines::new().u32("V", d.ids.len()).flag("MAP_IDS"),
-                        &buf.step,
-                        &[
-                            (Access::Read, &buf.logits),
-                            (Access::Write, &buf.picks),
-                            (Access::Read, &ids),
-                        ],
-                        None,
-                        Grid::PerToken(1),
-                    )
-                    .labeled(OpKind::Argmax);
+                let argmax = argmax_op(&mut k, d.ids.len(), Some(&ids));
                 // The bind group keeps `ids` alive.
                 Some(DraftOps {
                     head: product(&mut k, OpKind::Head, &d.matrix, &buf.xn, &buf.logits, &[]),
