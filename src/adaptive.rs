@@ -94,9 +94,14 @@ impl Setting {
 }
 
 /// Rounds between shadow probes of the other candidate exit layers (the first round probes).
-pub const PROBE_EVERY: usize = 8;
-/// Most shadow exit layers one probe looks at: those nearest the current exit layer.
-pub const MAX_SHADOW: usize = 4;
+/// Probes are paid for in exit heads, and when the choice is already right they are all auto
+/// loses to the best fixed pair: on the embedded model, probing 4 layers every 8 rounds took 5-7%
+/// of the time (auto then reached 93-95% of the pair it chose in every round), 2 layers every
+/// 16 rounds about 2%.
+pub const PROBE_EVERY: usize = 16;
+/// Most shadow exit layers one probe looks at: those nearest the current exit layer (the choice
+/// walks from layer to layer).
+pub const MAX_SHADOW: usize = 2;
 /// Deepest draft `auto` considers.
 pub const MAX_AUTO_DEPTH: usize = 12;
 /// Weight of each older observation relative to the next one (an effective memory of about 33
@@ -230,47 +235,81 @@ impl<const N: usize> Tally<N> {
     }
 }
 
+/// Accepted drafts in a round that start a streak: the next round reads the estimates kept for
+/// rounds after a streak.
+pub const STREAK: usize = 2;
+
 /// Per exit layer (1..L-1) and draft position (0..MAX_AUTO_DEPTH), how often the exit head
 /// agreed with the full model on a row whose earlier drafts were all accepted. Positions differ:
 /// on the embedded model the first draft after the verifier's own token is accepted far more
 /// often than later ones, so one rate per layer would overrate deep drafts. A position with few
 /// observations leans on the position before it.
+///
+/// Acceptance comes in spells: where the text repeats itself or runs on with certainty every
+/// draft is accepted, elsewhere only the first one or two. So the estimates are kept twice, for
+/// rounds after one that accepted fewer than [`STREAK`] drafts and for rounds after a streak,
+/// and a round reads (and teaches) the set its predecessor selects: a spell is met with deep
+/// drafts from its second round on, instead of once one shared estimate has climbed.
 #[derive(Debug, Clone)]
-pub struct Acceptance(Tally<MAX_AUTO_DEPTH>);
+pub struct Acceptance {
+    /// `[after a short round, after a streak]`.
+    tallies: [Tally<MAX_AUTO_DEPTH>; 2],
+    streak: bool,
+}
 
 impl Acceptance {
     pub fn new(layers: usize) -> Self {
-        Acceptance(Tally::new(layers))
+        Acceptance {
+            tallies: [Tally::new(layers), Tally::new(layers)],
+            streak: false,
+        }
     }
 
     /// One observation of exit layer `exit` at draft position `position` (positions past the
-    /// deepest draft count as the deepest).
+    /// deepest draft count as the deepest), in the current round.
     pub fn observe(&mut self, exit: usize, position: usize, agreed: bool) {
-        self.0.observe(exit, position, agreed);
+        self.tallies[usize::from(self.streak)].observe(exit, position, agreed);
+    }
+
+    /// The current round accepted `accepted` drafts (0 for a plain step): it selects the
+    /// estimates of the next.
+    pub fn ended(&mut self, accepted: usize) {
+        self.streak = accepted >= STREAK;
     }
 
     /// One round has passed: every count fades by [`ROUND_FADE`].
     pub fn fade(&mut self) {
-        let Tally { good, seen } = &mut self.0;
-        for x in good.iter_mut().chain(seen).flatten() {
-            *x *= ROUND_FADE;
+        for Tally { good, seen } in &mut self.tallies {
+            for x in good.iter_mut().chain(seen.iter_mut()).flatten() {
+                *x *= ROUND_FADE;
+            }
         }
     }
 
-    /// Estimated probability that the draft at `position` from `exit` is accepted, given that
-    /// the drafts before it were.
+    /// Estimated probability that the draft at `position` from `exit` is accepted in the
+    /// current round, given that the drafts before it were.
     pub fn rate(&self, exit: usize, position: usize) -> f64 {
+        Self::rate_in(&self.tallies[usize::from(self.streak)], exit, position)
+    }
+
+    fn rate_in(tally: &Tally<MAX_AUTO_DEPTH>, exit: usize, position: usize) -> f64 {
         let mut rate = PRIOR_AGREE / PRIOR_SEEN;
         for i in 0..=position.min(MAX_AUTO_DEPTH - 1) {
-            rate = self.0.rate(exit, i, rate);
+            rate = tally.rate(exit, i, rate);
         }
         rate
     }
 
-    /// Per exit layer, the estimate at every draft position.
-    pub fn rates(&self) -> Vec<Vec<f64>> {
-        (1..=self.0.seen.len())
-            .map(|e| (0..MAX_AUTO_DEPTH).map(|i| self.rate(e, i)).collect())
+    /// Per exit layer, the estimate at every draft position: after a short round (`streak`
+    /// false) or after a streak.
+    pub fn rates(&self, streak: bool) -> Vec<Vec<f64>> {
+        let tally = &self.tallies[usize::from(streak)];
+        (1..=tally.seen.len())
+            .map(|e| {
+                (0..MAX_AUTO_DEPTH)
+                    .map(|i| Self::rate_in(tally, e, i))
+                    .collect()
+            })
             .collect()
     }
 }
@@ -585,7 +624,8 @@ impl Tuner {
 
     /// The stats, and what was learned for the next generation.
     pub fn finish(mut self) -> (AdaptiveStats, Learned) {
-        self.stats.acceptance = self.learned.acceptance.rates();
+        self.stats.acceptance = self.learned.acceptance.rates(false);
+        self.stats.acceptance_in_streak = self.learned.acceptance.rates(true);
         (self.stats, self.learned)
     }
 }
@@ -596,8 +636,10 @@ pub struct AdaptiveStats {
     /// Rounds per exit layer and per depth (depth 0: plain full-model steps).
     pub exit_layers: BTreeMap<usize, usize>,
     pub depths: BTreeMap<usize, usize>,
-    /// The acceptance estimate per exit layer 1..L-1 and draft position at the end.
+    /// The acceptance estimate per exit layer 1..L-1 and draft position at the end, after a
+    /// short round and after a streak (see [`Acceptance`]).
     pub acceptance: Vec<Vec<f64>>,
+    pub acceptance_in_streak: Vec<Vec<f64>>,
     /// The measured costs, and how long measuring them took (0 when the model already had them).
     /// Costs and estimates carry over from the model's earlier adaptive generations.
     pub costs: Option<Costs>,
@@ -699,10 +741,50 @@ mod tests {
         assert_eq!(plan.depth, 1);
     }
 
+    /// Spells of text where every draft is accepted, between stretches where only the first is:
+    /// after a streak the estimates (and so the chooser) go deep at once; after a short round
+    /// they stay shallow.
+    #[test]
+    fn streaks_select_their_own_estimates() {
+        let c = costs();
+        let ms = |e, d| match d {
+            0 => c.step_ms(8),
+            d => c.round_ms(8, e, d, true),
+        };
+        let mut a = Acceptance::new(8);
+        for spell in 0..40 {
+            // A short round: the first draft agrees, the second does not.
+            a.observe(1, 0, true);
+            a.observe(1, 1, false);
+            a.ended(1);
+            // Every third time, the next rounds are a spell: 8 drafts agree, twice.
+            if spell % 3 == 0 {
+                for _ in 0..2 {
+                    for i in 0..8 {
+                        a.observe(1, i, true);
+                    }
+                    a.ended(8);
+                }
+                // The spell ends with a round that misses at once.
+                a.observe(1, 0, false);
+                a.ended(0);
+            }
+        }
+        assert!(a.rate(1, 1) < 0.35, "{:?}", a.rates(false)[0]);
+        let shallow = choose(|e, i| a.rate(e, i), ms, &[1], 0..=8);
+        a.ended(STREAK);
+        assert!(a.rate(1, 5) > 0.8, "{:?}", a.rates(true)[0]);
+        let deep = choose(|e, i| a.rate(e, i), ms, &[1], 0..=8);
+        assert!(
+            shallow.depth <= 1 && deep.depth == 8,
+            "{shallow:?} {deep:?}"
+        );
+    }
+
     #[test]
     fn acceptance_estimates_follow_observations() {
         let mut a = Acceptance::new(4);
-        assert!(a.rates().iter().flatten().all(|&r| r == 0.5));
+        assert!(a.rates(false).iter().flatten().all(|&r| r == 0.5));
         for i in 0..200 {
             a.observe(2, 0, i % 4 != 0);
         }
@@ -716,7 +798,7 @@ mod tests {
         assert!(
             a.rate(2, 1) < 0.05 && a.rate(2, 0) > 0.7,
             "{:?}",
-            a.rates()[1]
+            a.rates(false)[1]
         );
         // Forgetting: after a run of disagreements the estimate falls below a half.
         for _ in 0..60 {
@@ -779,7 +861,8 @@ mod tests {
     #[test]
     fn probes_take_the_nearest_layers() {
         let candidates: Vec<usize> = (1..16).collect();
-        assert_eq!(probe_layers(&candidates, 4), vec![2, 3, 5, 6]);
+        assert_eq!(probe_layers(&candidates, 4), vec![3, 5]);
+        assert_eq!(probe_layers(&candidates, 1), vec![2, 3]);
         assert_eq!(probe_layers(&[1, 2, 3], 2), vec![1, 3]);
         // A plain step probes its own exit layer too, wherever it sits among the candidates.
         let costs = costs();

@@ -478,6 +478,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
                     .acceptance
                     .observe(e, 0, picks[0].token == target);
             }
+            tuner.learned.acceptance.ended(0);
         }
         Ok(self.choose(&out, 0).0)
     }
@@ -700,6 +701,7 @@ impl Round {
                     .observe(e, i, picks[i].token == target.token);
             }
         }
+        tuner.learned.acceptance.ended(accepted);
         let rows = targets.len();
         tuner.probed(below.len(), above.len(), rows);
     }

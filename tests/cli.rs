@@ -280,7 +280,12 @@ fn sweep_writes_a_csv_grid() {
         csv.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("best: exit layer"), "{stdout}");
+    for measure in [
+        "median of runs: best pair exit layer",
+        "whole set: best pair exit layer",
+    ] {
+        assert!(stdout.contains(measure), "{stdout}");
+    }
     assert!(stdout.contains("% of the best pair"), "{stdout}");
     let text = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(
@@ -327,11 +332,13 @@ fn bench_reports_adaptive_choices() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert!(rounds > 0 || a["depths"]["0"].as_u64().unwrap() > 0, "{a}");
-    assert_eq!(
-        a["acceptance"].as_array().unwrap().len(),
-        4,
-        "exit layers 1..4 of 5: {a}"
-    );
+    for estimates in ["acceptance", "acceptance_in_streak"] {
+        assert_eq!(
+            a[estimates].as_array().unwrap().len(),
+            4,
+            "exit layers 1..4 of 5: {a}"
+        );
+    }
     assert!(a["costs"]["layer_ms"].as_f64().unwrap() > 0.0, "{a}");
     // Early exit has no auto: it uses the default layer.
     assert!(results[1]["strategy"]

@@ -161,6 +161,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[derive(Default)]
 struct Runs {
     tokens_per_second: Vec<f64>,
+    /// Generation time of all runs together.
+    elapsed_ms: f64,
     drafted: usize,
     accepted: usize,
     tokens: usize,
@@ -183,8 +185,9 @@ struct Adaptive {
     shadow_ms: f64,
     cut_offs: usize,
     elapsed_ms: f64,
-    /// The last run's estimates and the measured costs.
+    /// The last run's estimates (after a short round, after a streak) and the measured costs.
     acceptance: Vec<Vec<f64>>,
+    acceptance_in_streak: Vec<Vec<f64>>,
     costs: Option<Costs>,
 }
 
@@ -201,6 +204,8 @@ impl Adaptive {
         self.cut_offs += a.cut_offs;
         self.elapsed_ms += elapsed_ms;
         self.acceptance.clone_from(&a.acceptance);
+        self.acceptance_in_streak
+            .clone_from(&a.acceptance_in_streak);
         self.costs = a.costs.or(self.costs);
     }
 
@@ -223,19 +228,21 @@ impl Adaptive {
             "  depths chosen (0 = plain step): {}",
             Self::shares(&self.depths)
         );
-        let rates: Vec<String> = self
-            .acceptance
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let at = |p: usize| a.get(p).map_or(0.0, |r| 100.0 * r);
-                format!("{}: {:.0}/{:.0}/{:.0}%", i + 1, at(0), at(1), at(3))
-            })
-            .collect();
-        println!(
-            "  acceptance estimates by exit layer (1st/2nd/4th draft): {}",
-            rates.join(", ")
-        );
+        let estimates = [&self.acceptance, &self.acceptance_in_streak];
+        for (rates, after) in estimates.into_iter().zip(["a short round", "a streak"]) {
+            let rates: Vec<String> = rates
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let at = |p: usize| a.get(p).map_or(0.0, |r| 100.0 * r);
+                    format!("{}: {:.0}/{:.0}/{:.0}%", i + 1, at(0), at(1), at(3))
+                })
+                .collect();
+            println!(
+                "  acceptance estimates after {after}, by exit layer (1st/2nd/4th draft): {}",
+                rates.join(", ")
+            );
+        }
         if let Some(c) = &self.costs {
             println!(
                 "  measured costs: submit {:.3} ms, layer {:.3} ms, head {:.3} ms, extra row {:.0}% of a pass",
@@ -259,6 +266,7 @@ impl Runs {
     fn add(&mut self, g: Generation) {
         let s = &g.stats;
         self.tokens_per_second.push(s.tokens_per_second);
+        self.elapsed_ms += s.elapsed_ms;
         self.drafted += s.drafted;
         self.accepted += s.accepted;
         self.tokens += s.generated_tokens;
@@ -281,6 +289,11 @@ impl Runs {
         } else {
             0.0
         }
+    }
+    /// Tokens per second over the whole prompt set: all tokens over all the time they took, so
+    /// a slow prompt weighs by its time (the median of per-run rates does not see it).
+    fn throughput(&self) -> f64 {
+        ratio(self.tokens as f64, self.elapsed_ms / 1e3)
     }
     fn per_token(&self, n: u64) -> f64 {
         n as f64 / self.tokens.max(1) as f64
@@ -651,46 +664,63 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         },
     )?);
     let runs = run_all(&mut model, &prompts, &configs, args.prompts.repetitions)?;
-    let base = median(runs[0].tokens_per_second.clone());
-    let mut csv =
-        String::from("exit_layer,num_speculations,acceptance_rate,tokens_per_second,speedup\n");
-    println!("autoregressive: {base:.1} tokens/s (median)");
-    println!(
-        "{:>5} {:>3} {:>11} {:>10} {:>8}",
-        "E", "D", "acceptance", "tokens/s", "speedup"
+    // Two measures of a configuration on the prompt set: the median of its runs' rates (a
+    // typical prompt) and all tokens over all time (the whole set, slow prompts weighing by their
+    // time). Each ranks the static pairs on its own.
+    let measures = |r: &Runs| [median(r.tokens_per_second.clone()), r.throughput()];
+    let base = measures(&runs[0]);
+    let mut csv = String::from(
+        "exit_layer,num_speculations,acceptance_rate,tokens_per_second_median,speedup_median,tokens_per_second_set,speedup_set\n",
     );
-    // One printed and CSV row: exit layer and depth (numbers or "auto"); returns tokens/s.
+    println!(
+        "autoregressive: {:.1} tokens/s (median of runs), {:.1} tokens/s (whole set)",
+        base[0], base[1]
+    );
+    println!(
+        "{:>5} {:>3} {:>11} {:>12} {:>8} {:>12} {:>8}",
+        "E", "D", "acceptance", "median t/s", "speedup", "set t/s", "speedup"
+    );
+    // One printed and CSV row: exit layer and depth (numbers or "auto"); returns both measures.
     let mut row = |e: &str, d: &str, r: &Runs| {
-        let tps = median(r.tokens_per_second.clone());
-        let (acceptance, speedup) = (r.acceptance(), ratio(tps, base));
+        let (acceptance, m) = (r.acceptance(), measures(r));
+        let x = [ratio(m[0], base[0]), ratio(m[1], base[1])];
         println!(
-            "{e:>5} {d:>3} {:>10.1}% {tps:>10.1} {speedup:>7.2}x",
-            100.0 * acceptance
+            "{e:>5} {d:>3} {:>10.1}% {:>12.1} {:>7.2}x {:>12.1} {:>7.2}x",
+            100.0 * acceptance,
+            m[0],
+            x[0],
+            m[1],
+            x[1]
         );
-        csv.push_str(&format!("{e},{d},{acceptance:.4},{tps:.2},{speedup:.3}\n"));
-        tps
+        csv.push_str(&format!(
+            "{e},{d},{acceptance:.4},{:.2},{:.3},{:.2},{:.3}\n",
+            m[0], x[0], m[1], x[1]
+        ));
+        m
     };
-    let mut best = (0, 0, 0.0);
+    let mut best = [(0, 0, 0.0); 2];
     for (&(e, d), r) in grid.iter().zip(&runs[1..runs.len() - 1]) {
-        let tps = row(&e.to_string(), &d.to_string(), r);
-        if tps > best.2 {
-            best = (e, d, tps);
+        let m = row(&e.to_string(), &d.to_string(), r);
+        for (best, tps) in best.iter_mut().zip(m) {
+            if tps > best.2 {
+                *best = (e, d, tps);
+            }
         }
     }
     let auto = &runs[runs.len() - 1];
     let auto_tps = row("auto", "auto", auto);
-    println!(
-        "best: exit layer {} with {} speculations, {:.1} tokens/s ({:.2}x autoregressive)",
-        best.0,
-        best.1,
-        best.2,
-        ratio(best.2, base)
-    );
-    println!(
-        "auto: {auto_tps:.1} tokens/s ({:.2}x autoregressive, {:.1}% of the best pair)",
-        ratio(auto_tps, base),
-        100.0 * ratio(auto_tps, best.2)
-    );
+    for (i, measure) in ["median of runs", "whole set"].iter().enumerate() {
+        let (b, a) = (best[i], auto_tps[i]);
+        println!(
+            "{measure}: best pair exit layer {} with {} speculations, {:.1} tokens/s ({:.2}x autoregressive); auto {a:.1} tokens/s ({:.2}x, {:.1}% of the best pair)",
+            b.0,
+            b.1,
+            b.2,
+            ratio(b.2, base[i]),
+            ratio(a, base[i]),
+            100.0 * ratio(a, b.2)
+        );
+    }
     if !auto.outputs.iter().eq(runs[0].outputs.iter()) {
         return Err(Error::Invalid(
             "auto's greedy output differs from autoregressive".into(),
