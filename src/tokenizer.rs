@@ -24,6 +24,16 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Encodes text that already holds its special tokens (a rendered chat template places BOS
+    /// itself), adding none, as Hugging Face's `apply_chat_template(tokenize=True)` does.
+    pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, true)
@@ -109,16 +119,25 @@ fn check_template(obj: &serde_json::Map<String, Value>) -> std::result::Result<(
 
 /// Turns a growing list of token ids into text increments. Byte-level BPE tokens can split a UTF-8
 /// character, so text is only released once it no longer ends in a replacement character.
+///
+/// Each step decodes a short window, not every id so far (which would make a long chat
+/// quadratic): the ids of the last released piece, whose text is `prefix`, and those after it.
+/// Decoding the window and dropping `prefix` gives the new text with the spacing the whole
+/// sequence has (a SentencePiece decoder strips the first token's leading space, and the piece
+/// before the window's new ids keeps that from touching them).
 pub struct StreamDecoder {
     ids: Vec<u32>,
-    emitted: usize,
+    /// `ids[..prefix_ids]` decode to `prefix`.
+    prefix_ids: usize,
+    prefix: String,
 }
 
 impl StreamDecoder {
     pub fn new() -> Self {
         Self {
             ids: vec![],
-            emitted: 0,
+            prefix_ids: 0,
+            prefix: String::new(),
         }
     }
 
@@ -126,22 +145,43 @@ impl StreamDecoder {
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
         let text = tokenizer.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}')
-            || text.len() <= self.emitted
-            || !text.is_char_boundary(self.emitted)
-        {
+        if text.ends_with('\u{FFFD}') {
             return Ok(None);
         }
-        let new = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        // A decoder that rewrote the prefix (none known) still loses no text: what follows the
+        // prefix's length is released.
+        let new = match text.strip_prefix(self.prefix.as_str()) {
+            Some(new) => new,
+            None => text.get(self.prefix.len()..).unwrap_or_default(),
+        };
+        if new.is_empty() {
+            return Ok(None);
+        }
+        let new = new.to_string();
+        // The released piece becomes the next window's prefix.
+        self.ids.drain(..self.prefix_ids);
+        self.prefix_ids = self.ids.len();
+        self.prefix = tokenizer.decode(&self.ids)?;
         Ok(Some(new))
+    }
+
+    /// How many ids the decoder holds: the last released piece's and those after it, not the
+    /// whole sequence.
+    pub fn held_ids(&self) -> usize {
+        self.ids.len()
     }
 
     /// Text not yet released (a trailing partial character at the end of generation).
     pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
         let text = tokenizer.decode(&self.ids)?;
-        let rest = text.get(self.emitted..).unwrap_or("").to_string();
-        self.emitted = text.len();
+        let rest = match text.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest,
+            None => text.get(self.prefix.len()..).unwrap_or_default(),
+        }
+        .to_string();
+        self.ids.drain(..self.prefix_ids);
+        self.prefix_ids = self.ids.len();
+        self.prefix = tokenizer.decode(&self.ids)?;
         Ok(rest)
     }
 }
