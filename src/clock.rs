@@ -18,3 +18,17 @@ pub fn now_ms() -> f64 {
         .and_then(|v| v.as_f64())
         .unwrap_or_else(js_sys::Date::now)
 }
+
+/// Seconds since the Unix epoch (UTC), for dates in chat templates.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn unix_seconds() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(target_arch = "wasm32")]
+pub fn unix_seconds() -> i64 {
+    (js_sys::Date::now() / 1e3) as i64
+}

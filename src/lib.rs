@@ -2,6 +2,7 @@
 //! layer and the shared exit head in WGSL compute shaders on wgpu, natively and in the browser.
 
 pub mod adaptive;
+pub mod chat;
 pub mod checkpoint;
 mod clock;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod vocab;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
+pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use engine::{Call, Engine, Head, Input, Output, Pick};
 pub use error::{Error, Result};

@@ -1,11 +1,12 @@
 //! A loaded model: the engine on the chosen device, its tokenizer and its stop ids.
 
+use crate::chat::{self, ChatTemplate, Message};
 use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
 use crate::cpu::{CpuModel, Fast, Reference};
 use crate::engine::{Call, Counters, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
-use crate::files::{Files, MAX_TOKENIZER_BYTES};
+use crate::files::{Files, MAX_JSON_BYTES, MAX_TOKENIZER_BYTES};
 use crate::format::{KvFormat, Quantization};
 use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
 use crate::gpu::kernels::OpKind;
@@ -162,6 +163,8 @@ pub struct Model {
     /// Why this backend: the adapter found, or why the CPU runs instead.
     backend_reason: String,
     pub tokenizer: Tokenizer,
+    /// tokenizer_config.json's `chat_template`, if the checkpoint has one.
+    chat_template: Option<ChatTemplate>,
     /// End-of-sequence ids from config.json and generation_config.json.
     pub eos_token_ids: Vec<u32>,
     /// The checkpoint's suggested exit layer (generation_config.json `assistant_early_exit`).
@@ -256,6 +259,37 @@ impl Model {
         let options = self.options(request)?;
         self.complete(prompt, &options, &request.stop, on_token)
             .await
+    }
+
+    /// Answers a conversation: its messages rendered with the model's chat template, ending with
+    /// the assistant's header, then generated after as `request` says.
+    pub async fn chat(
+        &mut self,
+        messages: &[Message],
+        request: &GenerateRequest,
+        on_token: impl FnMut(Streamed<'_>) -> bool,
+    ) -> Result<Completion> {
+        let options = self.options(request)?;
+        let prompt = self.chat_prompt(messages, true)?;
+        self.complete_ids(prompt, &options, &request.stop, on_token)
+            .await
+    }
+
+    /// A conversation as prompt ids, rendered with the model's chat template (Hugging Face's
+    /// `apply_chat_template(messages, add_generation_prompt=..., tokenize=True)`).
+    pub fn chat_prompt(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            Error::file(
+                chat::CONFIG_FILE,
+                "the model has no `chat_template` (missing file or field): give it a raw prompt instead",
+            )
+        })?;
+        let text = template.render(messages, add_generation_prompt, &Default::default())?;
+        self.tokenizer.encode_rendered(&text)
     }
 
     /// Generates after already tokenized `prompt` (benchmarks feed the same ids to every
@@ -435,6 +469,10 @@ impl Model {
             .await?
             .ok_or_else(|| Error::file("tokenizer.json", "missing"))?;
         let tokenizer = Tokenizer::from_bytes(&tokenizer_json)?;
+        let chat_template = match files.read_capped(chat::CONFIG_FILE, MAX_JSON_BYTES).await? {
+            Some(bytes) => ChatTemplate::from_config(&bytes)?,
+            None => None,
+        };
         if tokenizer.vocab_size() > checkpoint.config.vocab_size {
             return Err(Error::Tokenizer(format!(
                 "tokenizer has {} tokens but the model's vocab_size is {}",
@@ -495,6 +533,7 @@ impl Model {
             engine,
             backend_reason: reason,
             tokenizer,
+            chat_template,
             eos_token_ids: checkpoint.eos_token_ids,
             checkpoint_exit_layer: checkpoint.default_exit_layer,
             learned: vec![],
@@ -584,9 +623,21 @@ impl Model {
         prompt: &str,
         options: &GenerateOptions,
         stop: &[String],
-        mut on_token: impl FnMut(Streamed<'_>) -> bool,
+        on_token: impl FnMut(Streamed<'_>) -> bool,
     ) -> Result<Completion> {
         let prompt_tokens = self.tokenizer.encode(prompt)?;
+        self.complete_ids(prompt_tokens, options, stop, on_token)
+            .await
+    }
+
+    /// [`Model::complete`] after already tokenized `prompt_tokens`.
+    pub async fn complete_ids(
+        &mut self,
+        prompt_tokens: Vec<u32>,
+        options: &GenerateOptions,
+        stop: &[String],
+        mut on_token: impl FnMut(Streamed<'_>) -> bool,
+    ) -> Result<Completion> {
         let mut options = self.with_learned(options);
         options.eos_token_ids.extend(&self.eos_token_ids);
         let tokenizer = &self.tokenizer;

@@ -1,7 +1,7 @@
 //! `layerskip generate`: streamed text, or one JSON object.
 
 use super::{load, ModelArgs};
-use layerskip::{GenerateRequest, Result, TokenKind};
+use layerskip::{GenerateRequest, Message, Result, Streamed, TokenKind};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 
@@ -9,8 +9,16 @@ use std::io::{IsTerminal, Write};
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// The text to continue, or with --chat the user's message.
     #[arg(long)]
     prompt: String,
+    /// Treat --prompt as a user message and render it with the model's chat template
+    /// (tokenizer_config.json's `chat_template`), ending with the assistant's header.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     #[command(flatten)]
     request: GenerateRequest,
     /// Colour accepted drafts green, rejected drafts red (struck through) and the full model's
@@ -27,7 +35,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut model = load(&args.model)?;
     let colour = args.show_speculation && std::io::stdout().is_terminal();
     let mut stdout = std::io::stdout();
-    let completion = pollster::block_on(model.generate(&args.prompt, &args.request, |s| {
+    let on_token = |s: Streamed<'_>| {
         if args.json {
             return true;
         }
@@ -40,7 +48,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let _ = write!(stdout, "{text}");
         let _ = stdout.flush();
         true
-    }))?;
+    };
+    let completion = if args.chat {
+        let messages: Vec<Message> = args
+            .system
+            .iter()
+            .map(|s| Message::new("system", s.as_str()))
+            .chain([Message::new("user", args.prompt.as_str())])
+            .collect();
+        pollster::block_on(model.chat(&messages, &args.request, on_token))?
+    } else {
+        pollster::block_on(model.generate(&args.prompt, &args.request, on_token))?
+    };
     if args.json {
         let out = json!({
             "prompt_tokens": completion.prompt_tokens,

@@ -36,7 +36,7 @@ export async function fetchModel(baseUrl, onProgress) {
   const files = new Map();
   files.set('config.json', await (await fetchOk(base + 'config.json')).blob());
   files.set('tokenizer.json', await (await fetchOk(base + 'tokenizer.json')).blob());
-  for (const name of ['generation_config.json', 'model.safetensors.index.json', 'token_frequencies.json']) {
+  for (const name of ['generation_config.json', 'tokenizer_config.json', 'model.safetensors.index.json', 'token_frequencies.json']) {
     const blob = await optional(base + name);
     if (blob) files.set(name, blob);
   }
