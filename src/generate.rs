@@ -150,6 +150,13 @@ pub struct GenerateOptions {
     /// Draft with the full exit head even when the model has a draft vocabulary (benchmarks
     /// compare the two in one process).
     pub full_vocab_drafts: bool,
+    /// Leading prompt positions whose KV entries, in every layer, the engine already holds from
+    /// an earlier generation (the same ids there): prefill starts after them. Less than the
+    /// prompt's length (the last prompt token always runs, for the first pick).
+    pub cached_prefix: usize,
+    /// Let [`crate::Model`] keep the prefix its KV cache shares with the prompt from the
+    /// previous generation (it sets `cached_prefix`).
+    pub reuse_prefix: bool,
 }
 
 impl GenerateOptions {
@@ -169,6 +176,8 @@ impl GenerateOptions {
             draft_confidence: None,
             learned: None,
             full_vocab_drafts: false,
+            cached_prefix: 0,
+            reuse_prefix: false,
         }
     }
 }
@@ -201,6 +210,8 @@ pub struct Stats {
     pub backend: crate::model::Backend,
     pub strategy: StrategyKind,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV entries were kept from the previous generation, not computed again.
+    pub cached_prompt_tokens: usize,
     pub generated_tokens: usize,
     pub elapsed_ms: f64,
     pub tokens_per_second: f64,
@@ -234,6 +245,9 @@ pub struct Stats {
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub stats: Stats,
+    /// Leading positions of prompt + tokens whose KV entries are now in the cache for every
+    /// layer (what a next generation sharing that prefix can keep).
+    pub kv_valid: usize,
     /// What adaptive speculation learned, for the next generation.
     pub learned: Option<adaptive::Learned>,
 }
@@ -250,6 +264,8 @@ struct Decoder<'a, E, F> {
     done: bool,
     /// Chooses exit layer and depth per round when either is `auto`.
     tuner: Option<adaptive::Tuner>,
+    /// Leading positions whose KV entries are written in every layer.
+    kv_valid: usize,
 }
 
 impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
@@ -326,13 +342,27 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         self.options.max_new_tokens - self.tokens.len()
     }
 
+    /// The prompt after its cached prefix, through `layers`: the first token.
+    async fn prefill(&mut self, prompt: &[u32], layers: Range<usize>) -> Result<u32> {
+        let cached = self.options.cached_prefix;
+        let all = layers == (0..self.engine.config().num_hidden_layers);
+        let token = self.step(&prompt[cached..], cached, layers).await?;
+        // Early exit writes only the layers below E.
+        self.kv_valid = if all { prompt.len() } else { cached };
+        Ok(token)
+    }
+
     /// One token per step through `layers` (all of them, or 0..E for early exit).
     async fn plain(&mut self, prompt: &[u32], layers: Range<usize>) -> Result<()> {
-        let mut token = self.step(prompt, 0, layers.clone()).await?;
+        let all = layers == (0..self.engine.config().num_hidden_layers);
+        let mut token = self.prefill(prompt, layers.clone()).await?;
         let mut pos = prompt.len();
         while self.emit(token, TokenKind::Plain) {
             token = self.step(&[token], pos, layers.clone()).await?;
             pos += 1;
+            if all {
+                self.kv_valid = pos;
+            }
         }
         Ok(())
     }
@@ -490,7 +520,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
     /// step) and some rounds carry shadow picks that teach it about other exit layers.
     async fn speculative(&mut self, prompt: &[u32], exit: Setting, depth: Setting) -> Result<()> {
         let layers = self.engine.config().num_hidden_layers;
-        let mut last = self.step(prompt, 0, 0..layers).await?;
+        let mut last = self.prefill(prompt, 0..layers).await?;
         let mut pos = prompt.len();
         if !self.emit(last, TokenKind::Bonus) {
             return Ok(());
@@ -515,6 +545,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             if depth == 0 {
                 let t0 = now_ms();
                 let token = self.probed_step(last, pos, &probe).await?;
+                self.kv_valid = pos + 1;
                 if let Some(tuner) = self.tuner.as_mut().filter(|_| !frontier) {
                     tuner.learned.timing.observe(exit, 0, now_ms() - t0);
                 }
@@ -584,6 +615,9 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             if let Some(tuner) = &mut self.tuner {
                 round.teach(tuner, accepted, shadow);
             }
+            // The round's inputs up to the last accepted draft went through every layer: drafts
+            // below E, verification above.
+            self.kv_valid = pos + accepted + 1;
             self.stats.accepted += accepted;
             for &token in &round.drafts[..accepted] {
                 if !self.emit(token, TokenKind::Accepted) {
@@ -730,6 +764,13 @@ pub async fn generate<E: Engine>(
     if prompt.is_empty() {
         return Err(Error::Invalid("the prompt encodes to no tokens".into()));
     }
+    if options.cached_prefix >= prompt.len() {
+        return Err(Error::Invalid(format!(
+            "a cached prefix of {} tokens leaves nothing of the {}-token prompt to run",
+            options.cached_prefix,
+            prompt.len()
+        )));
+    }
     let needed = prompt.len() as u128 + options.max_new_tokens as u128;
     if needed > engine.max_context() as u128 {
         return Err(Error::ContextLength {
@@ -751,12 +792,14 @@ pub async fn generate<E: Engine>(
             backend,
             strategy: options.strategy.kind(),
             prompt_tokens: prompt.len(),
+            cached_prompt_tokens: options.cached_prefix,
             stop_reason: StopReason::MaxNewTokens,
             ..Stats::default()
         },
         first_token_at: None,
         done: false,
         tuner: None,
+        kv_valid: options.cached_prefix,
     };
     if let (
         true,
@@ -770,7 +813,9 @@ pub async fn generate<E: Engine>(
         let learned = match &options.learned {
             Some(learned) => learned.clone(),
             None => {
-                let costs = adaptive::calibrate(d.engine, prompt[0], 0).await?;
+                // At the first position the prefill writes: every row calibration writes is
+                // written again before anything reads it, and the cached prefix stays.
+                let costs = adaptive::calibrate(d.engine, prompt[0], options.cached_prefix).await?;
                 adaptive::Learned::new(layers, costs, options.one_submit_rounds())
             }
         };
@@ -798,6 +843,9 @@ pub async fn generate<E: Engine>(
     let end = now_ms();
     let counters = d.engine.counters();
     let (tokens, mut stats) = (d.tokens, d.stats);
+    // Positions past the emitted tokens (accepted drafts after a stop) hold ids the caller
+    // never sees.
+    let kv_valid = d.kv_valid.min(prompt.len() + tokens.len());
     let (adaptive, learned) = d.tuner.map(adaptive::Tuner::finish).unzip();
     stats.adaptive = adaptive;
     let n = tokens.len();
@@ -828,6 +876,7 @@ pub async fn generate<E: Engine>(
     Ok(Generation {
         tokens,
         stats,
+        kv_valid,
         learned,
     })
 }

@@ -169,6 +169,11 @@ pub struct Model {
     pub eos_token_ids: Vec<u32>,
     /// The checkpoint's suggested exit layer (generation_config.json `assistant_early_exit`).
     checkpoint_exit_layer: Option<usize>,
+    /// The ids whose KV entries the cache holds in every layer after the last generation, and
+    /// the engine's counters then: a later run on the engine (a benchmark, the logit lens, a
+    /// test driving it) changes them, and nothing is reused.
+    kv_ids: Vec<u32>,
+    kv_counters: Counters,
     /// What adaptive speculation learned on this engine, kept for later generations of the
     /// same kind (see [`learned_key`]).
     learned: Vec<(LearnedKey, crate::adaptive::Learned)>,
@@ -303,6 +308,22 @@ impl Model {
         let g = generate(&mut self.engine, prompt, &options, |_, _| Flow::Continue).await?;
         self.keep_learned(&options, &g);
         Ok(g)
+    }
+
+    /// How many leading ids of `prompt` the KV cache still holds from the last generation (at
+    /// most all but the last, which runs for the first pick); 0 when reuse is off or anything
+    /// else ran on the engine since.
+    fn reusable_prefix(&self, prompt: &[u32], options: &GenerateOptions) -> usize {
+        if !options.reuse_prefix || self.engine.counters() != self.kv_counters {
+            return 0;
+        }
+        let common = self
+            .kv_ids
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        common.min(prompt.len().saturating_sub(1))
     }
 
     /// `options` with what earlier adaptive generations of the same kind learned, if anything.
@@ -536,6 +557,8 @@ impl Model {
             chat_template,
             eos_token_ids: checkpoint.eos_token_ids,
             checkpoint_exit_layer: checkpoint.default_exit_layer,
+            kv_ids: vec![],
+            kv_counters: Counters::default(),
             learned: vec![],
         })
     }
@@ -640,6 +663,10 @@ impl Model {
     ) -> Result<Completion> {
         let mut options = self.with_learned(options);
         options.eos_token_ids.extend(&self.eos_token_ids);
+        options.cached_prefix = self.reusable_prefix(&prompt_tokens, &options);
+        // The cache is rewritten past the prefix from here on: only a finished generation says
+        // what it holds.
+        self.kv_ids.clear();
         let tokenizer = &self.tokenizer;
         let mut stream = StreamDecoder::new();
         let mut finder = StopFinder {
@@ -686,6 +713,13 @@ impl Model {
         if let Some(e) = failure {
             return Err(e);
         }
+        self.kv_ids = prompt_tokens
+            .iter()
+            .chain(&generation.tokens)
+            .take(generation.kv_valid)
+            .copied()
+            .collect();
+        self.kv_counters = self.engine.counters();
         self.keep_learned(&options, &generation);
         if !stopped {
             // Text a stop string might have started, and a trailing partial character.

@@ -59,6 +59,10 @@ pub struct GenerateRequest {
     /// Stop drafting when the draft's top probability falls below this (self-speculative).
     #[cfg_attr(not(target_arch = "wasm32"), arg(long, allow_negative_numbers = true))]
     pub draft_confidence: Option<f32>,
+    /// Prefill the whole prompt even where the KV cache still holds a prefix of it from the
+    /// previous generation (by default only what follows that prefix is computed).
+    #[cfg_attr(not(target_arch = "wasm32"), arg(long))]
+    pub no_prefix_reuse: bool,
 }
 
 impl Default for GenerateRequest {
@@ -75,6 +79,7 @@ impl Default for GenerateRequest {
             stop: vec![],
             ignore_eos: false,
             draft_confidence: None,
+            no_prefix_reuse: false,
         }
     }
 }
@@ -163,6 +168,7 @@ impl GenerateRequest {
                 seed: self.seed,
             }),
             draft_confidence: self.draft_confidence,
+            reuse_prefix: !self.no_prefix_reuse,
             ..GenerateOptions::greedy(strategy, self.max_new_tokens)
         })
     }

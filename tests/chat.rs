@@ -69,14 +69,7 @@ fn templates_render_as_hugging_face_does() {
 /// without a template is a named error.
 #[test]
 fn generate_chat_uses_the_template() {
-    let dir = std::env::temp_dir().join(format!("layerskip-chat-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let source = fixtures().join("llama2_tiny");
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
+    let dir = fixture_copy("generate");
     let run = |dir: &Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
             .args(["generate", "--device", "cpu", "--model"])
@@ -102,12 +95,7 @@ fn generate_chat_uses_the_template() {
         "{stderr}"
     );
 
-    let template = std::fs::read_to_string(fixtures().join("chat/llama2.jinja")).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        config_with("llama2_tiny", &template),
-    )
-    .unwrap();
+    add_template(&dir);
     let out = run(&dir);
     assert!(
         out.status.success(),
@@ -132,5 +120,102 @@ fn generate_chat_uses_the_template() {
         })
         .unwrap();
     assert_eq!(result["prompt_tokens"], expected["ids"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A copy of the llama2_tiny fixture (without a chat template) in a fresh temporary folder.
+fn fixture_copy(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("layerskip-chat-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("llama2_tiny")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Gives the copy the Llama-2 chat template.
+fn add_template(dir: &Path) {
+    let template = std::fs::read_to_string(fixtures().join("chat/llama2.jinja")).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        config_with("llama2_tiny", &template),
+    )
+    .unwrap();
+}
+
+/// `layerskip chat` over piped input: every line a turn, replies streamed, `/stats` and
+/// `/reset`; later turns keep the conversation's KV cache, and the replies are the same as
+/// when every turn computes its whole prompt.
+#[test]
+fn chat_command_keeps_the_conversation() {
+    let dir = fixture_copy("command");
+    add_template(&dir);
+    let input = "Hello there.\n/stats\nTell me more.\n/stats\n/reset\nHello there.\n/stats\n";
+    let run = |extra: &[&str]| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
+            .args(["chat", "--device", "cpu", "--model"])
+            .arg(&dir)
+            .args(["--max-new-tokens", "6", "--ignore-eos"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stats: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("kept in the KV cache"))
+            .map(str::to_string)
+            .collect();
+        (String::from_utf8(out.stdout).unwrap(), stats)
+    };
+    let kept = |line: &str| -> usize {
+        let (_, rest) = line.split_once("prompt tokens (").unwrap();
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    let (replies, stats) = run(&["--strategy", "self-speculative", "--exit-layer", "1"]);
+    assert_eq!(replies.lines().count(), 3, "{replies}");
+    assert_eq!(stats.len(), 3, "{stats:?}");
+    // The second turn keeps the first turn's prompt at least; after /reset the same first
+    // message keeps what the cache still holds of it.
+    assert!(kept(&stats[1]) > 10 && kept(&stats[2]) > 0, "{stats:?}");
+    let (fresh, fresh_stats) = run(&[
+        "--strategy",
+        "self-speculative",
+        "--exit-layer",
+        "1",
+        "--no-prefix-reuse",
+    ]);
+    assert_eq!(replies, fresh);
+    assert!(fresh_stats.iter().all(|l| kept(l) == 0), "{fresh_stats:?}");
+    // The first and the post-reset replies answer the same conversation.
+    let lines: Vec<&str> = replies.lines().collect();
+    assert_eq!(lines[0], lines[2]);
+
+    // A model without a template: the command refuses at once, naming the file.
+    std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
+        .args(["chat", "--device", "cpu", "--model"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer_config.json"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,7 @@
 //! `layerskip generate`: streamed text, or one JSON object.
 
 use super::{load, ModelArgs};
-use layerskip::{GenerateRequest, Message, Result, Streamed, TokenKind};
+use layerskip::{GenerateRequest, Message, Result, Stats, Streamed, TokenKind};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 
@@ -71,7 +71,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         return Ok(());
     }
     println!();
-    let s = &completion.stats;
+    eprintln!("{}", summary(&completion.stats));
+    Ok(())
+}
+
+/// One line on how a generation went (stderr after streamed text; `/stats` in chat).
+pub fn summary(s: &Stats) -> String {
     let speculation = if s.rounds > 0 {
         format!(
             ", {} rounds, acceptance {:.1}% ({} / {}), draft {:.0} ms, verify {:.0} ms",
@@ -85,9 +90,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         String::new()
     };
-    eprintln!(
-        "[{}] {} tokens in {:.0} ms: {:.1} tokens/s, first token {:.0} ms, {:.1} dispatches/token, {:.2} submits/token{speculation}, stop: {}",
+    format!(
+        "[{}] {} prompt tokens ({} kept in the KV cache), {} tokens in {:.0} ms: {:.1} tokens/s, first token {:.0} ms, {:.1} dispatches/token, {:.2} submits/token{speculation}, stop: {}",
         s.strategy,
+        s.prompt_tokens,
+        s.cached_prompt_tokens,
         s.generated_tokens,
         s.elapsed_ms,
         s.tokens_per_second,
@@ -95,6 +102,5 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         s.dispatches_per_token,
         s.submits_per_token,
         s.stop_reason
-    );
-    Ok(())
+    )
 }

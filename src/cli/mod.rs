@@ -1,6 +1,8 @@
-//! Command-line interface: generate, logits (the logit lens), info, bench and sweep.
+//! Command-line interface: generate, chat, logits (the logit lens), info, bench, sweep and the
+//! checkpoint tools.
 
 mod bench;
+mod chat;
 mod default_model;
 mod eval;
 mod generate;
@@ -31,6 +33,8 @@ struct Cli {
 enum Command {
     /// Generate text, streaming it as it comes.
     Generate(generate::GenerateArgs),
+    /// A conversation in the terminal with the model's chat template, streamed, multi-turn.
+    Chat(chat::ChatArgs),
     /// The exit head's logits at the last prompt position after every layer (the logit lens).
     Logits(inspect::LogitsArgs),
     /// Config summary, parameter count, weight bytes, adapter and limits.
@@ -174,6 +178,7 @@ pub fn load(args: &ModelArgs) -> Result<Model> {
 pub fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
         Command::Logits(args) => inspect::logits(args),
         Command::Info(args) => inspect::info(args),
         Command::Bench(args) => bench::bench(args),

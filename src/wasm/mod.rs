@@ -59,11 +59,16 @@ export interface GenerateOptions {
   stop?: string[];
   ignoreEos?: boolean;
   draftConfidence?: number;
+  /** Prefill the whole prompt even where the KV cache still holds a prefix of it from the
+   *  previous generation (by default only what follows that prefix is computed). */
+  noPrefixReuse?: boolean;
   onToken?: (token: { token: number | null; kind: "plain" | "accepted" | "bonus" | "rejected"; text: string }) => void;
   signal?: AbortSignal;
 }
 export interface Stats {
-  strategy: "autoregressive" | "early-exit" | "self-speculative"; prompt_tokens: number; generated_tokens: number;
+  strategy: "autoregressive" | "early-exit" | "self-speculative"; prompt_tokens: number;
+  /** Prompt tokens whose KV entries were kept from the previous generation. */
+  cached_prompt_tokens: number; generated_tokens: number;
   elapsed_ms: number; tokens_per_second: number; time_to_first_token_ms: number; time_per_output_token_ms: number;
   rounds: number; drafted: number; accepted: number; acceptance_rate: number;
   draft_ms: number; verify_ms: number; submits: number; dispatches: number;
