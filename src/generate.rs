@@ -6,7 +6,8 @@ use crate::adaptive::{self, Setting};
 use crate::clock::now_ms;
 use crate::engine::{Call, Engine, Head, Input, Output};
 use crate::error::{Error, Result};
-use crate::sampler::{distribution, draw, residual, Rng, SamplingParams};
+use crate::penalty::{History, Penalties};
+use crate::sampler::{argmax, distribution, draw, residual, Rng, SamplingParams};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -157,13 +158,16 @@ pub struct GenerateOptions {
     /// Let [`crate::Model`] keep the prefix its KV cache shares with the prompt from the
     /// previous generation (it sets `cached_prefix`).
     pub reuse_prefix: bool,
+    /// Repetition controls (see [`crate::penalty`]); with any, tokens are chosen on the host
+    /// from logits, greedy ones too.
+    pub penalties: Penalties,
 }
 
 impl GenerateOptions {
     /// Whether a greedy self-speculative round can be one submit: nothing needs the host
     /// between its drafts (no sampling, no confidence cut-off).
     pub fn one_submit_rounds(&self) -> bool {
-        self.sampling.is_none() && self.draft_confidence.is_none()
+        self.sampling.is_none() && self.draft_confidence.is_none() && !self.penalties.active()
     }
 
     pub fn greedy(strategy: Strategy, max_new_tokens: usize) -> Self {
@@ -178,6 +182,7 @@ impl GenerateOptions {
             full_vocab_drafts: false,
             cached_prefix: 0,
             reuse_prefix: false,
+            penalties: Penalties::default(),
         }
     }
 }
@@ -266,11 +271,15 @@ struct Decoder<'a, E, F> {
     tuner: Option<adaptive::Tuner>,
     /// Leading positions whose KV entries are written in every layer.
     kv_valid: usize,
+    /// What the repetition controls count, when there are any.
+    history: Option<History>,
 }
 
 impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
-    fn sampling(&self) -> bool {
-        self.options.sampling.is_some()
+    /// Whether tokens are chosen on the host from logits (sampling or penalties) rather than
+    /// from the head's argmax picks.
+    fn host_choice(&self) -> bool {
+        self.options.sampling.is_some() || self.history.is_some()
     }
 
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
@@ -279,31 +288,46 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
 
     /// Feeds `tokens` at `pos` through `layers` and chooses the next token.
     async fn step(&mut self, tokens: &[u32], pos: usize, layers: Range<usize>) -> Result<u32> {
-        let call = Call::new(Input::Tokens(tokens), pos, layers).logits(self.sampling());
+        let call = Call::new(Input::Tokens(tokens), pos, layers).logits(self.host_choice());
         let out = self.run(&[call]).await?;
-        Ok(self.choose(&out[0], 0).0)
+        Ok(self.choose(&out[0], 0, &[]).0)
     }
 
-    /// The token for head row `row`, and (sampling) the distribution over the whole vocabulary
-    /// it was drawn from (zero outside the draft vocabulary for a draft head's row).
-    fn choose(&mut self, out: &Output, row: usize) -> (u32, Vec<f32>) {
+    /// Head row `row`'s logits over the whole vocabulary (-inf outside the draft vocabulary
+    /// for a draft head's row), penalized as if `pending` (the round's drafts before the row)
+    /// had been generated.
+    fn logits(&self, out: &Output, row: usize, pending: &[u32]) -> Vec<f32> {
+        let logits = &out.logits[row];
+        let vocab = self.engine.config().vocab_size;
+        let mut full = match self.engine.draft_vocab() {
+            Some(ids) if logits.len() != vocab => {
+                let mut full = vec![f32::NEG_INFINITY; vocab];
+                for (&id, &l) in ids.iter().zip(logits) {
+                    full[id as usize] = l;
+                }
+                full
+            }
+            _ => logits.clone(),
+        };
+        if let Some(history) = &self.history {
+            history.apply(&self.options.penalties, &mut full, pending);
+        }
+        full
+    }
+
+    /// The token for head row `row` (the drafts before it in the round are `pending`), and
+    /// (sampling) the distribution over the whole vocabulary it was drawn from.
+    fn choose(&mut self, out: &Output, row: usize, pending: &[u32]) -> (u32, Vec<f32>) {
+        if !self.host_choice() {
+            return (out.picks[row].token, vec![]);
+        }
+        let logits = self.logits(out, row, pending);
         match &self.options.sampling {
             Some(params) => {
-                let logits = &out.logits[row];
-                let vocab = self.engine.config().vocab_size;
-                let p = match self.engine.draft_vocab() {
-                    Some(ids) if logits.len() != vocab => {
-                        let mut full = vec![f32::NEG_INFINITY; vocab];
-                        for (&id, &l) in ids.iter().zip(logits) {
-                            full[id as usize] = l;
-                        }
-                        distribution(&full, params)
-                    }
-                    _ => distribution(logits, params),
-                };
+                let p = distribution(&logits, params);
                 (draw(&p, &mut self.rng), p)
             }
-            None => (out.picks[row].token, vec![]),
+            None => (argmax(&logits), vec![]),
         }
     }
 
@@ -318,6 +342,9 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             return false;
         }
         self.tokens.push(token);
+        if let Some(history) = &mut self.history {
+            history.push(token);
+        }
         self.first_token_at.get_or_insert_with(now_ms);
         let reason = match (self.on_token)(token, kind) {
             Flow::Stop(reason) => Some(reason),
@@ -384,11 +411,11 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             let ids = [input];
             let call = Call::new(Input::Tokens(&ids), pos + i, 0..round.exit)
                 .save(i)
-                .logits(self.sampling())
+                .logits(self.host_choice())
                 .shadow(below, draft_vocab)
                 .draft_vocab(draft_vocab);
             let out = self.run(&[call]).await?.remove(0);
-            let (token, dist) = self.choose(&out, 0);
+            let (token, dist) = self.choose(&out, 0, &round.drafts);
             let top = if dist.is_empty() {
                 out.picks[0].probability()
             } else {
@@ -483,7 +510,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             .shadow(below, draft_vocab),
             Call::new(Input::ExitCache { rows: n + 1 }, pos, round.exit..layers)
                 .head(Head::All)
-                .logits(self.sampling())
+                .logits(self.host_choice())
                 .shadow(above, draft_vocab),
         ];
         let mut out = self.run(&calls).await?;
@@ -497,7 +524,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         let layers = self.engine.config().num_hidden_layers;
         let ids = [last];
         let call = Call::new(Input::Tokens(&ids), pos, 0..layers)
-            .logits(self.sampling())
+            .logits(self.host_choice())
             .shadow(probe, self.draft_vocab());
         let out = self.run(&[call]).await?.remove(0);
         if let Some(tuner) = &mut self.tuner {
@@ -510,7 +537,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             }
             tuner.learned.acceptance.ended(0);
         }
-        Ok(self.choose(&out, 0).0)
+        Ok(self.choose(&out, 0, &[]).0)
     }
 
     /// Self-speculative decoding. The KV cache of layers 0..exit written while drafting is exactly
@@ -586,19 +613,27 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             let mut accepted = 0;
             let mut correction = None;
             for (i, &x) in drafts.iter().enumerate() {
-                let agrees = match &self.options.sampling {
-                    None => (x == out.picks[i].token)
-                        .then_some(())
-                        .ok_or(out.picks[i].token),
-                    Some(params) => {
-                        let p = distribution(&out.logits[i], params);
-                        let ratio = p[x as usize] / q[i][x as usize];
-                        if self.rng.uniform() < ratio.min(1.0) {
-                            Ok(())
-                        } else {
-                            Err(draw(&residual(&p, &q[i]), &mut self.rng))
+                // Row i's penalties count the drafts before it, as the draft's did.
+                let agrees = if self.host_choice() {
+                    let logits = self.logits(out, i, &drafts[..i]);
+                    match self.options.sampling {
+                        None => {
+                            let target = argmax(&logits);
+                            (x == target).then_some(()).ok_or(target)
+                        }
+                        Some(params) => {
+                            let p = distribution(&logits, &params);
+                            let ratio = p[x as usize] / q[i][x as usize];
+                            if self.rng.uniform() < ratio.min(1.0) {
+                                Ok(())
+                            } else {
+                                Err(draw(&residual(&p, &q[i]), &mut self.rng))
+                            }
                         }
                     }
+                } else {
+                    let target = out.picks[i].token;
+                    (x == target).then_some(()).ok_or(target)
                 };
                 match agrees {
                     Ok(()) => accepted += 1,
@@ -610,7 +645,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             }
             let bonus = match correction {
                 Some(token) => token,
-                None => self.choose(&round.verification, n).0,
+                None => self.choose(&round.verification, n, &round.drafts).0,
             };
             if let Some(tuner) = &mut self.tuner {
                 round.teach(tuner, accepted, shadow);
@@ -754,6 +789,7 @@ pub async fn generate<E: Engine>(
     if let Some(s) = &options.sampling {
         s.validate()?;
     }
+    options.penalties.validate()?;
     if let Some(c) = options.draft_confidence {
         if !(0.0..=1.0).contains(&c) {
             return Err(Error::Invalid(format!(
@@ -800,6 +836,7 @@ pub async fn generate<E: Engine>(
         done: false,
         tuner: None,
         kv_valid: options.cached_prefix,
+        history: options.penalties.active().then(|| History::new(prompt)),
     };
     if let (
         true,

@@ -17,6 +17,7 @@ pub mod gpu;
 pub mod header;
 pub mod llama;
 pub mod model;
+pub mod penalty;
 pub mod plan;
 pub mod quantize;
 pub mod request;
@@ -41,6 +42,7 @@ pub use generate::{
 pub use model::{
     AnyEngine, Completion, Device, DeviceInfo, LoadOptions, Model, ModelInfo, Streamed,
 };
+pub use penalty::Penalties;
 pub use request::GenerateRequest;
 pub use sampler::SamplingParams;
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -5,6 +5,7 @@
 use crate::adaptive::Setting;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Strategy, StrategyKind};
+use crate::penalty::Penalties;
 use crate::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,26 @@ pub struct GenerateRequest {
     /// Stop drafting when the draft's top probability falls below this (self-speculative).
     #[cfg_attr(not(target_arch = "wasm32"), arg(long, allow_negative_numbers = true))]
     pub draft_confidence: Option<f32>,
+    /// Hugging Face's repetition penalty: logits of ids already in the prompt or output are
+    /// divided by it when positive, multiplied when not (1 = none).
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        arg(long, default_value_t = 1.0, allow_negative_numbers = true)
+    )]
+    pub repetition_penalty: f32,
+    /// OpenAI's frequency penalty in [-2, 2]: subtracted from a logit once per time its id was
+    /// generated.
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        arg(long, default_value_t = 0.0, allow_negative_numbers = true)
+    )]
+    pub frequency_penalty: f32,
+    /// OpenAI's presence penalty in [-2, 2]: subtracted from a logit once if its id was generated.
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        arg(long, default_value_t = 0.0, allow_negative_numbers = true)
+    )]
+    pub presence_penalty: f32,
     /// Prefill the whole prompt even where the KV cache still holds a prefix of it from the
     /// previous generation (by default only what follows that prefix is computed).
     #[cfg_attr(not(target_arch = "wasm32"), arg(long))]
@@ -79,7 +100,20 @@ impl Default for GenerateRequest {
             stop: vec![],
             ignore_eos: false,
             draft_confidence: None,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             no_prefix_reuse: false,
+        }
+    }
+}
+
+impl GenerateRequest {
+    fn penalties(&self) -> Penalties {
+        Penalties {
+            repetition: self.repetition_penalty,
+            frequency: self.frequency_penalty,
+            presence: self.presence_penalty,
         }
     }
 }
@@ -111,6 +145,7 @@ impl GenerateRequest {
                 )));
             }
         }
+        self.penalties().validate()?;
         if self.num_speculations == Setting::Fixed(0) {
             return Err(invalid("num_speculations must be at least 1".into()));
         }
@@ -169,6 +204,7 @@ impl GenerateRequest {
             }),
             draft_confidence: self.draft_confidence,
             reuse_prefix: !self.no_prefix_reuse,
+            penalties: self.penalties(),
             ..GenerateOptions::greedy(strategy, self.max_new_tokens)
         })
     }

@@ -59,6 +59,17 @@ pub fn ranked(values: &[f32]) -> Vec<usize> {
     order
 }
 
+/// The index of the largest value, the first of equals (torch's argmax); 0 when empty.
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if v.total_cmp(&values[best]).is_gt() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// The `k` largest values with their indices, largest first (the logit lens's top tokens).
 pub fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
     ranked(values)

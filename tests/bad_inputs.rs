@@ -740,6 +740,18 @@ fn command_line_arguments_are_checked() {
             g(&["--num-speculations", "0"]),
             "num_speculations must be at least 1",
         ),
+        (
+            g(&["--repetition-penalty", "0"]),
+            "repetition_penalty must be a finite number > 0",
+        ),
+        (
+            g(&["--frequency-penalty", "2.5"]),
+            "frequency_penalty must be in [-2, 2]",
+        ),
+        (
+            g(&["--presence-penalty", "NaN"]),
+            "presence_penalty must be in [-2, 2]",
+        ),
         (g(&["--exit-layer", "0"]), "exit_layer counts from 1"),
         (
             g(&["--strategy", "early-exit", "--exit-layer", "99"]),

@@ -59,6 +59,12 @@ export interface GenerateOptions {
   stop?: string[];
   ignoreEos?: boolean;
   draftConfidence?: number;
+  /** Hugging Face's repetition penalty (1 = none): logits of ids in the prompt or output are
+   *  divided by it when positive, multiplied when not. */
+  repetitionPenalty?: number;
+  /** OpenAI's penalties in [-2, 2]: per time an id was generated, and once if it was. */
+  frequencyPenalty?: number;
+  presencePenalty?: number;
   /** Prefill the whole prompt even where the KV cache still holds a prefix of it from the
    *  previous generation (by default only what follows that prefix is computed). */
   noPrefixReuse?: boolean;
