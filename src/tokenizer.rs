@@ -16,20 +16,22 @@ impl Tokenizer {
         Ok(Self { inner })
     }
 
+    /// Encodes a prompt as Hugging Face's `tokenizer(prompt)` does: special tokens (BOS) added
+    /// where the post-processor says.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
+        self.encode_with(text, true)
     }
 
     /// Encodes text that already holds its special tokens (a rendered chat template places BOS
     /// itself), adding none, as Hugging Face's `apply_chat_template(tokenize=True)` does.
     pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let encoding = self
             .inner
-            .encode(text, false)
+            .encode(text, add_special_tokens)
             .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }

@@ -12,19 +12,10 @@ use layerskip::adaptive::Setting;
 use layerskip::gpu::GpuOptions;
 use layerskip::sampler::distribution;
 use layerskip::{
-    generate, Call, Device, DirFiles, Engine, Flow, GenerateOptions, Input, Model, Penalties,
-    SamplingParams, Strategy,
+    generate, Call, Device, Engine, Flow, GenerateOptions, Input, Model, Penalties, SamplingParams,
+    Strategy,
 };
 use std::collections::HashMap;
-
-fn load(name: &str, device: Device) -> Model {
-    pollster::block_on(Model::load(
-        &DirFiles::new(fixture(name)).unwrap(),
-        &options(device, 128),
-        |_| {},
-    ))
-    .unwrap()
-}
 
 /// Penalties that encourage repeating (the tiny random fixtures rarely repeat on their own, so
 /// discouraging penalties alone might change nothing), and ones that discourage it.
@@ -163,18 +154,6 @@ fn exact(
     last
 }
 
-fn tv(samples: &[u32], exact: &HashMap<u32, f64>) -> f64 {
-    let mut got: HashMap<u32, f64> = HashMap::new();
-    for s in samples {
-        *got.entry(*s).or_default() += 1.0 / samples.len() as f64;
-    }
-    let keys: std::collections::HashSet<u32> = exact.keys().chain(got.keys()).copied().collect();
-    keys.iter()
-        .map(|k| (exact.get(k).unwrap_or(&0.0) - got.get(k).unwrap_or(&0.0)).abs())
-        .sum::<f64>()
-        / 2.0
-}
-
 /// Speculative sampling with penalties keeps the penalized model's distribution: the third
 /// token's (whose penalties depend on the first two, drafts included) empirical distribution
 /// over 2000 seeds is within sampling noise of the exact one, and far from the unpenalized one.
@@ -201,7 +180,7 @@ fn penalized_sampling_keeps_the_penalized_distribution() {
     let unpenalized = exact(&mut model, prompt, &params, &Penalties::default(), n);
     const THRESHOLD: f64 = 0.1;
     assert!(
-        tv_between(&want, &unpenalized) > 2.0 * THRESHOLD,
+        tv(&want, &unpenalized) > 2.0 * THRESHOLD,
         "the penalties barely change the distribution: the test could not see them"
     );
     let layers = model.engine.config().num_hidden_layers;
@@ -228,15 +207,7 @@ fn penalized_sampling_keeps_the_penalized_distribution() {
                 run(&mut model, prompt, &options)[n - 1]
             })
             .collect();
-        let d = tv(&samples, &want);
+        let d = tv(&empirical(samples.into_iter()), &want);
         assert!(d < THRESHOLD, "{strategy:?}: TV {d}");
     }
-}
-
-fn tv_between(a: &HashMap<u32, f64>, b: &HashMap<u32, f64>) -> f64 {
-    let keys: std::collections::HashSet<u32> = a.keys().chain(b.keys()).copied().collect();
-    keys.iter()
-        .map(|k| (a.get(k).unwrap_or(&0.0) - b.get(k).unwrap_or(&0.0)).abs())
-        .sum::<f64>()
-        / 2.0
 }

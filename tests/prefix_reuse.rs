@@ -8,16 +8,7 @@ mod common;
 use common::*;
 use layerskip::adaptive::Setting;
 use layerskip::gpu::GpuOptions;
-use layerskip::{Completion, Device, DirFiles, GenerateOptions, Model, Strategy};
-
-fn load(name: &str, device: Device) -> Model {
-    pollster::block_on(Model::load(
-        &DirFiles::new(fixture(name)).unwrap(),
-        &options(device, 128),
-        |_| {},
-    ))
-    .unwrap()
-}
+use layerskip::{Completion, Device, GenerateOptions, Model, Strategy};
 
 fn complete(model: &mut Model, prompt: &[u32], options: &GenerateOptions) -> Completion {
     pollster::block_on(model.complete_ids(prompt.to_vec(), options, &[], |_| true)).unwrap()

@@ -14,15 +14,6 @@ use layerskip::{
 };
 use std::collections::HashMap;
 
-fn load(name: &str, device: Device) -> Model {
-    pollster::block_on(Model::load(
-        &DirFiles::new(fixture(name)).unwrap(),
-        &options(device, 128),
-        |_| {},
-    ))
-    .unwrap()
-}
-
 fn run(model: &mut Model, prompt: &[u32], options: &GenerateOptions) -> layerskip::Generation {
     pollster::block_on(generate(&mut model.engine, prompt, options, |_, _| {
         Flow::Continue
@@ -447,15 +438,7 @@ fn tv_at(samples: &[Vec<u32>], exact: &HashMap<Vec<u32>, f64>, index: usize) -> 
     for (seq, p) in exact {
         *want.entry(seq[index]).or_default() += p;
     }
-    let mut got: HashMap<u32, f64> = HashMap::new();
-    for s in samples {
-        *got.entry(s[index]).or_default() += 1.0 / samples.len() as f64;
-    }
-    let keys: std::collections::HashSet<u32> = want.keys().chain(got.keys()).copied().collect();
-    keys.iter()
-        .map(|k| (want.get(k).unwrap_or(&0.0) - got.get(k).unwrap_or(&0.0)).abs())
-        .sum::<f64>()
-        / 2.0
+    tv(&empirical(samples.iter().map(|s| s[index])), &want)
 }
 
 #[test]

@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use layerskip::gpu::{GpuContext, GpuOptions};
-use layerskip::{Device, LoadOptions};
+use layerskip::{Device, DirFiles, LoadOptions, Model};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 pub mod reference;
@@ -106,4 +107,33 @@ pub fn options(device: Device, context: usize) -> LoadOptions {
 /// The fast CPU backend on every core.
 pub fn cpu() -> Device {
     Device::Cpu { threads: None }
+}
+
+/// A fixture model on `device` with a KV cache of 128 positions.
+pub fn load(name: &str, device: Device) -> Model {
+    pollster::block_on(Model::load(
+        &DirFiles::new(fixture(name)).unwrap(),
+        &options(device, 128),
+        |_| {},
+    ))
+    .unwrap()
+}
+
+/// How often each token occurs among `samples`, as fractions.
+pub fn empirical(samples: impl ExactSizeIterator<Item = u32>) -> HashMap<u32, f64> {
+    let share = 1.0 / samples.len() as f64;
+    let mut counts: HashMap<u32, f64> = HashMap::new();
+    for s in samples {
+        *counts.entry(s).or_default() += share;
+    }
+    counts
+}
+
+/// Total variation distance between two distributions over tokens.
+pub fn tv(a: &HashMap<u32, f64>, b: &HashMap<u32, f64>) -> f64 {
+    let keys: HashSet<u32> = a.keys().chain(b.keys()).copied().collect();
+    keys.iter()
+        .map(|k| (a.get(k).unwrap_or(&0.0) - b.get(k).unwrap_or(&0.0)).abs())
+        .sum::<f64>()
+        / 2.0
 }
