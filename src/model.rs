@@ -163,8 +163,10 @@ pub struct Model {
     /// Why this backend: the adapter found, or why the CPU runs instead.
     backend_reason: String,
     pub tokenizer: Tokenizer,
-    /// tokenizer_config.json's `chat_template`, if the checkpoint has one.
-    chat_template: Option<ChatTemplate>,
+    /// tokenizer_config.json's `chat_template`, if the checkpoint has one, or why it cannot be
+    /// used: a template this runtime cannot read fails chat calls, not loading (raw prompts
+    /// still work).
+    chat_template: std::result::Result<Option<ChatTemplate>, String>,
     /// End-of-sequence ids from config.json and generation_config.json.
     pub eos_token_ids: Vec<u32>,
     /// The checkpoint's suggested exit layer (generation_config.json `assistant_early_exit`).
@@ -287,12 +289,16 @@ impl Model {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
-        let template = self.chat_template.as_ref().ok_or_else(|| {
-            Error::file(
-                chat::CONFIG_FILE,
-                "the model has no `chat_template` (missing file or field): give it a raw prompt instead",
-            )
-        })?;
+        let template = match &self.chat_template {
+            Ok(Some(template)) => template,
+            Ok(None) => {
+                return Err(Error::file(
+                    chat::CONFIG_FILE,
+                    "the model has no `chat_template` (missing file or field): give it a raw prompt instead",
+                ))
+            }
+            Err(why) => return Err(Error::Invalid(why.clone())),
+        };
         let text = template.render(messages, add_generation_prompt, &Default::default())?;
         self.tokenizer.encode_rendered(&text)
     }
@@ -491,8 +497,8 @@ impl Model {
             .ok_or_else(|| Error::file("tokenizer.json", "missing"))?;
         let tokenizer = Tokenizer::from_bytes(&tokenizer_json)?;
         let chat_template = match files.read_capped(chat::CONFIG_FILE, MAX_JSON_BYTES).await? {
-            Some(bytes) => ChatTemplate::from_config(&bytes)?,
-            None => None,
+            Some(bytes) => ChatTemplate::from_config(&bytes).map_err(|e| e.to_string()),
+            None => Ok(None),
         };
         if tokenizer.vocab_size() > checkpoint.config.vocab_size {
             return Err(Error::Tokenizer(format!(

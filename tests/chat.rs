@@ -207,6 +207,44 @@ fn chat_command_keeps_the_conversation() {
     let lines: Vec<&str> = replies.lines().collect();
     assert_eq!(lines[0], lines[2]);
 
+    // A template this runtime cannot parse: raw prompts still work, chat names the problem.
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        config_with("llama2_tiny", "{% if %}"),
+    )
+    .unwrap();
+    let raw = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "2",
+            "--prompt",
+            "x",
+            "--model",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
+        .args(["chat", "--device", "cpu", "--model"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tokenizer_config.json") && stderr.contains("chat_template"),
+        "{stderr}"
+    );
+
     // A model without a template: the command refuses at once, naming the file.
     std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
