@@ -30,10 +30,11 @@ impl Message {
     }
 }
 
-/// A model's chat template and the special tokens it may refer to.
+/// A model's chat template, compiled once at load, and the special tokens it may refer to.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
-    source: String,
+    /// The template as "chat", with HF's Jinja settings and functions.
+    env: Environment<'static>,
     bos_token: String,
     eos_token: String,
 }
@@ -74,17 +75,16 @@ impl ChatTemplate {
                     }),
             }
         };
-        let template = ChatTemplate {
-            source,
+        Ok(Some(ChatTemplate {
+            env: Self::environment(source)?,
             bos_token: token("bos_token")?,
             eos_token: token("eos_token")?,
-        };
-        // A template that does not parse is an error at load, not at the first chat.
-        template.environment()?;
-        Ok(Some(template))
+        }))
     }
 
-    fn environment(&self) -> Result<Environment<'static>> {
+    /// Compiles `source` as HF's Jinja environment would: a template that does not parse is an
+    /// error when the config is read, not at the first chat.
+    fn environment(source: String) -> Result<Environment<'static>> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -98,7 +98,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", |format: String| {
             strftime(&format, crate::clock::unix_seconds())
         });
-        env.add_template_owned("chat", self.source.clone())
+        env.add_template_owned("chat", source)
             .map_err(|e| Error::file(CONFIG_FILE, format!("chat_template: {e:#}")))?;
         Ok(env)
     }
@@ -115,7 +115,6 @@ impl ChatTemplate {
         if messages.is_empty() {
             return Err(Error::Invalid("a chat needs at least one message".into()));
         }
-        let env = self.environment()?;
         let mut context = variables.clone();
         context.insert(
             "messages".into(),
@@ -125,7 +124,8 @@ impl ChatTemplate {
         context.insert("bos_token".into(), self.bos_token.clone().into());
         context.insert("eos_token".into(), self.eos_token.clone().into());
         context.insert("tools".into(), Json::Null);
-        let template = env
+        let template = self
+            .env
             .get_template("chat")
             .map_err(|e| Error::file(CONFIG_FILE, format!("chat_template: {e:#}")))?;
         template

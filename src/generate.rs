@@ -286,10 +286,15 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         self.engine.run(calls).await
     }
 
-    /// Feeds `tokens` at `pos` through `layers` and chooses the next token.
+    /// Feeds `tokens` at `pos` through `layers` and chooses the next token. Through every layer,
+    /// their positions join the ones the KV cache holds (early exit writes only those below E).
     async fn step(&mut self, tokens: &[u32], pos: usize, layers: Range<usize>) -> Result<u32> {
+        let all = layers == (0..self.engine.config().num_hidden_layers);
         let call = Call::new(Input::Tokens(tokens), pos, layers).logits(self.host_choice());
         let out = self.run(&[call]).await?;
+        if all {
+            self.kv_valid = pos + tokens.len();
+        }
         Ok(self.choose(&out[0], 0, &[]).0)
     }
 
@@ -372,24 +377,16 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
     /// The prompt after its cached prefix, through `layers`: the first token.
     async fn prefill(&mut self, prompt: &[u32], layers: Range<usize>) -> Result<u32> {
         let cached = self.options.cached_prefix;
-        let all = layers == (0..self.engine.config().num_hidden_layers);
-        let token = self.step(&prompt[cached..], cached, layers).await?;
-        // Early exit writes only the layers below E.
-        self.kv_valid = if all { prompt.len() } else { cached };
-        Ok(token)
+        self.step(&prompt[cached..], cached, layers).await
     }
 
     /// One token per step through `layers` (all of them, or 0..E for early exit).
     async fn plain(&mut self, prompt: &[u32], layers: Range<usize>) -> Result<()> {
-        let all = layers == (0..self.engine.config().num_hidden_layers);
         let mut token = self.prefill(prompt, layers.clone()).await?;
         let mut pos = prompt.len();
         while self.emit(token, TokenKind::Plain) {
             token = self.step(&[token], pos, layers.clone()).await?;
             pos += 1;
-            if all {
-                self.kv_valid = pos;
-            }
         }
         Ok(())
     }

@@ -282,6 +282,19 @@ impl Model {
             .await
     }
 
+    /// The model's chat template, or why there is none to use (named after
+    /// tokenizer_config.json).
+    pub fn chat_template(&self) -> Result<&ChatTemplate> {
+        match &self.chat_template {
+            Ok(Some(template)) => Ok(template),
+            Ok(None) => Err(Error::file(
+                chat::CONFIG_FILE,
+                "the model has no `chat_template` (missing file or field): give it a raw prompt instead",
+            )),
+            Err(why) => Err(Error::Invalid(why.clone())),
+        }
+    }
+
     /// A conversation as prompt ids, rendered with the model's chat template (Hugging Face's
     /// `apply_chat_template(messages, add_generation_prompt=..., tokenize=True)`).
     pub fn chat_prompt(
@@ -289,17 +302,9 @@ impl Model {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
-        let template = match &self.chat_template {
-            Ok(Some(template)) => template,
-            Ok(None) => {
-                return Err(Error::file(
-                    chat::CONFIG_FILE,
-                    "the model has no `chat_template` (missing file or field): give it a raw prompt instead",
-                ))
-            }
-            Err(why) => return Err(Error::Invalid(why.clone())),
-        };
-        let text = template.render(messages, add_generation_prompt, &Default::default())?;
+        let text =
+            self.chat_template()?
+                .render(messages, add_generation_prompt, &Default::default())?;
         self.tokenizer.encode_rendered(&text)
     }
 

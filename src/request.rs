@@ -108,16 +108,6 @@ impl Default for GenerateRequest {
     }
 }
 
-impl GenerateRequest {
-    fn penalties(&self) -> Penalties {
-        Penalties {
-            repetition: self.repetition_penalty,
-            frequency: self.frequency_penalty,
-            presence: self.presence_penalty,
-        }
-    }
-}
-
 fn invalid(why: String) -> Error {
     Error::Invalid(why)
 }
@@ -207,6 +197,14 @@ impl GenerateRequest {
             penalties: self.penalties(),
             ..GenerateOptions::greedy(strategy, self.max_new_tokens)
         })
+    }
+
+    fn penalties(&self) -> Penalties {
+        Penalties {
+            repetition: self.repetition_penalty,
+            frequency: self.frequency_penalty,
+            presence: self.presence_penalty,
+        }
     }
 }
 

@@ -147,24 +147,10 @@ impl StreamDecoder {
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
         let text = tokenizer.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') {
+        if text.ends_with('\u{FFFD}') || self.after_prefix(&text).is_empty() {
             return Ok(None);
         }
-        // A decoder that rewrote the prefix (none known) still loses no text: what follows the
-        // prefix's length is released.
-        let new = match text.strip_prefix(self.prefix.as_str()) {
-            Some(new) => new,
-            None => text.get(self.prefix.len()..).unwrap_or_default(),
-        };
-        if new.is_empty() {
-            return Ok(None);
-        }
-        let new = new.to_string();
-        // The released piece becomes the next window's prefix.
-        self.ids.drain(..self.prefix_ids);
-        self.prefix_ids = self.ids.len();
-        self.prefix = tokenizer.decode(&self.ids)?;
-        Ok(Some(new))
+        self.release(tokenizer, &text).map(Some)
     }
 
     /// How many ids the decoder holds: the last released piece's and those after it, not the
@@ -176,15 +162,26 @@ impl StreamDecoder {
     /// Text not yet released (a trailing partial character at the end of generation).
     pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
         let text = tokenizer.decode(&self.ids)?;
-        let rest = match text.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest,
+        self.release(tokenizer, &text)
+    }
+
+    /// What the window's `text` holds after the prefix. A decoder that rewrote the prefix (none
+    /// known) still loses no text: what follows the prefix's length counts.
+    fn after_prefix<'a>(&self, text: &'a str) -> &'a str {
+        match text.strip_prefix(self.prefix.as_str()) {
+            Some(new) => new,
             None => text.get(self.prefix.len()..).unwrap_or_default(),
         }
-        .to_string();
+    }
+
+    /// Releases the window's text after the prefix; the released piece becomes the next
+    /// window's prefix.
+    fn release(&mut self, tokenizer: &Tokenizer, text: &str) -> Result<String> {
+        let new = self.after_prefix(text).to_string();
         self.ids.drain(..self.prefix_ids);
         self.prefix_ids = self.ids.len();
         self.prefix = tokenizer.decode(&self.ids)?;
-        Ok(rest)
+        Ok(new)
     }
 }
 

@@ -30,7 +30,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     args.request.validate()?;
     let mut model = load(&args.model)?;
     // Fails now, not at the first message, when the model has no chat template.
-    model.chat_prompt(&[Message::new("user", "")], true)?;
+    model.chat_template()?;
     let generating = Arc::new(AtomicBool::new(false));
     let interrupted = Arc::new(AtomicBool::new(false));
     {
