@@ -3,17 +3,23 @@
 //! Llama-2-style template with both fixture tokenizers (tools/make_chat_fixtures.py), and the
 //! conversations a template refuses.
 
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use common::{fixture, layerskip};
 use layerskip::{ChatTemplate, Message, Tokenizer};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+/// The HF renderings tools/make_chat_fixtures.py wrote.
+fn expected() -> Vec<Value> {
+    serde_json::from_slice(&std::fs::read(fixture("chat").join("expected.json")).unwrap()).unwrap()
 }
 
-/// The fixture's tokenizer_config.json with `template` as its `chat_template`.
-fn config_with(fixture: &str, template: &str) -> Vec<u8> {
-    let path = fixtures().join(fixture).join("tokenizer_config.json");
+/// The fixture model `name`'s tokenizer_config.json with `template` as its `chat_template`.
+fn config_with(name: &str, template: &str) -> Vec<u8> {
+    let path = fixture(name).join("tokenizer_config.json");
     let mut config: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     config["chat_template"] = json!(template);
     serde_json::to_vec(&config).unwrap()
@@ -21,9 +27,7 @@ fn config_with(fixture: &str, template: &str) -> Vec<u8> {
 
 #[test]
 fn templates_render_as_hugging_face_does() {
-    let cases: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(fixtures().join("chat/expected.json")).unwrap())
-            .unwrap();
+    let cases = expected();
     assert!(cases.len() >= 30, "{} cases", cases.len());
     let (mut rendered, mut refused) = (0, 0);
     for case in &cases {
@@ -31,12 +35,10 @@ fn templates_render_as_hugging_face_does() {
             "{} with {}: {}",
             case["template"], case["tokenizer"], case["messages"]
         );
-        let template_file = fixtures()
-            .join("chat")
-            .join(case["template"].as_str().unwrap());
+        let template_file = fixture("chat").join(case["template"].as_str().unwrap());
         let template = std::fs::read_to_string(template_file).unwrap();
-        let fixture = case["tokenizer"].as_str().unwrap();
-        let chat = ChatTemplate::from_config(&config_with(fixture, &template))
+        let model = case["tokenizer"].as_str().unwrap();
+        let chat = ChatTemplate::from_config(&config_with(model, &template))
             .unwrap()
             .unwrap();
         let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
@@ -51,8 +53,7 @@ fn templates_render_as_hugging_face_does() {
         }
         let text = result.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(text, case["text"].as_str().unwrap(), "{name}");
-        let tokenizer_json =
-            std::fs::read(fixtures().join(fixture).join("tokenizer.json")).unwrap();
+        let tokenizer_json = std::fs::read(fixture(model).join("tokenizer.json")).unwrap();
         let tokenizer = Tokenizer::from_bytes(&tokenizer_json).unwrap();
         let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
         assert_eq!(tokenizer.encode_rendered(&text).unwrap(), ids, "{name}");
@@ -71,41 +72,34 @@ fn templates_render_as_hugging_face_does() {
 fn generate_chat_uses_the_template() {
     let dir = fixture_copy("generate");
     let run = |dir: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
-            .args(["generate", "--device", "cpu", "--model"])
-            .arg(dir)
-            .args([
-                "--chat",
-                "--system",
-                "  You are terse.  ",
-                "--prompt",
-                "What is 2 + 2?",
-                "--max-new-tokens",
-                "3",
-                "--json",
-            ])
-            .output()
-            .unwrap()
+        layerskip(&[
+            "generate",
+            "--device",
+            "cpu",
+            "--model",
+            dir.to_str().unwrap(),
+            "--chat",
+            "--system",
+            "  You are terse.  ",
+            "--prompt",
+            "What is 2 + 2?",
+            "--max-new-tokens",
+            "3",
+            "--json",
+        ])
     };
-    let out = run(&dir);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = run(&dir);
+    assert!(!ok);
     assert!(
         stderr.contains("tokenizer_config.json") && stderr.contains("chat_template"),
         "{stderr}"
     );
 
     add_template(&dir);
-    let out = run(&dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let cases: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(fixtures().join("chat/expected.json")).unwrap())
-            .unwrap();
+    let (ok, stdout, stderr) = run(&dir);
+    assert!(ok, "{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    let cases = expected();
     let expected = cases
         .iter()
         .find(|c| {
@@ -128,7 +122,7 @@ fn fixture_copy(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("layerskip-chat-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixtures().join("llama2_tiny")).unwrap() {
+    for entry in std::fs::read_dir(fixture("llama2_tiny")).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
     }
@@ -137,7 +131,7 @@ fn fixture_copy(test: &str) -> PathBuf {
 
 /// Gives the copy the Llama-2 chat template.
 fn add_template(dir: &Path) {
-    let template = std::fs::read_to_string(fixtures().join("chat/llama2.jinja")).unwrap();
+    let template = std::fs::read_to_string(fixture("chat").join("llama2.jinja")).unwrap();
     std::fs::write(
         dir.join("tokenizer_config.json"),
         config_with("llama2_tiny", &template),
@@ -213,33 +207,22 @@ fn chat_command_keeps_the_conversation() {
         config_with("llama2_tiny", "{% if %}"),
     )
     .unwrap();
-    let raw = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
-        .args([
-            "generate",
-            "--device",
-            "cpu",
-            "--max-new-tokens",
-            "2",
-            "--prompt",
-            "x",
-            "--model",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        raw.status.success(),
-        "{}",
-        String::from_utf8_lossy(&raw.stderr)
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
-        .args(["chat", "--device", "cpu", "--model"])
-        .arg(&dir)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let model = dir.to_str().unwrap();
+    let (ok, _, stderr) = layerskip(&[
+        "generate",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "2",
+        "--prompt",
+        "x",
+        "--model",
+        model,
+    ]);
+    assert!(ok, "{stderr}");
+    let chat = || layerskip(&["chat", "--device", "cpu", "--model", model]);
+    let (ok, _, stderr) = chat();
+    assert!(!ok);
     assert!(
         stderr.contains("tokenizer_config.json") && stderr.contains("chat_template"),
         "{stderr}"
@@ -247,13 +230,8 @@ fn chat_command_keeps_the_conversation() {
 
     // A model without a template: the command refuses at once, naming the file.
     std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
-        .args(["chat", "--device", "cpu", "--model"])
-        .arg(&dir)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer_config.json"));
+    let (ok, _, stderr) = chat();
+    assert!(!ok);
+    assert!(stderr.contains("tokenizer_config.json"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

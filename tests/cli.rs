@@ -6,20 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::process::Command;
-
-fn layerskip(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_layerskip"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 fn json(args: &[&str]) -> Value {
     let (ok, stdout, stderr) = layerskip(args);

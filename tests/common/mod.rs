@@ -137,3 +137,18 @@ pub fn tv(a: &HashMap<u32, f64>, b: &HashMap<u32, f64>) -> f64 {
         .sum::<f64>()
         / 2.0
 }
+
+/// Runs the `layerskip` binary with `args` and no input: whether it succeeded, stdout, stderr.
+pub fn layerskip(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
