@@ -5,7 +5,7 @@
 use layerskip::MemoryFiles;
 use std::borrow::Cow;
 
-const FILES: [(&str, &[u8]); 4] = [
+const FILES: [(&str, &[u8]); 5] = [
     (
         "config.json",
         include_bytes!("../default_model/config.json"),
@@ -13,6 +13,10 @@ const FILES: [(&str, &[u8]); 4] = [
     (
         "generation_config.json",
         include_bytes!("../default_model/generation_config.json"),
+    ),
+    (
+        "tokenizer_config.json",
+        include_bytes!("../default_model/tokenizer_config.json"),
     ),
     (
         "tokenizer.json",
