@@ -17,6 +17,7 @@ pub mod gpu;
 pub mod header;
 pub mod llama;
 pub mod model;
+pub mod openai;
 pub mod penalty;
 pub mod plan;
 pub mod quantize;

@@ -246,6 +246,11 @@ impl Model {
         self.checkpoint_exit_layer.unwrap_or((layers / 4).max(1))
     }
 
+    /// Positions the KV cache holds: prompt and output together.
+    pub fn max_context(&self) -> usize {
+        self.engine.max_context()
+    }
+
     /// The most drafts one self-speculative round can verify.
     pub fn max_draft_depth(&self) -> usize {
         self.engine.max_rows() - 1
@@ -481,7 +486,7 @@ impl Model {
             eos_token_ids: self.eos_token_ids.clone(),
             default_exit_layer: self.default_exit_layer(),
             draft_vocab: self.engine.draft_vocab().map(<[u32]>::len),
-            max_context: self.engine.max_context(),
+            max_context: self.max_context(),
             backend: self.engine.backend(),
             backend_reason: self.backend_reason.clone(),
             memory: self.plan().clone(),

@@ -1,4 +1,4 @@
-//! Command-line interface: generate, chat, logits (the logit lens), info, bench, sweep and the
+//! Command-line interface: generate, chat, serve, logits (the logit lens), info, bench, sweep and the
 //! checkpoint tools.
 
 mod bench;
@@ -8,6 +8,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod quantize;
+mod serve;
 mod vocab_stats;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -35,6 +36,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// A conversation in the terminal with the model's chat template, streamed, multi-turn.
     Chat(chat::ChatArgs),
+    /// An OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models.
+    Serve(serve::ServeArgs),
     /// The exit head's logits at the last prompt position after every layer (the logit lens).
     Logits(inspect::LogitsArgs),
     /// Config summary, parameter count, weight bytes, adapter and limits.
@@ -179,6 +182,7 @@ pub fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Logits(args) => inspect::logits(args),
         Command::Info(args) => inspect::info(args),
         Command::Bench(args) => bench::bench(args),

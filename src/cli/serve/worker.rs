@@ -1,0 +1,192 @@
+//! The model on a thread of its own behind a bounded queue. HTTP handlers submit jobs and read
+//! the events of theirs; a full queue is refused at once (the handler answers 503). A client
+//! that goes away drops its event receiver: a job still queued is then skipped, a running one
+//! stops at its next token. One model, one job at a time: the KV cache and what adaptive
+//! speculation learned stay with the model, so a conversation's next turn reuses its prefix.
+
+use layerskip::openai::{Endpoint, OpenAiRequest};
+use layerskip::{Completion, Error, GenerateRequest, Model, Result, StopReason, TokenKind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One request for the model.
+pub struct Job {
+    pub endpoint: Endpoint,
+    pub request: OpenAiRequest,
+    pub events: UnboundedSender<Event>,
+}
+
+/// What a job reports, in order: `Started` or `Failed`; then, when streamed, `Text` pieces; then
+/// `Done` or `Failed`.
+pub enum Event {
+    /// The prompt is rendered, tokenized and fits the context: generation begins.
+    Started,
+    /// Output text as it is produced (streamed requests only).
+    Text(String, TokenKind),
+    Done(Box<Completion>),
+    Failed(Error),
+}
+
+/// The sending end of the queue, shared by the handlers.
+pub struct Worker {
+    jobs: Sender<Job>,
+    /// Jobs that may wait while one runs.
+    queue: usize,
+    counts: Arc<Counts>,
+    /// Positions the model's KV cache holds.
+    pub max_context: usize,
+}
+
+/// A job the queue had no room for.
+pub struct QueueFull;
+
+/// What the model's thread has done, for /health.
+#[derive(Default)]
+pub struct Counts {
+    /// Jobs accepted and not yet finished: the one running and those waiting.
+    admitted: AtomicUsize,
+    /// 1 while the model runs a job.
+    running: AtomicUsize,
+    /// Jobs that ran to their end, failed, or were cancelled (the client went away, in the
+    /// queue or while generating).
+    finished: AtomicUsize,
+    failed: AtomicUsize,
+    cancelled: AtomicUsize,
+}
+
+impl Counts {
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+        let running = get(&self.running);
+        serde_json::json!({
+            "queued": get(&self.admitted).saturating_sub(running),
+            "running": running,
+            "finished": get(&self.finished),
+            "failed": get(&self.failed),
+            "cancelled": get(&self.cancelled),
+        })
+    }
+}
+
+impl Worker {
+    /// Starts the model's thread: `load` runs there (the model never crosses threads); returns
+    /// once it has loaded, or with its error. `queue` jobs may wait while one runs.
+    pub fn start(
+        load: impl FnOnce() -> Result<Model> + Send + 'static,
+        queue: usize,
+        base: GenerateRequest,
+    ) -> Result<Worker> {
+        let (jobs, inbox) = channel::<Job>();
+        let (loaded, is_loaded) = std::sync::mpsc::channel();
+        let counts = Arc::new(Counts::default());
+        let shared = counts.clone();
+        std::thread::Builder::new()
+            .name("model".into())
+            .spawn(move || match load() {
+                Ok(mut model) => {
+                    let _ = loaded.send(Ok(model.max_context()));
+                    serve(&mut model, &base, &inbox, &shared);
+                }
+                Err(e) => {
+                    let _ = loaded.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::Invalid(format!("cannot start the model's thread: {e}")))?;
+        let max_context = is_loaded
+            .recv()
+            .map_err(|_| Error::Invalid("the model's thread ended while loading".into()))??;
+        Ok(Worker {
+            jobs,
+            queue,
+            counts,
+            max_context,
+        })
+    }
+
+    /// Queues a job; refused when `queue` jobs already wait behind the running one (or the
+    /// model's thread has stopped).
+    pub fn submit(&self, job: Job) -> std::result::Result<(), QueueFull> {
+        let admitted = &self.counts.admitted;
+        if admitted.fetch_add(1, Ordering::SeqCst) > self.queue || self.jobs.send(job).is_err() {
+            admitted.fetch_sub(1, Ordering::SeqCst);
+            return Err(QueueFull);
+        }
+        Ok(())
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+}
+
+fn serve(model: &mut Model, base: &GenerateRequest, inbox: &Receiver<Job>, counts: &Counts) {
+    while let Ok(job) = inbox.recv() {
+        if job.events.is_closed() {
+            counts.cancelled.fetch_add(1, Ordering::SeqCst);
+            counts.admitted.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        counts.running.store(1, Ordering::SeqCst);
+        let (event, count) = match run(model, base, &job) {
+            Ok(c) if c.stats.stop_reason == StopReason::Cancelled => {
+                (Event::Done(Box::new(c)), &counts.cancelled)
+            }
+            Ok(c) => (Event::Done(Box::new(c)), &counts.finished),
+            // Gone before generation began.
+            Err(e) if job.events.is_closed() => (Event::Failed(e), &counts.cancelled),
+            Err(e) => (Event::Failed(e), &counts.failed),
+        };
+        let _ = job.events.send(event);
+        count.fetch_add(1, Ordering::SeqCst);
+        counts.running.store(0, Ordering::SeqCst);
+        counts.admitted.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A fresh seed for a sampled request that names none (OpenAI's requests are not reproducible
+/// without `seed`).
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64's finalizer: neighbouring times give unrelated seeds.
+    let mut z = nanos.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn run(model: &mut Model, base: &GenerateRequest, job: &Job) -> Result<Completion> {
+    let request = &job.request;
+    let prompt = match job.endpoint {
+        Endpoint::Chat => model.chat_prompt(&request.messages()?, true)?,
+        Endpoint::Completions => model.tokenizer.encode(request.prompt_text()?)?,
+    };
+    let limit = model.max_context();
+    // Without max_tokens, whatever the context leaves (OpenAI's chat API).
+    let room = limit.saturating_sub(prompt.len());
+    let wanted = request.max_new_tokens().unwrap_or(room.max(1));
+    if prompt.len() + wanted > limit {
+        return Err(Error::ContextLength {
+            needed: (prompt.len() + wanted) as u128,
+            limit,
+        });
+    }
+    let generate = request.generate_request(base, wanted, fresh_seed());
+    let options = model.options(&generate)?;
+    let events = &job.events;
+    if events.send(Event::Started).is_err() {
+        return Err(Error::Invalid("the client went away".into()));
+    }
+    let streamed = request.streamed();
+    let completion = model.complete_ids(prompt, &options, &generate.stop, |piece| {
+        if streamed && piece.kind != TokenKind::Rejected && !piece.text.is_empty() {
+            let _ = events.send(Event::Text(piece.text.to_string(), piece.kind));
+        }
+        !events.is_closed()
+    });
+    pollster::block_on(completion)
+}

@@ -1,0 +1,350 @@
+//! `layerskip serve` over plain HTTP: completions equal Hugging Face's greedy output (whole and
+//! streamed, every strategy), errors are OpenAI-shaped with the right status, a full queue
+//! answers 503 with Retry-After, and a client that goes away cancels its generation. The
+//! OpenAI client library and the load test are in tests/openai (run by .ci/run).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use common::{fixture, reference};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `layerskip serve --port 0`, killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+    /// What it printed before it was ready.
+    banner: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_layerskip"))
+            .args(["serve", "--device", "cpu", "--port", "0"])
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env_remove("LAYERSKIP_API_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut banner = String::new();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("the server prints its address")
+                .unwrap();
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(rest) = line.split("http://").nth(1) {
+                break rest
+                    .trim_end_matches("/v1")
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server {
+            child,
+            address,
+            banner,
+        }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(&self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        stream
+    }
+
+    /// Sends a request; the connection is left open for the response.
+    fn send(&self, method: &str, path: &str, headers: &[&str], body: &[u8]) -> TcpStream {
+        let mut stream = self.connect();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.address,
+            body.len()
+        );
+        for h in headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        // A server may answer (413) before reading a large body, and close.
+        let _ = stream.write_all(body);
+        stream
+    }
+
+    /// Status, lower-cased head and body (de-chunked).
+    fn request(&self, method: &str, path: &str, headers: &[&str], body: &[u8]) -> Response {
+        let mut stream = self.send(method, path, headers, body);
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let head = head.to_ascii_lowercase();
+        let body = match head.contains("transfer-encoding: chunked") {
+            true => dechunk(body),
+            false => body.to_string(),
+        };
+        Response { status, head, body }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Response {
+        self.request("POST", path, &[], body.to_string().as_bytes())
+    }
+
+    fn health(&self) -> Value {
+        self.request("GET", "/health", &[], b"").json()["jobs"].clone()
+    }
+
+    /// Waits until the model's thread is idle with an empty queue; returns its counts.
+    fn idle(&self) -> Value {
+        let start = Instant::now();
+        loop {
+            let jobs = self.health();
+            if jobs["running"] == 0 && jobs["queued"] == 0 {
+                return jobs;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{jobs}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Response {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// The `data:` payloads of a server-sent event stream.
+    fn events(&self) -> Vec<String> {
+        self.body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Checks an OpenAI-shaped error: status, and a message containing `message`.
+    fn error(&self, status: u16, message: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        let error = &self.json()["error"];
+        assert!(error["type"].is_string(), "{}", self.body);
+        let text = error["message"].as_str().unwrap();
+        assert!(text.contains(message), "{text}");
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+#[test]
+fn completions_equal_hugging_face_greedy() {
+    let r = reference("llama32_tiny");
+    let dir = fixture("llama32_tiny");
+    let server = Server::start(&["--model", dir.to_str().unwrap()]);
+    let models = server.request("GET", "/v1/models", &[], b"").json();
+    assert_eq!(models["data"][0]["id"], "llama32_tiny");
+    let strategies = [
+        json!({"strategy": "autoregressive"}),
+        json!({"strategy": "self-speculative", "exit_layer": 2, "num_speculations": 3}),
+        json!({"strategy": "self-speculative", "exit_layer": "auto", "num_speculations": "auto"}),
+    ];
+    for strategy in &strategies {
+        for p in &r.prompts {
+            let mut body = json!({
+                "model": "llama32_tiny",
+                "prompt": p.text,
+                "max_tokens": p.greedy.max_new_tokens,
+                "temperature": 0,
+                "ignore_eos": true,
+            });
+            for (k, v) in strategy.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let what = format!("{strategy} {:?}", p.text);
+            let whole = server.post("/v1/completions", &body);
+            assert_eq!(whole.status, 200, "{what}: {}", whole.body);
+            let whole = whole.json();
+            assert_eq!(whole["object"], "text_completion");
+            assert_eq!(whole["choices"][0]["text"], p.greedy.text, "{what}");
+            assert_eq!(whole["choices"][0]["finish_reason"], "length", "{what}");
+            let usage = &whole["usage"];
+            assert_eq!(usage["prompt_tokens"], p.input_ids.len(), "{what}");
+            assert_eq!(usage["completion_tokens"], p.greedy.tokens.len(), "{what}");
+            assert_eq!(whole["stats"]["strategy"], strategy["strategy"], "{what}");
+
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+            let streamed = server.post("/v1/completions", &body);
+            assert!(
+                streamed.head.contains("text/event-stream"),
+                "{}",
+                streamed.head
+            );
+            let events = streamed.events();
+            assert_eq!(events.last().unwrap(), "[DONE]", "{what}");
+            let chunks: Vec<Value> = events[..events.len() - 1]
+                .iter()
+                .map(|e| serde_json::from_str(e).unwrap())
+                .collect();
+            let text: String = chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["text"].as_str())
+                .collect();
+            assert_eq!(text, p.greedy.text, "{what}");
+            let (closing, usage) = (&chunks[chunks.len() - 2], &chunks[chunks.len() - 1]);
+            assert_eq!(closing["choices"][0]["finish_reason"], "length", "{what}");
+            assert_eq!(usage["choices"], json!([]), "{what}");
+            assert_eq!(
+                usage["usage"]["completion_tokens"],
+                p.greedy.tokens.len(),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn errors_are_openai_shaped() {
+    let server = Server::start(&["--max-body-bytes", "4096", "--api-key", "sesame"]);
+    let key = "Authorization: Bearer sesame";
+    let post = |path: &str, body: &str| server.request("POST", path, &[key], body.as_bytes());
+    post("/v1/completions", "{\"prompt\": ").error(400, "request body");
+    post("/v1/completions", r#"{"prompt": "x", "logprobs": 2}"#).error(400, "`logprobs`");
+    post("/v1/completions", r#"{"prompt": "x", "max_tokens": -1}"#).error(400, "`max_tokens`");
+    post("/v1/completions", r#"{"prompt": "x", "top_p": 2}"#).error(400, "top_p");
+    post(
+        "/v1/completions",
+        r#"{"prompt": "x", "exit_layer": 99, "strategy": "early-exit"}"#,
+    )
+    .error(400, "exit layer 99");
+    post("/v1/chat/completions", r#"{"prompt": "x"}"#).error(400, "`prompt` belongs");
+    let long = post("/v1/completions", r#"{"prompt": "x", "max_tokens": 5000}"#);
+    long.error(400, "context holds 1024");
+    assert_eq!(long.json()["error"]["code"], "context_length_exceeded");
+    post("/v1/completions", r#"{"prompt": "x", "model": "gpt-4"}"#).error(404, "`gpt-4`");
+    post("/v1/embeddings", "{}").error(404, "/v1/embeddings");
+    server
+        .request("GET", "/v1/chat/completions", &[key], b"")
+        .error(405, "does not take GET");
+    let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(8000));
+    post("/v1/completions", &big).error(413, "");
+
+    // The key: required on /v1, not on /health.
+    for headers in [
+        &[][..],
+        &["Authorization: Bearer sesame2"],
+        &["Authorization: sesame"],
+    ] {
+        let r = server.request("GET", "/v1/models", headers, b"");
+        r.error(401, "API key");
+        assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+    }
+    assert_eq!(server.request("GET", "/health", &[], b"").status, 200);
+    let ok = post("/v1/completions", r#"{"prompt": "x", "max_tokens": 2}"#);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    // The exit layer and the context are checked on the model's thread: two jobs failed there.
+    assert_eq!(server.health()["failed"], 2);
+
+    // No key on an address the network can reach: a warning.
+    let open = Server::start(&["--host", "0.0.0.0"]);
+    assert!(open.banner.contains("warning") && open.banner.contains("without an API key"));
+    assert!(!server.banner.contains("warning"), "{}", server.banner);
+}
+
+/// Reads a streamed response until its first generated text has arrived.
+fn await_first_text(stream: &mut TcpStream) {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"text\"") {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+}
+
+#[test]
+fn a_full_queue_refuses_and_departed_clients_cancel() {
+    // No waiting room: while one request runs, the next is refused.
+    let server = Server::start(&["--queue", "0"]);
+    let long = json!({
+        "prompt": "def f(x):",
+        "max_tokens": 1000,
+        "ignore_eos": true,
+        "temperature": 0,
+        "stream": true,
+    });
+    let mut first = server.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
+    await_first_text(&mut first);
+    let refused = server.post("/v1/completions", &json!({"prompt": "x", "max_tokens": 2}));
+    refused.error(503, "queue");
+    assert!(refused.head.contains("retry-after: 1"), "{}", refused.head);
+    // The streaming client goes away: its generation stops (it would run for 1000 tokens).
+    drop(first);
+    let jobs = server.idle();
+    assert_eq!(
+        (jobs["cancelled"].as_u64(), jobs["finished"].as_u64()),
+        (Some(1), Some(0)),
+        "{jobs}"
+    );
+
+    // A client waiting for a whole result goes away too.
+    let mut whole = long.clone();
+    whole["stream"] = json!(false);
+    let waiting = server.send("POST", "/v1/completions", &[], whole.to_string().as_bytes());
+    let start = Instant::now();
+    while server.health()["running"] == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(waiting);
+    let jobs = server.idle();
+    assert_eq!(
+        (jobs["cancelled"].as_u64(), jobs["finished"].as_u64()),
+        (Some(2), Some(0)),
+        "{jobs}"
+    );
+
+    // The server goes on serving.
+    let ok = server.post("/v1/completions", &json!({"prompt": "x", "max_tokens": 3}));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(server.health()["finished"], 1);
+}
