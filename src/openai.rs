@@ -8,7 +8,7 @@ use crate::adaptive::Setting;
 use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::generate::{Stats, StopReason, StrategyKind, TokenKind};
-use crate::model::Completion;
+use crate::model::{Completion, Model};
 use crate::request::GenerateRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -231,6 +231,34 @@ impl OpenAiRequest {
                 ))),
             },
         }
+    }
+
+    /// What `model` is to run for this request: the prompt's ids (the messages rendered with its
+    /// chat template, or the prompt encoded) and the generation request, whose token budget is
+    /// the request's or, without one, what the context leaves. A prompt and budget past the
+    /// context are an error here, before anything runs.
+    pub fn prepare(
+        &self,
+        model: &Model,
+        endpoint: Endpoint,
+        base: &GenerateRequest,
+        fresh_seed: u64,
+    ) -> Result<(Vec<u32>, GenerateRequest)> {
+        let prompt = match endpoint {
+            Endpoint::Chat => model.chat_prompt(&self.messages()?, true)?,
+            Endpoint::Completions => model.tokenizer.encode(self.prompt_text()?)?,
+        };
+        let limit = model.max_context();
+        let wanted = self
+            .max_new_tokens()
+            .unwrap_or(limit.saturating_sub(prompt.len()).max(1));
+        if prompt.len() + wanted > limit {
+            return Err(Error::ContextLength {
+                needed: (prompt.len() + wanted) as u128,
+                limit,
+            });
+        }
+        Ok((prompt, self.generate_request(base, wanted, fresh_seed)))
     }
 
     /// The generation request: OpenAI's fields with OpenAI's defaults, LayerSkip's own fields

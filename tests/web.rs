@@ -385,3 +385,164 @@ async fn a_saved_quantized_checkpoint_equals_quantizing_on_load() {
         );
     }
 }
+
+/// Calls `next()` on a JS async iterator until it is done; returns the values, or stops after
+/// `limit` of them and calls `return()` (as leaving a `for await` loop does).
+async fn iterate(iterable: &JsValue, limit: usize) -> Vec<JsValue> {
+    let make = js_sys::Reflect::get(iterable, &js_sys::Symbol::async_iterator()).unwrap();
+    let iterator = js_sys::Function::from(make).call0(iterable).unwrap();
+    let mut values = vec![];
+    loop {
+        if values.len() == limit {
+            call(&iterator, "return", &[]).await.unwrap();
+            return values;
+        }
+        let step = call(&iterator, "next", &[]).await.unwrap();
+        if js_sys::Reflect::get(&step, &"done".into()).unwrap() == JsValue::TRUE {
+            return values;
+        }
+        values.push(js_sys::Reflect::get(&step, &"value".into()).unwrap());
+    }
+}
+
+/// A JS value as serde_json sees it.
+fn json(value: &JsValue) -> serde_json::Value {
+    let text: String = js_sys::JSON::stringify(value).unwrap().into();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `model.chat.completions.create` through the JavaScript API, on WebGPU and on the wasm CPU
+/// backend: the conversation is rendered as Hugging Face renders it (its ids from
+/// tests/fixtures/chat/expected.json), the reply is the model's greedy continuation of those ids
+/// (the Rust API on the same backend), whole and streamed; a bad request rejects `create`
+/// itself; an aborted signal ends a stream with finish_reason "abort"; leaving a stream early
+/// stops it, and the next request reuses the conversation's KV cache.
+#[wasm_bindgen_test]
+async fn the_openai_chat_api_answers_and_streams() {
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(include_str!("fixtures/chat/expected.json")).unwrap();
+    let case = cases
+        .iter()
+        .find(|c| {
+            c["template"] == "llama2.jinja"
+                && c["tokenizer"] == "llama32_tiny"
+                && c["add_generation_prompt"] == true
+                && c["error"].is_null()
+                && c["messages"].as_array().unwrap().len() == 2
+        })
+        .unwrap();
+    let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+    let messages = case["messages"].to_string();
+    let (_, mut files, _) = fixtures().remove(1);
+    let mut config: serde_json::Value = serde_json::from_slice(include_bytes!(
+        "fixtures/llama32_tiny/tokenizer_config.json"
+    ))
+    .unwrap();
+    config["chat_template"] = include_str!("fixtures/chat/llama2.jinja").into();
+    files.0.insert(
+        "tokenizer_config.json".into(),
+        Cow::Owned(serde_json::to_vec(&config).unwrap()),
+    );
+    for (device, device_name) in devices().into_iter().zip(["gpu", "cpu"]) {
+        let mut reference = load(&files, device).await;
+        let greedy = GenerateOptions {
+            ignore_eos: true,
+            ..GenerateOptions::greedy(Strategy::Autoregressive, 8)
+        };
+        let expected = reference
+            .complete_ids(ids.clone(), &greedy, &[], |_| true)
+            .await
+            .unwrap()
+            .text;
+
+        let options = object(&format!(
+            r#"{{"device": "{device_name}", "maxContext": 128}}"#
+        ));
+        let promise = layerskip::wasm::LayerSkip::from_files(js_files(&files).into(), options);
+        let model = JsFuture::from(promise).await.unwrap();
+        let chat = js_sys::Reflect::get(&model, &"chat".into()).unwrap();
+        let completions = js_sys::Reflect::get(&chat, &"completions".into()).unwrap();
+        let request = |extra: &str| {
+            object(&format!(
+                r#"{{"messages": {messages}, "max_tokens": 8, "temperature": 0, "ignore_eos": true{extra}}}"#
+            ))
+        };
+        let whole = json(&call(&completions, "create", &[request("")]).await.unwrap());
+        assert_eq!(whole["object"], "chat.completion");
+        assert_eq!(
+            whole["choices"][0]["message"]["content"],
+            expected.as_str(),
+            "{device_name}"
+        );
+        assert_eq!(whole["choices"][0]["finish_reason"], "length");
+        assert_eq!(whole["usage"]["prompt_tokens"], ids.len());
+
+        let extra = r#", "stream": true, "stream_options": {"include_usage": true}, "strategy": "self-speculative", "exit_layer": 2, "num_speculations": 3"#;
+        let stream = call(&completions, "create", &[request(extra)])
+            .await
+            .unwrap();
+        let chunks: Vec<_> = iterate(&stream, usize::MAX)
+            .await
+            .iter()
+            .map(json)
+            .collect();
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, expected, "{device_name}");
+        let (closing, usage) = (&chunks[chunks.len() - 2], &chunks[chunks.len() - 1]);
+        assert_eq!(closing["choices"][0]["finish_reason"], "length");
+        assert_eq!(usage["stats"]["strategy"], "self-speculative");
+        // The same conversation again: all but the last prompt token is still in the cache.
+        assert_eq!(
+            usage["usage"]["prompt_tokens_details"]["cached_tokens"],
+            ids.len() - 1
+        );
+
+        // Bad requests reject `create`, streamed or not.
+        for extra in [
+            r#", "temperature": 5"#,
+            r#", "stream": true, "logprobs": true"#,
+        ] {
+            let err = call(&completions, "create", &[request(extra)])
+                .await
+                .unwrap_err();
+            assert!(
+                err.contains("temperature") || err.contains("logprobs"),
+                "{err}"
+            );
+        }
+        // An aborted signal: the stream ends at once with finish_reason "abort".
+        let aborted = object(r#"{"signal": {"aborted": true}}"#);
+        let stream = call(
+            &completions,
+            "create",
+            &[request(r#", "stream": true"#), aborted],
+        )
+        .await
+        .unwrap();
+        let chunks: Vec<_> = iterate(&stream, usize::MAX)
+            .await
+            .iter()
+            .map(json)
+            .collect();
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "abort"
+        );
+        // Leaving a stream after its first chunk; the model is free for the next request.
+        let stream = call(&completions, "create", &[request(r#", "stream": true"#)])
+            .await
+            .unwrap();
+        assert_eq!(iterate(&stream, 1).await.len(), 1);
+        let completions = js_sys::Reflect::get(&model, &"completions".into()).unwrap();
+        let raw = object(
+            r#"{"prompt": "def add(a, b):", "max_tokens": 3, "temperature": 0, "ignore_eos": true}"#,
+        );
+        let raw = json(&call(&completions, "create", &[raw]).await.unwrap());
+        assert_eq!(raw["object"], "text_completion");
+        assert_eq!(raw["usage"]["completion_tokens"], 3);
+    }
+}

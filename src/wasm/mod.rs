@@ -9,6 +9,7 @@ use crate::format::{KvFormat, Quantization};
 use crate::generate::TokenKind;
 use crate::gpu::GpuOptions;
 use crate::model::{Device, LoadOptions, Model};
+use crate::openai::{Endpoint, OpenAiRequest, Reply};
 use crate::request::GenerateRequest;
 use crate::sampler::top_k;
 use files::BlobFiles;
@@ -17,7 +18,14 @@ use serde::Deserialize;
 use serde_json::json;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(module = "/src/wasm/openai.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = openAiApi)]
+    fn open_ai_api(run: &js_sys::Function) -> JsValue;
+}
 
 #[wasm_bindgen(module = "/src/wasm/loader.js")]
 extern "C" {
@@ -90,6 +98,50 @@ export interface Stats {
     calibration_ms: number; probes: number; shadow_rows: number; shadow_ms: number; cut_offs: number;
   };
 }
+/** OpenAI's request fields (defaults as OpenAI's: temperature 1, max_tokens what the context
+ *  leaves, a fresh seed) and LayerSkip's own (defaults as generate's). */
+export interface OpenAiOptions {
+  model?: string;
+  max_tokens?: number; max_completion_tokens?: number;
+  temperature?: number; top_p?: number; seed?: number; stop?: string | string[];
+  frequency_penalty?: number; presence_penalty?: number;
+  stream?: boolean; stream_options?: { include_usage?: boolean };
+  n?: 1; user?: string;
+  strategy?: "autoregressive" | "early-exit" | "self-speculative";
+  exit_layer?: number | "auto"; num_speculations?: number | "auto";
+  draft_confidence?: number; top_k?: number; repetition_penalty?: number; ignore_eos?: boolean;
+  signal?: AbortSignal;
+}
+export interface ChatMessage { role: "system" | "developer" | "user" | "assistant" | string; content: string | { type: "text"; text: string }[] }
+export type FinishReason = "stop" | "length" | "abort";
+export interface Usage { prompt_tokens: number; completion_tokens: number; total_tokens: number; prompt_tokens_details: { cached_tokens: number } }
+export interface ChatCompletion {
+  id: string; object: "chat.completion"; created: number; model: string;
+  choices: { index: 0; message: { role: "assistant"; content: string }; logprobs: null; finish_reason: FinishReason }[];
+  usage: Usage; stats: Stats;
+}
+export interface ChatCompletionChunk {
+  id: string; object: "chat.completion.chunk"; created: number; model: string;
+  /** `kind`: how the piece's token was made (accepted: a draft the full model agreed with). */
+  choices: { index: 0; delta: { role?: "assistant"; content?: string; kind?: "plain" | "accepted" | "bonus" }; logprobs: null; finish_reason: FinishReason | null }[];
+  /** On the last chunk, with stream_options.include_usage. */
+  usage?: Usage; stats?: Stats;
+}
+export interface Completion {
+  id: string; object: "text_completion"; created: number; model: string;
+  choices: { index: 0; text: string; kind?: "plain" | "accepted" | "bonus"; logprobs: null; finish_reason: FinishReason | null }[];
+  usage?: Usage; stats?: Stats;
+}
+export interface Chat {
+  completions: {
+    create(request: OpenAiOptions & { messages: ChatMessage[]; stream?: false }, options?: { signal?: AbortSignal }): Promise<ChatCompletion>;
+    create(request: OpenAiOptions & { messages: ChatMessage[]; stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterable<ChatCompletionChunk>>;
+  };
+}
+export interface Completions {
+  create(request: OpenAiOptions & { prompt: string; stream?: false }, options?: { signal?: AbortSignal }): Promise<Completion>;
+  create(request: OpenAiOptions & { prompt: string; stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterable<Completion>>;
+}
 export interface GenerateResult { prompt_tokens: number[]; tokens: number[]; text: string; stats: Stats }
 export interface LogitLens { prompt_tokens: number[]; exits: { layer: number; top: [number, number, string][] }[] }
 "#;
@@ -123,6 +175,12 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(
     if options.is_undefined() || options.is_null() {
         return Ok(T::default());
     }
+    let text = plain_json(options, callbacks)?;
+    serde_json::from_str(&text).map_err(|e| error(format!("invalid options: {e}")))
+}
+
+/// A JS object as JSON, without the named callback fields; non-finite numbers are refused by name.
+fn plain_json(options: &JsValue, callbacks: &[&str]) -> Result<String, JsValue> {
     if !options.is_object() {
         return Err(error("options must be an object"));
     }
@@ -145,8 +203,7 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(
         }
         js_sys::Reflect::set(&data, &key, &value)?;
     }
-    let text: String = js_sys::JSON::stringify(&data)?.into();
-    serde_json::from_str(&text).map_err(|e| error(format!("invalid options: {e}")))
+    Ok(js_sys::JSON::stringify(&data)?.into())
 }
 
 fn field(object: &JsValue, name: &str) -> JsValue {
@@ -161,12 +218,95 @@ fn to_js(value: &serde_json::Value) -> Result<JsValue, JsValue> {
     js_sys::JSON::parse(&value.to_string())
 }
 
+/// The entry point of the OpenAI-shaped API: (endpoint, request, onChunk, signal) -> Promise.
+type OpenAiRun = dyn FnMut(String, JsValue, JsValue, JsValue) -> js_sys::Promise;
+
 /// A model loaded onto the browser's GPU, or its CPU.
 #[wasm_bindgen]
 pub struct LayerSkip {
     model: Rc<RefCell<Model>>,
     /// Panics seen before this model was made (see `guard`).
     panics: u32,
+    /// `{chat: {completions: {create}}, completions: {create}}` (openai.js), over `run`, which
+    /// lives as long as the model.
+    api: JsValue,
+    _run: Closure<OpenAiRun>,
+}
+
+/// The model for one request, or why it cannot serve one: a panic since it was made (`panics`
+/// then) may have left it half-updated.
+fn usable(model: &Rc<RefCell<Model>>, panics: u32) -> Result<Rc<RefCell<Model>>, JsValue> {
+    if guard::panics() > panics {
+        return Err(guard::unusable());
+    }
+    Ok(model.clone())
+}
+
+fn busy() -> JsValue {
+    error("the model is busy with another request")
+}
+
+/// Ids of OpenAI-shaped results.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// One OpenAI-shaped request: LayerSkip's fields default as in `generate`, OpenAI's as OpenAI's.
+// The model stays borrowed across awaits on purpose: it is taken with try_borrow_mut, so a
+// second concurrent request is refused as busy instead of panicking.
+#[allow(clippy::await_holding_refcell_ref)]
+async fn openai_request(
+    model: Result<Rc<RefCell<Model>>, JsValue>,
+    endpoint: String,
+    request: JsValue,
+    on_chunk: JsValue,
+    signal: JsValue,
+) -> Result<JsValue, JsValue> {
+    let model = model?;
+    let endpoint = match endpoint.as_str() {
+        "chat" => Endpoint::Chat,
+        _ => Endpoint::Completions,
+    };
+    let request = OpenAiRequest::from_json(plain_json(&request, &[])?.as_bytes()).map_err(error)?;
+    let base = GenerateRequest::default();
+    request.validate(endpoint, &base).map_err(error)?;
+    let mut model = model.try_borrow_mut().map_err(|_| busy())?;
+    // 2^53: every integer below it is exact in a JavaScript number.
+    let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
+    let (prompt, generate) = request
+        .prepare(&model, endpoint, &base, seed)
+        .map_err(error)?;
+    let options = model.options(&generate).map_err(error)?;
+    let reply = Reply::new(
+        endpoint,
+        SEQUENCE.fetch_add(1, Ordering::Relaxed),
+        (js_sys::Date::now() / 1000.0) as u64,
+        request.model.as_deref().unwrap_or("layerskip"),
+    );
+    let on_chunk = js_sys::Function::from(on_chunk);
+    let streamed = request.streamed() && on_chunk.is_function();
+    let send = |chunk: serde_json::Value| {
+        if let Ok(chunk) = to_js(&chunk) {
+            let _ = on_chunk.call1(&JsValue::NULL, &chunk);
+        }
+    };
+    if let Some(opening) = reply.opening_chunk().filter(|_| streamed) {
+        send(opening);
+    }
+    let completion = model
+        .complete_ids(prompt, &options, &generate.stop, |piece| {
+            if streamed && piece.kind != TokenKind::Rejected && !piece.text.is_empty() {
+                send(reply.text_chunk(piece.text, piece.kind));
+            }
+            field(&signal, "aborted") != JsValue::TRUE
+        })
+        .await
+        .map_err(error)?;
+    if streamed {
+        send(reply.closing_chunk(&completion.stats));
+        if request.stream_options.is_some_and(|o| o.include_usage) {
+            send(reply.usage_chunk(&completion));
+        }
+    }
+    to_js(&reply.result(&completion))
 }
 
 async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> {
@@ -208,19 +348,25 @@ async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> 
         ),
         e => error(e),
     })?;
+    let model = Rc::new(RefCell::new(model));
+    let run = {
+        let model = model.clone();
+        Closure::<OpenAiRun>::new(move |endpoint, request, on_chunk, signal| {
+            let model = usable(&model, panics);
+            guarded(openai_request(model, endpoint, request, on_chunk, signal))
+        })
+    };
     Ok(LayerSkip {
-        model: Rc::new(RefCell::new(model)),
+        api: open_ai_api(run.as_ref().unchecked_ref()),
+        _run: run,
+        model,
         panics,
     })
 }
 
 impl LayerSkip {
-    /// The model for one request, or why it cannot serve one.
     fn model(&self) -> Result<Rc<RefCell<Model>>, JsValue> {
-        if guard::panics() > self.panics {
-            return Err(guard::unusable());
-        }
-        Ok(self.model.clone())
+        usable(&self.model, self.panics)
     }
 }
 
@@ -293,9 +439,7 @@ impl LayerSkip {
             let request: GenerateRequest = parse(&options, &["onToken", "signal"])?;
             let on_token = js_sys::Function::from(field(&options, "onToken"));
             let signal = field(&options, "signal");
-            let mut model = model
-                .try_borrow_mut()
-                .map_err(|_| error("the model is busy with another request"))?;
+            let mut model = model.try_borrow_mut().map_err(|_| busy())?;
             let completion = model
                 .generate(&prompt, &request, |s| {
                     if on_token.is_function() {
@@ -333,9 +477,7 @@ impl LayerSkip {
         let model = self.model();
         guarded(async move {
             let model = model?;
-            let mut model = model
-                .try_borrow_mut()
-                .map_err(|_| error("the model is busy with another request"))?;
+            let mut model = model.try_borrow_mut().map_err(|_| busy())?;
             let (ids, exits) = model.logit_lens(&prompt).await.map_err(error)?;
             let k = top.unwrap_or(5);
             let exits: Vec<_> = exits
@@ -353,13 +495,25 @@ impl LayerSkip {
         })
     }
 
+    /// OpenAI's chat API: `chat.completions.create({messages, stream, ...})` resolves with a
+    /// chat.completion or, with `stream: true`, an async iterable of chat.completion.chunk
+    /// objects; an AbortSignal (`create(request, {signal})`) ends it with finish_reason "abort".
+    #[wasm_bindgen(getter, unchecked_return_type = "Chat")]
+    pub fn chat(&self) -> JsValue {
+        js_sys::Reflect::get(&self.api, &"chat".into()).unwrap_or(JsValue::UNDEFINED)
+    }
+
+    /// OpenAI's completions API for raw prompts: `completions.create({prompt, stream, ...})`.
+    #[wasm_bindgen(getter, unchecked_return_type = "Completions")]
+    pub fn completions(&self) -> JsValue {
+        js_sys::Reflect::get(&self.api, &"completions".into()).unwrap_or(JsValue::UNDEFINED)
+    }
+
     /// The model summary, where it runs and why (`backend`, `backend_reason`, adapter and limits),
     /// its memory plan, and `wasm_memory_bytes`: the size of this module's memory now.
     pub fn info(&self) -> Result<JsValue, JsValue> {
         let model = self.model()?;
-        let model = model
-            .try_borrow()
-            .map_err(|_| error("the model is busy with another request"))?;
+        let model = model.try_borrow().map_err(|_| busy())?;
         let mut info = json!(model.info());
         let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
         let buffer: js_sys::ArrayBuffer = memory.buffer().unchecked_into();

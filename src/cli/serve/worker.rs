@@ -160,28 +160,15 @@ fn fresh_seed() -> u64 {
 }
 
 fn run(model: &mut Model, base: &GenerateRequest, job: &Job) -> Result<Completion> {
-    let request = &job.request;
-    let prompt = match job.endpoint {
-        Endpoint::Chat => model.chat_prompt(&request.messages()?, true)?,
-        Endpoint::Completions => model.tokenizer.encode(request.prompt_text()?)?,
-    };
-    let limit = model.max_context();
-    // Without max_tokens, whatever the context leaves (OpenAI's chat API).
-    let room = limit.saturating_sub(prompt.len());
-    let wanted = request.max_new_tokens().unwrap_or(room.max(1));
-    if prompt.len() + wanted > limit {
-        return Err(Error::ContextLength {
-            needed: (prompt.len() + wanted) as u128,
-            limit,
-        });
-    }
-    let generate = request.generate_request(base, wanted, fresh_seed());
+    let (prompt, generate) = job
+        .request
+        .prepare(model, job.endpoint, base, fresh_seed())?;
     let options = model.options(&generate)?;
     let events = &job.events;
     if events.send(Event::Started).is_err() {
         return Err(Error::Invalid("the client went away".into()));
     }
-    let streamed = request.streamed();
+    let streamed = job.request.streamed();
     let completion = model.complete_ids(prompt, &options, &generate.stop, |piece| {
         if streamed && piece.kind != TokenKind::Rejected && !piece.text.is_empty() {
             let _ = events.send(Event::Text(piece.text.to_string(), piece.kind));
