@@ -7,7 +7,7 @@
 // `layerskip quantize` loads by URL; a hostile shard index is refused without fetching the file
 // it points at; a reload takes the weights from the Cache API. Screenshots (desktop, phone).
 // Without WebGPU (no flag): the page falls back to the wasm CPU backend and generates the same
-// text; its tokens/s is printed.
+// text, and chats the same; its tokens/s is printed.
 //
 // Needs: `npm run build` done, the CLI built (LAYERSKIP_BIN, default target/release/layerskip), /usr/bin/chromium.
 import { chromium } from 'playwright-core';
@@ -35,6 +35,12 @@ const cli = process.env.LAYERSKIP_BIN || join(root, 'target', 'release', 'layers
 const native = JSON.parse(execFileSync(cli, ['generate', '--prompt', prompt, '--max-new-tokens', String(maxTokens), '--json'],
   { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
 console.log(`native CLI greedy text: ${JSON.stringify(native.text)}`);
+// The chat tab's first reply, as the CLI gives it for the same one-message conversation.
+const chatMessage = 'Write a function that sorts a list.';
+const chatTokens = 16;
+const nativeChat = JSON.parse(execFileSync(cli, ['generate', '--chat', '--prompt', chatMessage, '--max-new-tokens', String(chatTokens), '--json'],
+  { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+console.log(`native CLI chat reply: ${JSON.stringify(nativeChat.text)}`);
 
 // A q4 copy of the default model, and a hostile folder whose index points outside it.
 const models = join(dist, 'models');
@@ -98,6 +104,34 @@ async function compare(page, label, auto = false) {
   if ((await page.$eval('#compare-result', (e) => e.dataset.same)) !== 'true') fail(`${label}: autoregressive and self-speculative text differ`);
 }
 
+// The chat tab: a two-turn conversation, self-speculative and greedy. The first reply must equal
+// the CLI's for the same conversation, with accepted drafts coloured; the second turn keeps the
+// first turn's KV entries.
+async function chatTab(page, label) {
+  await page.selectOption('#strategy', 'self-speculative');
+  await page.setChecked('#exit-auto', false);
+  await page.setChecked('#speculations-auto', false);
+  await page.fill('#max-tokens', String(chatTokens));
+  await page.fill('#temperature', '0');
+  await page.click('#tab-chat');
+  await page.click('#chat-reset');
+  const turn = async (message) => {
+    await page.fill('#chat-input', message);
+    await page.click('#chat-send');
+    await settle(page);
+    const [s, why] = await state(page);
+    if (s !== 'done') throw new Error(`${label} chat: ${why}`);
+    return page.$eval('#chat-log .message.assistant:last-child', (e) => e.dataset.text);
+  };
+  const first = await turn(chatMessage);
+  if (first !== nativeChat.text) fail(`${label} chat: reply ${JSON.stringify(first)} differs from the CLI's ${JSON.stringify(nativeChat.text)}`);
+  if ((await page.$$('#chat-log .accepted')).length === 0) fail(`${label} chat: no accepted draft shown`);
+  await turn('Now in reverse.');
+  const cached = Number(await page.$eval('#chat-stats', (e) => e.dataset.cached));
+  if (!(cached > 0)) fail(`${label} chat: the second turn kept no KV entries`);
+  console.log(`${label} chat: ${await page.$eval('#chat-stats', (e) => e.textContent)}`);
+}
+
 async function withWebGpu() {
   const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--enable-unsafe-webgpu', ...quiet] });
   try {
@@ -120,6 +154,9 @@ async function withWebGpu() {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.screenshot({ path: join(dist, 'e2e-phone.png'), fullPage: true });
     await page.setViewportSize({ width: 1100, height: 1400 });
+    await chatTab(page, 'WebGPU');
+    await page.screenshot({ path: join(dist, 'e2e-chat.png'), fullPage: true });
+    await page.click('#tab-generate');
 
     // A 4-bit checkpoint by URL, as a site would serve one.
     const [q4] = await load(page, 'gpu', `${url}models/default-q4/`);
@@ -143,7 +180,7 @@ async function withWebGpu() {
     if ((await state(page))[0] !== 'ready') fail('the model did not load again after a reload');
     if (weightRequests > 0) fail(`a reload fetched weights ${weightRequests} time(s) instead of using the cache`);
     console.log(`reload: ${weightRequests} weight requests (served from the Cache API)`);
-    console.log(`screenshots: ${join(dist, 'e2e-screenshot.png')} ${join(dist, 'e2e-phone.png')}`);
+    console.log(`screenshots: ${join(dist, 'e2e-screenshot.png')} ${join(dist, 'e2e-phone.png')} ${join(dist, 'e2e-chat.png')}`);
   } finally {
     await browser.close();
   }
@@ -162,6 +199,8 @@ async function withoutWebGpu() {
     await compare(page, 'wasm CPU');
     await compare(page, 'wasm CPU, auto exit layer and depth', true);
     if (!(await page.$eval('#stats', (e) => e.textContent)).includes('auto exit layers')) fail('auto stats missing from the page');
+    await chatTab(page, 'wasm CPU');
+    await page.click('#tab-generate');
     const [g, why] = await load(page, 'gpu');
     if (g !== 'error' || !why.includes('WebGPU is not available')) fail(`asking for WebGPU without it: ${why}`);
     console.log(`device gpu without WebGPU: ${why}`);

@@ -2,7 +2,7 @@
 const $ = (id) => document.getElementById(id);
 const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
 
-let pending = null; // { resolve, reject, onToken } of the request in flight
+let pending = null; // { resolve, reject, onToken } of the request in flight (onToken: tokens or chunks)
 let info = null;
 
 function status(text, state = 'busy') {
@@ -11,9 +11,9 @@ function status(text, state = 'busy') {
 }
 
 function setBusy(busy) {
-  for (const id of ['generate', 'compare', 'lens']) $(id).disabled = busy || !info;
-  for (const id of ['load-default', 'load-url']) $(id).disabled = busy;
-  $('stop').disabled = !busy || !info;
+  for (const id of ['generate', 'compare', 'lens', 'chat-send']) $(id).disabled = busy || !info;
+  for (const id of ['load-default', 'load-url', 'chat-reset']) $(id).disabled = busy;
+  for (const id of ['stop', 'chat-stop']) $(id).disabled = !busy || !info;
 }
 
 function request(message, onToken) {
@@ -35,6 +35,9 @@ worker.onmessage = ({ data }) => {
     }
     case 'token':
       if (pending && pending.onToken) pending.onToken(data);
+      break;
+    case 'chunk':
+      if (pending && pending.onToken) pending.onToken(data.chunk);
       break;
     case 'loaded':
       $('progress').hidden = true;
@@ -163,6 +166,77 @@ $('lens').onclick = () => run(async () => {
   table.innerHTML = '<tr><th>layer</th><th colspan="5">top tokens (logit)</th></tr>' + lens.exits.map((e) =>
     `<tr><td>${e.layer}</td>${e.top.map(([, logit, text]) => `<td>${escape(JSON.stringify(text))} ${logit.toFixed(2)}</td>`).join('')}</tr>`).join('');
 });
+
+// The chat tab: the conversation so far, sent whole every turn (the model keeps its KV cache, so
+// only the new messages are computed), the reply streamed with accepted drafts coloured.
+const conversation = [];
+
+function chatOptions() {
+  const o = options($('strategy').value);
+  return {
+    strategy: o.strategy,
+    exit_layer: o.exitLayer,
+    num_speculations: o.numSpeculations,
+    temperature: o.temperature,
+    max_tokens: o.maxNewTokens,
+    seed: 0,
+  };
+}
+
+function bubble(role, text = '') {
+  const div = document.createElement('div');
+  div.className = `message ${role}`;
+  div.textContent = text;
+  $('chat-log').appendChild(div);
+  return div;
+}
+
+async function chat() {
+  const content = $('chat-input').value.trim();
+  if (!content) return;
+  conversation.push({ role: 'user', content });
+  bubble('user', content);
+  $('chat-input').value = '';
+  const reply = bubble('assistant');
+  try {
+    const result = await request({ type: 'chat', messages: conversation, options: chatOptions() }, (chunk) => {
+      const delta = chunk.choices[0] && chunk.choices[0].delta;
+      if (!delta || !delta.content) return;
+      const span = document.createElement('span');
+      span.className = delta.kind || 'plain';
+      span.textContent = delta.content;
+      reply.appendChild(span);
+    });
+    // A stopped reply stays in the conversation as far as it got.
+    conversation.push({ role: 'assistant', content: result.text });
+    reply.dataset.text = result.text;
+    const { cached_tokens: cached } = result.usage.prompt_tokens_details;
+    $('chat-stats').textContent = `${describe(result.stats)} · finish: ${result.finish_reason} · ${cached} of ${result.usage.prompt_tokens} prompt tokens kept from the previous turn`;
+    $('chat-stats').dataset.cached = String(cached);
+  } catch (e) {
+    // The message stays unanswered: take it back so the conversation still renders.
+    conversation.pop();
+    reply.remove();
+    throw e;
+  }
+}
+
+function showTab(name) {
+  for (const tab of ['generate', 'chat']) {
+    $(`tab-${tab}`).setAttribute('aria-selected', String(tab === name));
+    $(`${tab}-view`).hidden = tab !== name;
+  }
+}
+
+$('tab-generate').onclick = () => showTab('generate');
+$('tab-chat').onclick = () => showTab('chat');
+$('chat-send').onclick = () => run(chat);
+$('chat-stop').onclick = () => worker.postMessage({ type: 'abort' });
+$('chat-reset').onclick = () => {
+  conversation.length = 0;
+  $('chat-log').textContent = '';
+  $('chat-stats').textContent = '';
+};
 
 function escape(s) {
   return s.replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]);

@@ -1,6 +1,6 @@
 // The model lives here, off the main thread, so the page stays responsive while it loads and
-// generates. Messages in: load, loadFiles, generate, abort, logits. Messages out: progress,
-// loaded, token, done, lens, error.
+// generates. Messages in: load, loadFiles, generate, chat, abort, logits. Messages out: progress,
+// loaded, token, chunk, done, lens, error.
 import init, { LayerSkip } from 'layerskip';
 
 let model = null;
@@ -37,6 +37,27 @@ async function handle(message) {
         onToken: (t) => post({ type: 'token', id: message.id, ...t }),
       });
       post({ type: 'done', id: message.id, result });
+      break;
+    }
+    case 'chat': {
+      // OpenAI's chat API, streamed: every chunk goes to the page as it comes.
+      if (!model) throw new Error('no model loaded');
+      controller = new AbortController();
+      const stream = await model.chat.completions.create(
+        { ...message.options, messages: message.messages, stream: true, stream_options: { include_usage: true } },
+        { signal: controller.signal },
+      );
+      let text = '';
+      let finish = null;
+      let last = null;
+      for await (const chunk of stream) {
+        const choice = chunk.choices[0];
+        if (choice && choice.delta.content) text += choice.delta.content;
+        if (choice && choice.finish_reason) finish = choice.finish_reason;
+        if (chunk.usage) last = chunk;
+        post({ type: 'chunk', id: message.id, chunk });
+      }
+      post({ type: 'done', id: message.id, result: { text, finish_reason: finish, usage: last.usage, stats: last.stats } });
       break;
     }
     case 'abort':
