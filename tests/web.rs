@@ -405,6 +405,16 @@ async fn iterate(iterable: &JsValue, limit: usize) -> Vec<JsValue> {
     }
 }
 
+/// All the chunks of a streamed `create(...args)`.
+async fn stream(completions: &JsValue, args: &[JsValue]) -> Vec<serde_json::Value> {
+    let stream = call(completions, "create", args).await.unwrap();
+    iterate(&stream, usize::MAX)
+        .await
+        .iter()
+        .map(json)
+        .collect()
+}
+
 /// A JS value as serde_json sees it.
 fn json(value: &JsValue) -> serde_json::Value {
     let text: String = js_sys::JSON::stringify(value).unwrap().into();
@@ -478,14 +488,7 @@ async fn the_openai_chat_api_answers_and_streams() {
         assert_eq!(whole["usage"]["prompt_tokens"], ids.len());
 
         let extra = r#", "stream": true, "stream_options": {"include_usage": true}, "strategy": "self-speculative", "exit_layer": 2, "num_speculations": 3"#;
-        let stream = call(&completions, "create", &[request(extra)])
-            .await
-            .unwrap();
-        let chunks: Vec<_> = iterate(&stream, usize::MAX)
-            .await
-            .iter()
-            .map(json)
-            .collect();
+        let chunks = stream(&completions, &[request(extra)]).await;
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         let text: String = chunks
             .iter()
@@ -516,18 +519,7 @@ async fn the_openai_chat_api_answers_and_streams() {
         }
         // An aborted signal: the stream ends at once with finish_reason "abort".
         let aborted = object(r#"{"signal": {"aborted": true}}"#);
-        let stream = call(
-            &completions,
-            "create",
-            &[request(r#", "stream": true"#), aborted],
-        )
-        .await
-        .unwrap();
-        let chunks: Vec<_> = iterate(&stream, usize::MAX)
-            .await
-            .iter()
-            .map(json)
-            .collect();
+        let chunks = stream(&completions, &[request(r#", "stream": true"#), aborted]).await;
         assert_eq!(
             chunks.last().unwrap()["choices"][0]["finish_reason"],
             "abort"
