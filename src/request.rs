@@ -1,5 +1,6 @@
 //! One generation request for every front end: the CLI's flags, the JavaScript options object
-//! and (later) HTTP bodies all become a `GenerateRequest`, with one set of defaults and one
+//! and OpenAI-shaped bodies (the server's, the browser's `chat.completions.create`, through
+//! [`crate::openai`]) all become a `GenerateRequest`, with one set of defaults and one
 //! validation, so a bad value is the same clear error everywhere.
 
 use crate::adaptive::Setting;

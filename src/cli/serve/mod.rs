@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use worker::{Event, Job, Worker};
+use worker::{Event, Job, Refused, Worker};
 
 /// The environment variable that can hold the API key instead of `--api-key`.
 const API_KEY_VAR: &str = "LAYERSKIP_API_KEY";
@@ -343,14 +343,16 @@ async fn respond(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
     match start(&app, endpoint, body).await {
-        Ok((reply, request, events)) if request.streamed() => {
-            let include_usage = request
-                .stream_options
-                .as_ref()
-                .is_some_and(|o| o.include_usage);
-            SseBody::new(stream_events(reply, include_usage, events)).into_response()
-        }
-        Ok((reply, _, mut events)) => loop {
+        Ok(Started {
+            reply,
+            stream: Some(include_usage),
+            events,
+        }) => SseBody::new(stream_events(reply, include_usage, events)).into_response(),
+        Ok(Started {
+            reply,
+            stream: None,
+            mut events,
+        }) => loop {
             match events.recv().await {
                 Some(Event::Done(completion)) => {
                     break Json(reply.result(&completion)).into_response()
@@ -373,6 +375,14 @@ fn stopped() -> ApiError {
 
 type Events = tokio::sync::mpsc::UnboundedReceiver<Event>;
 
+/// A request the model has taken up.
+struct Started {
+    reply: Reply,
+    /// Streamed: whether with a usage chunk at the end.
+    stream: Option<bool>,
+    events: Events,
+}
+
 /// Checks a request, queues it and waits until the model has taken it up: an error found
 /// before generation begins (a prompt past the context, a bad exit layer) is still an HTTP
 /// status, not an event in a stream that already answered 200.
@@ -380,7 +390,7 @@ async fn start(
     app: &App,
     endpoint: Endpoint,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> std::result::Result<(Reply, OpenAiRequest, Events), ApiError> {
+) -> std::result::Result<Started, ApiError> {
     let request = OpenAiRequest::from_json(&body?)?;
     check_model(app, request.model.as_deref())?;
     request.validate(endpoint, &app.base)?;
@@ -390,21 +400,35 @@ async fn start(
         unix_seconds(),
         app.model_id.clone(),
     );
+    let stream = request.streamed().then(|| {
+        request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    });
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
     let job = Job {
         endpoint,
-        request: request.clone(),
+        request,
         events: sender,
     };
-    if app.worker.submit(job).is_err() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is busy: its queue of requests is full; retry shortly",
-        )
-        .code("queue_full"));
+    match app.worker.submit(job) {
+        Ok(()) => {}
+        Err(Refused::Full) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy: its queue of requests is full; retry shortly",
+            )
+            .code("queue_full"))
+        }
+        Err(Refused::Stopped) => return Err(stopped()),
     }
     match events.recv().await {
-        Some(Event::Started) => Ok((reply, request, events)),
+        Some(Event::Started) => Ok(Started {
+            reply,
+            stream,
+            events,
+        }),
         Some(Event::Failed(e)) => Err(e.into()),
         Some(_) | None => Err(stopped()),
     }

@@ -39,8 +39,13 @@ pub struct Worker {
     pub max_context: usize,
 }
 
-/// A job the queue had no room for.
-pub struct QueueFull;
+/// Why a job was not queued.
+pub enum Refused {
+    /// `queue` jobs already wait.
+    Full,
+    /// The model's thread is gone (it never should be).
+    Stopped,
+}
 
 /// What the model's thread has done, for /health.
 #[derive(Default)]
@@ -105,15 +110,19 @@ impl Worker {
         })
     }
 
-    /// Queues a job; refused when `queue` jobs already wait behind the running one (or the
-    /// model's thread has stopped).
-    pub fn submit(&self, job: Job) -> std::result::Result<(), QueueFull> {
+    /// Queues a job; refused when `queue` jobs already wait behind the running one, or when the
+    /// model's thread has stopped.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Refused> {
         let admitted = &self.counts.admitted;
-        if admitted.fetch_add(1, Ordering::SeqCst) > self.queue || self.jobs.send(job).is_err() {
-            admitted.fetch_sub(1, Ordering::SeqCst);
-            return Err(QueueFull);
-        }
-        Ok(())
+        let refused = if admitted.fetch_add(1, Ordering::SeqCst) > self.queue {
+            Refused::Full
+        } else if self.jobs.send(job).is_err() {
+            Refused::Stopped
+        } else {
+            return Ok(());
+        };
+        admitted.fetch_sub(1, Ordering::SeqCst);
+        Err(refused)
     }
 
     pub fn counts(&self) -> &Counts {
