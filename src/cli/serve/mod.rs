@@ -111,6 +111,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .and_then(|dir| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "layerskip-default".into())
     });
+    // Listen before loading, so a port in use fails at once, not after a long load.
+    let address = SocketAddr::new(args.host, args.port);
+    let cannot = |e: std::io::Error| Error::Invalid(format!("cannot listen on {address}: {e}"));
+    let listener = std::net::TcpListener::bind(address).map_err(cannot)?;
+    listener.set_nonblocking(true).map_err(cannot)?;
+    let bound = listener.local_addr().map_err(cannot)?;
     let model_args = args.model;
     let worker = Worker::start(move || load(&model_args), args.queue, base.clone())?;
     let app = Arc::new(App {
@@ -125,14 +131,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .enable_time()
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start the server's runtime: {e}")))?;
-    let address = SocketAddr::new(args.host, args.port);
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|e| Error::Invalid(format!("cannot listen on {address}: {e}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Error::Invalid(format!("cannot listen on {address}: {e}")))?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(cannot)?;
         if !bound.ip().is_loopback() && api_key.is_none() {
             eprintln!(
                 "warning: listening on {bound}, reachable from the network, without an API key \
