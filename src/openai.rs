@@ -48,6 +48,22 @@ pub struct OpenAiRequest {
     pub presence_penalty: Option<f32>,
     /// Accepted and unused, as OpenAI's end-user identifier.
     pub user: Option<String>,
+    // OpenAI options this runtime does not implement: accepted with the values that ask for
+    // nothing (what many tools send by default), refused by name otherwise (see `unsupported`).
+    pub logprobs: Option<Value>,
+    pub top_logprobs: Option<Value>,
+    pub echo: Option<Value>,
+    pub best_of: Option<Value>,
+    pub suffix: Option<Value>,
+    pub logit_bias: Option<Value>,
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<Value>,
+    pub response_format: Option<Value>,
+    pub store: Option<Value>,
+    /// Accepted and unused (they concern OpenAI's own service).
+    pub metadata: Option<Value>,
+    pub service_tier: Option<Value>,
     // LayerSkip's own fields (see GenerateRequest).
     pub strategy: Option<StrategyKind>,
     pub exit_layer: Option<Setting>,
@@ -179,6 +195,7 @@ impl OpenAiRequest {
                 self.prompt_text()?;
             }
         }
+        self.unsupported()?;
         if self.n.is_some_and(|n| n != 1) {
             return Err(invalid("`n` must be 1: one choice per request"));
         }
@@ -191,6 +208,51 @@ impl OpenAiRequest {
             return Err(invalid("`max_tokens` must be at least 1"));
         }
         self.generate_request(base, 1, 0).validate()
+    }
+
+    /// Refuses the OpenAI options this runtime does not implement unless their value asks for
+    /// nothing: false, 0, an empty string, list or object, or the option's own no-op value.
+    fn unsupported(&self) -> Result<()> {
+        let options: [(&str, &Option<Value>, Value); 11] = [
+            ("logprobs", &self.logprobs, Value::Null),
+            ("top_logprobs", &self.top_logprobs, Value::Null),
+            ("echo", &self.echo, Value::Null),
+            ("best_of", &self.best_of, json!(1)),
+            ("suffix", &self.suffix, Value::Null),
+            ("logit_bias", &self.logit_bias, Value::Null),
+            ("tools", &self.tools, Value::Null),
+            ("tool_choice", &self.tool_choice, json!("none")),
+            (
+                "parallel_tool_calls",
+                &self.parallel_tool_calls,
+                json!(true),
+            ),
+            (
+                "response_format",
+                &self.response_format,
+                json!({"type": "text"}),
+            ),
+            ("store", &self.store, Value::Null),
+        ];
+        for (name, value, no_op) in options {
+            let Some(value) = value else { continue };
+            let nothing = match value {
+                Value::Bool(b) => !b,
+                Value::Number(n) => n.as_f64() == Some(0.0),
+                Value::String(s) => s.is_empty(),
+                Value::Array(a) => a.is_empty(),
+                Value::Object(o) => o.is_empty(),
+                Value::Null => true,
+            };
+            // With no tools, "auto" chooses none.
+            let no_tools = name == "tool_choice" && value == "auto";
+            if !(nothing || *value == no_op || no_tools) {
+                return Err(invalid(format!(
+                    "`{name}` is not supported by this server (got {value})"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `max_completion_tokens`, else `max_tokens`: `None` means up to the end of the context.
@@ -270,9 +332,16 @@ impl OpenAiRequest {
         max_new_tokens: usize,
         fresh_seed: u64,
     ) -> GenerateRequest {
+        let strategy = self.strategy.unwrap_or(base.strategy);
         GenerateRequest {
-            strategy: self.strategy.unwrap_or(base.strategy),
-            exit_layer: self.exit_layer.or(base.exit_layer),
+            strategy,
+            exit_layer: match (self.exit_layer, base.exit_layer) {
+                (Some(exit), _) => Some(exit),
+                // A default of `auto` is for self-speculative requests: an early-exit request
+                // that names no layer takes the model's default.
+                (None, Some(Setting::Auto)) if strategy == StrategyKind::EarlyExit => None,
+                (None, base) => base,
+            },
             num_speculations: self.num_speculations.unwrap_or(base.num_speculations),
             max_new_tokens,
             temperature: self.temperature.unwrap_or(1.0),
@@ -495,9 +564,9 @@ mod tests {
         let base = GenerateRequest::default();
         let cases = [
             (
-                r#"{"messages": [], "logprobs": true}"#,
+                r#"{"messages": [], "frobnicate": true}"#,
                 Endpoint::Chat,
-                "unknown field `logprobs`",
+                "unknown field `frobnicate`",
             ),
             (
                 r#"{"messages": []}"#,
@@ -560,6 +629,51 @@ mod tests {
                 Endpoint::Completions,
                 "max_tokens",
             ),
+            (
+                r#"{"prompt": "x", "logprobs": 2}"#,
+                Endpoint::Completions,
+                "`logprobs` is not supported",
+            ),
+            (
+                r#"{"prompt": "x", "echo": true}"#,
+                Endpoint::Completions,
+                "`echo`",
+            ),
+            (
+                r#"{"prompt": "x", "best_of": 3}"#,
+                Endpoint::Completions,
+                "`best_of`",
+            ),
+            (
+                r#"{"prompt": "x", "logit_bias": {"1": 5}}"#,
+                Endpoint::Completions,
+                "`logit_bias`",
+            ),
+            (
+                r#"{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}"#,
+                Endpoint::Chat,
+                "`tools`",
+            ),
+            (
+                r#"{"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}"#,
+                Endpoint::Chat,
+                "`tool_choice`",
+            ),
+            (
+                r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#,
+                Endpoint::Chat,
+                "`response_format`",
+            ),
+            (
+                r#"{"prompt": "x", "store": true}"#,
+                Endpoint::Completions,
+                "`store`",
+            ),
+            (
+                r#"{"prompt": "x", "functions": []}"#,
+                Endpoint::Completions,
+                "unknown field `functions`",
+            ),
         ];
         for (body, endpoint, expected) in cases {
             let err = parse(body)
@@ -568,6 +682,40 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{body}: {err}");
         }
+    }
+
+    /// What tools built on OpenAI's clients send by default is accepted.
+    #[test]
+    fn options_that_ask_for_nothing_are_accepted() {
+        let r = parse(
+            r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": false, "top_logprobs": null, "echo": false, "best_of": 1, "suffix": "", "logit_bias": {}, "tools": [], "tool_choice": "auto", "parallel_tool_calls": true, "response_format": {"type": "text"}, "store": false, "metadata": {"a": "b"}, "service_tier": "auto", "n": 1, "user": "u"}"#,
+        )
+        .unwrap();
+        r.validate(Endpoint::Chat, &GenerateRequest::default())
+            .unwrap();
+    }
+
+    /// A server-wide `auto` exit layer is for self-speculative requests; an early-exit request
+    /// without a layer gets the model's default rather than an error.
+    #[test]
+    fn an_auto_default_leaves_early_exit_to_the_model() {
+        let base = GenerateRequest {
+            strategy: StrategyKind::SelfSpeculative,
+            exit_layer: Some(Setting::Auto),
+            ..Default::default()
+        };
+        let early = parse(r#"{"prompt": "x", "strategy": "early-exit"}"#).unwrap();
+        assert_eq!(early.generate_request(&base, 1, 0).exit_layer, None);
+        let named = parse(r#"{"prompt": "x", "strategy": "early-exit", "exit_layer": 3}"#).unwrap();
+        assert_eq!(
+            named.generate_request(&base, 1, 0).exit_layer,
+            Some(Setting::Fixed(3))
+        );
+        let speculative = parse(r#"{"prompt": "x"}"#).unwrap();
+        assert_eq!(
+            speculative.generate_request(&base, 1, 0).exit_layer,
+            Some(Setting::Auto)
+        );
     }
 
     #[test]

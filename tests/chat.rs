@@ -140,13 +140,15 @@ fn add_template(dir: &Path) {
 }
 
 /// `layerskip chat` over piped input: every line a turn, replies streamed, `/stats` and
-/// `/reset`; later turns keep the conversation's KV cache, and the replies are the same as
+/// `/reset` (an unknown command is no turn); later turns keep the conversation's KV cache, and the replies are the same as
 /// when every turn computes its whole prompt.
 #[test]
 fn chat_command_keeps_the_conversation() {
     let dir = fixture_copy("command");
     add_template(&dir);
-    let input = "Hello there.\n/stats\nTell me more.\n/stats\n/reset\nHello there.\n/stats\n";
+    // "/rest": a mistyped command is refused, not sent to the model as a message.
+    let input =
+        "Hello there.\n/stats\n/rest\nTell me more.\n/stats\n/reset\nHello there.\n/stats\n";
     let run = |extra: &[&str]| {
         use std::io::Write;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))

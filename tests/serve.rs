@@ -266,28 +266,62 @@ fn errors_are_openai_shaped() {
         .request("GET", "/v1/chat/completions", &[key], b"")
         .error(405, "does not take GET");
     let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(8000));
-    post("/v1/completions", &big).error(413, "");
+    post("/v1/completions", &big).error(413, "limit of 4096 bytes (--max-body-bytes)");
+    // What tools send by default is accepted; what asks for something unimplemented is not.
+    let ok = post(
+        "/v1/completions",
+        r#"{"prompt": "x", "max_tokens": 1, "logprobs": null, "echo": false, "logit_bias": {}}"#,
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
 
-    // The key: required on /v1, not on /health.
+    // The key: required everywhere (unknown paths too) but /health; the scheme in any case.
     for headers in [
         &[][..],
         &["Authorization: Bearer sesame2"],
         &["Authorization: sesame"],
     ] {
-        let r = server.request("GET", "/v1/models", headers, b"");
-        r.error(401, "API key");
-        assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+        for path in ["/v1/models", "/v1/nope"] {
+            let r = server.request("GET", path, headers, b"");
+            r.error(401, "API key");
+            assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+        }
     }
     assert_eq!(server.request("GET", "/health", &[], b"").status, 200);
+    let lower = server.request("GET", "/v1/models", &["authorization: bearer sesame"], b"");
+    assert_eq!(lower.status, 200, "{}", lower.body);
     let ok = post("/v1/completions", r#"{"prompt": "x", "max_tokens": 2}"#);
     assert_eq!(ok.status, 200, "{}", ok.body);
     // The exit layer and the context are checked on the model's thread: two jobs failed there.
     assert_eq!(server.health()["failed"], 2);
 
-    // No key on an address the network can reach: a warning.
+    // No key on an address the network can reach: a warning. A host name is resolved.
     let open = Server::start(&["--host", "0.0.0.0"]);
     assert!(open.banner.contains("warning") && open.banner.contains("without an API key"));
     assert!(!server.banner.contains("warning"), "{}", server.banner);
+    let named = Server::start(&["--host", "localhost"]);
+    assert!(!named.banner.contains("warning"), "{}", named.banner);
+    assert_eq!(named.request("GET", "/health", &[], b"").status, 200);
+}
+
+/// Defaults the model cannot honour stop the server at start, not every request later.
+#[test]
+fn bad_defaults_fail_at_start() {
+    for (args, expected) in [
+        (
+            &["--strategy", "self-speculative", "--exit-layer", "99"][..],
+            "exit layer 99",
+        ),
+        (
+            &["--strategy", "early-exit", "--exit-layer", "auto"],
+            "exit_layer auto",
+        ),
+        (&["--max-body-bytes", "0"], "--max-body-bytes"),
+    ] {
+        let mut all = vec!["serve", "--device", "cpu", "--port", "0"];
+        all.extend(args);
+        let (ok, _, stderr) = common::layerskip(&all);
+        assert!(!ok && stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
 
 /// Reads a streamed response until its first generated text has arrived.

@@ -90,6 +90,11 @@ pub fn run(args: ChatArgs) -> Result<()> {
                 eprintln!("{HELP}");
                 continue;
             }
+            // A mistyped command would otherwise go to the model as a message.
+            word if word.starts_with('/') && !word.contains(char::is_whitespace) => {
+                eprintln!("unknown command {word}; {HELP}");
+                continue;
+            }
             _ => {}
         }
         messages.push(Message::new("user", line));

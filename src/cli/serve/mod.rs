@@ -26,7 +26,7 @@ use layerskip::openai::{Endpoint, OpenAiRequest, Reply};
 use layerskip::request::defaults;
 use layerskip::{Error, GenerateRequest, Result, StrategyKind};
 use serde_json::{json, Value};
-use std::net::{IpAddr, SocketAddr};
+use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use worker::{Event, Job, Refused, Worker};
@@ -38,9 +38,10 @@ const API_KEY_VAR: &str = "LAYERSKIP_API_KEY";
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Address to listen on. Loopback by default: anything else is reachable from the network.
+    /// Address or host name to listen on. Loopback by default: anything else is reachable from
+    /// the network.
     #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
+    host: String,
     /// Port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8080)]
     port: u16,
@@ -51,8 +52,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8)]
     queue: usize,
     /// Largest request body accepted (bytes); larger ones get 413.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_body_bytes: usize,
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..))]
+    max_body_bytes: u32,
     /// The model's id in the API (default: the checkpoint folder's name, or
     /// "layerskip-default" for the embedded model).
     #[arg(long)]
@@ -74,6 +75,7 @@ pub struct ServeArgs {
 
 struct App {
     worker: Worker,
+    max_body_bytes: u32,
     /// LayerSkip's fields for requests that leave them out.
     base: GenerateRequest,
     model_id: String,
@@ -112,15 +114,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .unwrap_or_else(|| "layerskip-default".into())
     });
     // Listen before loading, so a port in use fails at once, not after a long load.
-    let address = SocketAddr::new(args.host, args.port);
+    let address = format!("{}:{}", args.host, args.port);
     let cannot = |e: std::io::Error| Error::Invalid(format!("cannot listen on {address}: {e}"));
-    let listener = std::net::TcpListener::bind(address).map_err(cannot)?;
+    let addresses: Vec<_> = (args.host.as_str(), args.port)
+        .to_socket_addrs()
+        .map_err(cannot)?
+        .collect();
+    let listener = std::net::TcpListener::bind(&addresses[..]).map_err(cannot)?;
     listener.set_nonblocking(true).map_err(cannot)?;
     let bound = listener.local_addr().map_err(cannot)?;
     let model_args = args.model;
     let worker = Worker::start(move || load(&model_args), args.queue, base.clone())?;
     let app = Arc::new(App {
         worker,
+        max_body_bytes: args.max_body_bytes,
         base,
         model_id,
         started: unix_seconds(),
@@ -148,26 +155,26 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 None => "no API key",
             }
         );
-        let router = router(app, api_key, args.max_body_bytes);
+        let router = router(app, api_key);
         axum::serve(listener, router)
             .await
             .map_err(|e| Error::Invalid(format!("server: {e}")))
     })
 }
 
-fn router(app: Arc<App>, api_key: Option<String>, max_body_bytes: usize) -> Router {
-    let api = Router::new()
+fn router(app: Arc<App>, api_key: Option<String>) -> Router {
+    let limit = app.max_body_bytes as usize;
+    Router::new()
+        .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
-        .route_layer(middleware::from_fn_with_state(Arc::new(api_key), authorize));
-    Router::new()
-        .route("/health", get(health))
-        .merge(api)
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Outside the routes, so that unknown paths need the key too.
+        .layer(middleware::from_fn_with_state(Arc::new(api_key), authorize))
+        .layer(DefaultBodyLimit::max(limit))
         .with_state(app)
 }
 
@@ -227,14 +234,17 @@ impl From<Error> for ApiError {
     }
 }
 
-impl From<BytesRejection> for ApiError {
-    fn from(rejection: BytesRejection) -> Self {
-        let status = rejection.status();
-        let error = ApiError::new(status, format!("request body: {}", rejection.body_text()));
-        match status {
-            StatusCode::PAYLOAD_TOO_LARGE => error.code("request_too_large"),
-            _ => error,
-        }
+/// A body that could not be read: over the limit (413, naming it), or cut off.
+fn body_error(rejection: BytesRejection, limit: u32) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over this server's limit of {limit} bytes (--max-body-bytes)"
+            ),
+        )
+        .code("request_too_large"),
+        status => ApiError::new(status, format!("request body: {}", rejection.body_text())),
     }
 }
 
@@ -243,12 +253,15 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(key) = key.as_deref() {
+    if let Some(key) = key.as_deref().filter(|_| request.uri().path() != "/health") {
+        // The scheme is case-insensitive (RFC 9110).
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         if !given.is_some_and(|given| same(given.as_bytes(), key.as_bytes())) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -391,7 +404,8 @@ async fn start(
     endpoint: Endpoint,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> std::result::Result<Started, ApiError> {
-    let request = OpenAiRequest::from_json(&body?)?;
+    let body = body.map_err(|e| body_error(e, app.max_body_bytes))?;
+    let request = OpenAiRequest::from_json(&body)?;
     check_model(app, request.model.as_deref())?;
     request.validate(endpoint, &app.base)?;
     let reply = Reply::new(

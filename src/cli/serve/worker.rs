@@ -77,7 +77,8 @@ impl Counts {
 
 impl Worker {
     /// Starts the model's thread: `load` runs there (the model never crosses threads); returns
-    /// once it has loaded, or with its error. `queue` jobs may wait while one runs.
+    /// once it has loaded and `base` (the server's defaults) is checked against it, or with the
+    /// error. `queue` jobs may wait while one runs.
     pub fn start(
         load: impl FnOnce() -> Result<Model> + Send + 'static,
         queue: usize,
@@ -89,15 +90,17 @@ impl Worker {
         let shared = counts.clone();
         std::thread::Builder::new()
             .name("model".into())
-            .spawn(move || match load() {
-                Ok(mut model) => {
-                    let _ = loaded.send(Ok(model.max_context()));
-                    serve(&mut model, &base, &inbox, &shared);
-                }
-                Err(e) => {
-                    let _ = loaded.send(Err(e));
-                }
-            })
+            .spawn(
+                move || match load().and_then(|m| m.options(&base).map(|_| m)) {
+                    Ok(mut model) => {
+                        let _ = loaded.send(Ok(model.max_context()));
+                        serve(&mut model, &base, &inbox, &shared);
+                    }
+                    Err(e) => {
+                        let _ = loaded.send(Err(e));
+                    }
+                },
+            )
             .map_err(|e| Error::Invalid(format!("cannot start the model's thread: {e}")))?;
         let max_context = is_loaded
             .recv()
