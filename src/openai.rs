@@ -13,6 +13,9 @@ use crate::request::GenerateRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+/// `max_tokens` of a completions request that names none (OpenAI's default).
+pub const COMPLETIONS_MAX_TOKENS: usize = 16;
+
 /// Which OpenAI endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -255,7 +258,8 @@ impl OpenAiRequest {
         Ok(())
     }
 
-    /// `max_completion_tokens`, else `max_tokens`: `None` means up to the end of the context.
+    /// `max_completion_tokens`, else `max_tokens`: `None` means the endpoint's default (16 for
+    /// completions, the rest of the context for chat).
     pub fn max_new_tokens(&self) -> Option<usize> {
         self.max_completion_tokens.or(self.max_tokens)
     }
@@ -311,14 +315,17 @@ impl OpenAiRequest {
             Endpoint::Completions => model.tokenizer.encode(self.prompt_text()?)?,
         };
         let limit = model.max_context();
-        let wanted = self
-            .max_new_tokens()
-            .unwrap_or(limit.saturating_sub(prompt.len()).max(1));
-        if prompt.len() + wanted > limit {
-            return Err(Error::ContextLength {
-                needed: (prompt.len() + wanted) as u128,
-                limit,
-            });
+        let wanted = self.max_new_tokens().unwrap_or(match endpoint {
+            // OpenAI's legacy completions default to 16 tokens, chat to what the context leaves.
+            Endpoint::Completions => {
+                COMPLETIONS_MAX_TOKENS.min(limit.saturating_sub(prompt.len()).max(1))
+            }
+            Endpoint::Chat => limit.saturating_sub(prompt.len()).max(1),
+        });
+        // u128: `max_tokens` comes from the request and may be as large as usize allows.
+        let needed = prompt.len() as u128 + wanted as u128;
+        if needed > limit as u128 {
+            return Err(Error::ContextLength { needed, limit });
         }
         Ok((prompt, self.generate_request(base, wanted, fresh_seed)))
     }
@@ -390,6 +397,9 @@ pub struct Reply {
     /// Unix seconds.
     pub created: u64,
     pub model: String,
+    /// `None`: one whole result. Streamed: whether a last chunk carries the usage
+    /// (`stream_options.include_usage`; the other chunks then say `"usage": null`).
+    pub stream: Option<bool>,
 }
 
 /// OpenAI's token counts, with the prompt tokens the KV cache kept from the previous request.
@@ -404,7 +414,13 @@ fn usage(completion: &Completion) -> Value {
 }
 
 impl Reply {
-    pub fn new(endpoint: Endpoint, sequence: u64, created: u64, model: impl Into<String>) -> Self {
+    pub fn new(
+        request: &OpenAiRequest,
+        endpoint: Endpoint,
+        sequence: u64,
+        created: u64,
+        model: impl Into<String>,
+    ) -> Self {
         let prefix = match endpoint {
             Endpoint::Chat => "chatcmpl",
             Endpoint::Completions => "cmpl",
@@ -414,6 +430,12 @@ impl Reply {
             id: format!("{prefix}-{created:x}{sequence:08x}"),
             created,
             model: model.into(),
+            stream: request.streamed().then(|| {
+                request
+                    .stream_options
+                    .as_ref()
+                    .is_some_and(|o| o.include_usage)
+            }),
         }
     }
 
@@ -426,13 +448,17 @@ impl Reply {
     }
 
     fn envelope(&self, streamed: bool, choices: Value) -> Value {
-        json!({
+        let mut envelope = json!({
             "id": self.id,
             "object": self.object(streamed),
             "created": self.created,
             "model": self.model,
             "choices": choices,
-        })
+        });
+        if streamed && self.stream == Some(true) {
+            envelope["usage"] = Value::Null;
+        }
+        envelope
     }
 
     /// The whole result of a request that was not streamed; `stats` (this runtime's speculation

@@ -68,15 +68,30 @@ impl Server {
         stream
     }
 
-    /// Sends a request; the connection is left open for the response.
+    /// Sends a request; the connection is left open for the response. `Host` and, for a POST,
+    /// `Content-Type: application/json` are added unless `headers` has its own.
     fn send(&self, method: &str, path: &str, headers: &[&str], body: &[u8]) -> TcpStream {
         let mut stream = self.connect();
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.address,
+            "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
-        for h in headers {
+        let has = |name: &str| {
+            headers
+                .iter()
+                .any(|h| h.to_ascii_lowercase().starts_with(name))
+        };
+        let host = format!("Host: {}", self.address);
+        let json = "Content-Type: application/json";
+        let defaults = [
+            (!has("host:")).then_some(host.as_str()),
+            (method == "POST" && !has("content-type:")).then_some(json),
+        ];
+        for h in headers
+            .iter()
+            .copied()
+            .chain(defaults.into_iter().flatten())
+        {
             head.push_str(h);
             head.push_str("\r\n");
         }
@@ -202,6 +217,13 @@ fn completions_equal_hugging_face_greedy() {
             let what = format!("{strategy} {:?}", p.text);
             let whole = server.post("/v1/completions", &body);
             assert_eq!(whole.status, 200, "{what}: {}", whole.body);
+            if strategy["strategy"] == "autoregressive" {
+                // Without max_tokens: OpenAI's default for completions, 16.
+                let mut unbounded = body.clone();
+                unbounded.as_object_mut().unwrap().remove("max_tokens");
+                let r = server.post("/v1/completions", &unbounded).json();
+                assert_eq!(r["usage"]["completion_tokens"], 16, "{r}");
+            }
             let whole = whole.json();
             assert_eq!(whole["object"], "text_completion");
             assert_eq!(whole["choices"][0]["text"], p.greedy.text, "{what}");
@@ -257,9 +279,19 @@ fn errors_are_openai_shaped() {
     )
     .error(400, "exit layer 99");
     post("/v1/chat/completions", r#"{"prompt": "x"}"#).error(400, "`prompt` belongs");
-    let long = post("/v1/completions", r#"{"prompt": "x", "max_tokens": 5000}"#);
-    long.error(400, "context holds 1024");
-    assert_eq!(long.json()["error"]["code"], "context_length_exceeded");
+    for max in ["5000", "18446744073709551615"] {
+        let body = format!(r#"{{"prompt": "x", "max_tokens": {max}}}"#);
+        let long = post("/v1/completions", &body);
+        long.error(400, "context holds 1024");
+        assert_eq!(long.json()["error"]["code"], "context_length_exceeded");
+    }
+    let plain = server.request(
+        "POST",
+        "/v1/completions",
+        &[key, "Content-Type: text/plain"],
+        b"{}",
+    );
+    plain.error(415, "application/json");
     post("/v1/completions", r#"{"prompt": "x", "model": "gpt-4"}"#).error(404, "`gpt-4`");
     post("/v1/embeddings", "{}").error(404, "/v1/embeddings");
     server
@@ -291,8 +323,8 @@ fn errors_are_openai_shaped() {
     assert_eq!(lower.status, 200, "{}", lower.body);
     let ok = post("/v1/completions", r#"{"prompt": "x", "max_tokens": 2}"#);
     assert_eq!(ok.status, 200, "{}", ok.body);
-    // The exit layer and the context are checked on the model's thread: two jobs failed there.
-    assert_eq!(server.health()["failed"], 2);
+    // The exit layer and the context are checked on the model's thread: three jobs failed there.
+    assert_eq!(server.health()["failed"], 3);
 
     // No key on an address the network can reach: a warning. A host name is resolved.
     let open = Server::start(&["--host", "0.0.0.0"]);
@@ -301,6 +333,16 @@ fn errors_are_openai_shaped() {
     let named = Server::start(&["--host", "localhost"]);
     assert!(!named.banner.contains("warning"), "{}", named.banner);
     assert_eq!(named.request("GET", "/health", &[], b"").status, 200);
+    // Without a key, a loopback server answers loopback names only (a web page's DNS rebinding
+    // would send its own); with a key the name does not matter.
+    for host in ["localhost:1", "127.0.0.1", "[::1]:8080"] {
+        let ok = named.request("GET", "/v1/models", &[&format!("Host: {host}")], b"");
+        assert_eq!(ok.status, 200, "{host}: {}", ok.body);
+    }
+    let rebound = named.request("GET", "/v1/models", &["Host: attacker.example:8080"], b"");
+    rebound.error(403, "not a loopback name");
+    let keyed = server.request("GET", "/v1/models", &[key, "Host: any.example"], b"");
+    assert_eq!(keyed.status, 200, "{}", keyed.body);
 }
 
 /// Defaults the model cannot honour stop the server at start, not every request later.
@@ -380,5 +422,51 @@ fn a_full_queue_refuses_and_departed_clients_cancel() {
     // The server goes on serving.
     let ok = server.post("/v1/completions", &json!({"prompt": "x", "max_tokens": 3}));
     assert_eq!(ok.status, 200, "{}", ok.body);
-    assert_eq!(server.health()["finished"], 1);
+    assert_eq!(server.idle()["finished"], 1);
+}
+
+/// A client that leaves while its request waits frees its place in the queue at once, not when
+/// the model reaches the request (clients that time out and retry would otherwise fill it).
+#[test]
+fn a_departed_client_frees_its_place_in_the_queue() {
+    let server = Server::start(&["--queue", "1"]);
+    let long = json!({
+        "prompt": "def f(x):",
+        "max_tokens": 1000,
+        "ignore_eos": true,
+        "temperature": 0,
+        "stream": true,
+    });
+    let mut running = server.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
+    await_first_text(&mut running);
+    let waiting = server.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
+    let until = |what: &str, done: &dyn Fn(&Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            let jobs = server.health();
+            if done(&jobs) {
+                return jobs;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{what}: {jobs}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    until("queued", &|j| j["queued"] == 1);
+    drop(waiting);
+    let jobs = until("withdrawn", &|j| j["queued"] == 0);
+    // Withdrawn while the first request still runs, and a new one finds the place free.
+    assert_eq!(
+        (jobs["running"].as_u64(), jobs["cancelled"].as_u64()),
+        (Some(1), Some(1)),
+        "{jobs}"
+    );
+    let next = server.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
+    until("queued again", &|j| j["queued"] == 1);
+    drop((running, next));
+    let jobs = server.idle();
+    assert_eq!(
+        (jobs["cancelled"].as_u64(), jobs["finished"].as_u64()),
+        (Some(3), Some(0)),
+        "{jobs}"
+    );
 }

@@ -98,8 +98,8 @@ export interface Stats {
     calibration_ms: number; probes: number; shadow_rows: number; shadow_ms: number; cut_offs: number;
   };
 }
-/** OpenAI's request fields (defaults as OpenAI's: temperature 1, max_tokens what the context
- *  leaves, a fresh seed) and LayerSkip's own (defaults as generate's). */
+/** OpenAI's request fields (defaults as OpenAI's: temperature 1, max_tokens 16 for completions and
+ *  what the context leaves for chat, a fresh seed) and LayerSkip's own (defaults as generate's). */
 export interface OpenAiOptions {
   model?: string;
   max_tokens?: number; max_completion_tokens?: number;
@@ -135,12 +135,12 @@ export interface Completion {
 export interface Chat {
   completions: {
     create(request: OpenAiOptions & { messages: ChatMessage[]; stream?: false }, options?: { signal?: AbortSignal }): Promise<ChatCompletion>;
-    create(request: OpenAiOptions & { messages: ChatMessage[]; stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterable<ChatCompletionChunk>>;
+    create(request: OpenAiOptions & { messages: ChatMessage[]; stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterable<ChatCompletionChunk> & { finalChatCompletion(): Promise<ChatCompletion> }>;
   };
 }
 export interface Completions {
   create(request: OpenAiOptions & { prompt: string; stream?: false }, options?: { signal?: AbortSignal }): Promise<Completion>;
-  create(request: OpenAiOptions & { prompt: string; stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterable<Completion>>;
+  create(request: OpenAiOptions & { prompt: string; stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterable<Completion> & { finalCompletion(): Promise<Completion> }>;
 }
 export interface GenerateResult { prompt_tokens: number[]; tokens: number[]; text: string; stats: Stats }
 export interface LogitLens { prompt_tokens: number[]; exits: { layer: number; top: [number, number, string][] }[] }
@@ -276,13 +276,14 @@ async fn openai_request(
         .map_err(error)?;
     let options = model.options(&generate).map_err(error)?;
     let reply = Reply::new(
+        &request,
         endpoint,
         SEQUENCE.fetch_add(1, Ordering::Relaxed),
         (js_sys::Date::now() / 1000.0) as u64,
         request.model.as_deref().unwrap_or("layerskip"),
     );
     let on_chunk = js_sys::Function::from(on_chunk);
-    let streamed = request.streamed() && on_chunk.is_function();
+    let streamed = reply.stream.is_some() && on_chunk.is_function();
     let send = |chunk: serde_json::Value| {
         if let Ok(chunk) = to_js(&chunk) {
             let _ = on_chunk.call1(&JsValue::NULL, &chunk);
@@ -302,7 +303,7 @@ async fn openai_request(
         .map_err(error)?;
     if streamed {
         send(reply.closing_chunk(&completion.stats));
-        if request.stream_options.is_some_and(|o| o.include_usage) {
+        if reply.stream == Some(true) {
             send(reply.usage_chunk(&completion));
         }
     }

@@ -25,18 +25,24 @@ async function start(run, endpoint, request, options) {
 
 // Resolves once the first chunk is there (or rejects with the request's error, so a bad request
 // fails `create` itself, as it does with OpenAI's client); then yields the chunks. Leaving a
-// `for await` loop early stops the generation.
+// `for await` loop early stops the generation. `finalChatCompletion()` (chat) or
+// `finalCompletion()` (completions) resolves with the whole result, as OpenAI's client's stream
+// helpers do; after leaving early its finish_reason is "abort".
 async function stream(run, endpoint, body, signal) {
   const chunks = [];
   let finished = false;
   let failure = null;
   let left = false;
-  let wake = () => {};
+  const waiters = [];
   let started;
   const ready = new Promise((resolve) => { started = resolve; });
-  const notify = () => { started(); wake(); };
+  const notify = () => {
+    started();
+    for (const wake of waiters.splice(0)) wake();
+  };
   const stop = { get aborted() { return left || Boolean(signal && signal.aborted); } };
-  const done = run(endpoint, body, (chunk) => { chunks.push(chunk); notify(); }, stop).then(
+  const result = run(endpoint, body, (chunk) => { chunks.push(chunk); notify(); }, stop);
+  const done = result.then(
     () => { finished = true; notify(); },
     (e) => { failure = e; finished = true; notify(); },
   );
@@ -48,7 +54,7 @@ async function stream(run, endpoint, body, signal) {
     [Symbol.asyncIterator]() { return this; },
     async next() {
       while (chunks.length === 0 && !finished) {
-        await new Promise((resolve) => { wake = resolve; });
+        await new Promise((resolve) => { waiters.push(resolve); });
       }
       if (chunks.length > 0) return { value: chunks.shift(), done: false };
       if (failure) {
@@ -61,7 +67,10 @@ async function stream(run, endpoint, body, signal) {
     async return() {
       left = true;
       await done;
+      chunks.length = 0;
+      failure = null;
       return { value: undefined, done: true };
     },
+    [endpoint === 'chat' ? 'finalChatCompletion' : 'finalCompletion']: () => result,
   };
 }

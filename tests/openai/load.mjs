@@ -1,6 +1,6 @@
 // A bounded load test of `layerskip serve` on 127.0.0.1 with the OpenAI client: 8 concurrent
 // clients x 25 requests (chat and completions, streamed or whole, greedy or sampled); every tenth
-// request reads two chunks of a long stream and walks away. The queue holds 3 waiting requests,
+// request reads three chunks of a long stream and walks away. The queue holds 3 waiting requests,
 // so 8 clients overflow it: those requests get 503, and their client waits as Retry-After says
 // and tries again, at most 3 times (as the OpenAI client would on its own; here counted).
 //
@@ -72,7 +72,9 @@ async function attemptOnce(api, body, stream, abandon, start) {
     let chunks = 0;
     let tokens = 0;
     for await (const chunk of await api.create(body)) {
-      if (first === null && chunk.choices.length) first = performance.now() - start;
+      // The first text, not the chat stream's opening chunk (the role), which comes before prefill.
+      const text = chunk.choices[0]?.delta?.content ?? chunk.choices[0]?.text;
+      if (first === null && text) first = performance.now() - start;
       chunks += 1;
       if (chunk.usage) tokens = chunk.usage.completion_tokens;
       // Leaving the loop closes the connection: the server should stop generating.

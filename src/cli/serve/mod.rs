@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use worker::{Event, Job, Refused, Worker};
+use worker::{Event, Refused, Worker};
 
 /// The environment variable that can hold the API key instead of `--api-key`.
 const API_KEY_VAR: &str = "LAYERSKIP_API_KEY";
@@ -155,14 +155,24 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 None => "no API key",
             }
         );
-        let router = router(app, api_key);
+        let access = Access {
+            api_key,
+            loopback: bound.ip().is_loopback(),
+        };
+        let router = router(app, access);
         axum::serve(listener, router)
             .await
             .map_err(|e| Error::Invalid(format!("server: {e}")))
     })
 }
 
-fn router(app: Arc<App>, api_key: Option<String>) -> Router {
+/// Who may use the server: the API key, if any, and whether it listens on loopback only.
+struct Access {
+    api_key: Option<String>,
+    loopback: bool,
+}
+
+fn router(app: Arc<App>, access: Access) -> Router {
     let limit = app.max_body_bytes as usize;
     Router::new()
         .route("/health", get(health))
@@ -173,7 +183,7 @@ fn router(app: Arc<App>, api_key: Option<String>) -> Router {
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         // Outside the routes, so that unknown paths need the key too.
-        .layer(middleware::from_fn_with_state(Arc::new(api_key), authorize))
+        .layer(middleware::from_fn_with_state(Arc::new(access), guard))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(app)
 }
@@ -248,17 +258,25 @@ fn body_error(rejection: BytesRejection, limit: u32) -> ApiError {
     }
 }
 
-async fn authorize(
-    State(key): State<Arc<Option<String>>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(key) = key.as_deref().filter(|_| request.uri().path() != "/health") {
+/// Checks every request before its handler: the API key (everywhere but /health), and for a
+/// server without a key on loopback, that it comes from this machine's own programs rather than
+/// a web page. A page can send a "simple" cross-origin POST (text/plain) without the browser
+/// asking first, and with DNS rebinding read the answer; requiring a JSON body and a loopback
+/// Host name closes both.
+async fn guard(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(key) = access
+        .api_key
+        .as_deref()
+        .filter(|_| request.uri().path() != "/health")
+    {
         // The scheme is case-insensitive (RFC 9110).
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        let given = text(header::AUTHORIZATION)
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
@@ -270,8 +288,45 @@ async fn authorize(
             .code("invalid_api_key")
             .into_response();
         }
+    } else if access.loopback {
+        let host = text(header::HOST).unwrap_or("");
+        if !is_loopback_name(host) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host `{host}` is not a loopback name: a server without an API key answers \
+                     localhost, 127.0.0.1 and [::1] only (--api-key lifts this)"
+                ),
+            )
+            .into_response();
+        }
+    }
+    if request.method() == Method::POST
+        && !text(header::CONTENT_TYPE).is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        })
+    {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as JSON with `Content-Type: application/json`",
+        )
+        .into_response();
     }
     next.run(request).await
+}
+
+/// Whether a Host header names this machine: localhost, 127.x.x.x or [::1], with any port.
+fn is_loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the key.
@@ -281,10 +336,18 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Liveness, and what the model's thread has done: jobs queued and running, finished, failed
 /// and cancelled.
-async fn health(State(app): State<Arc<App>>) -> Json<Value> {
-    let mut health = json!({"status": "ok", "model": app.model_id});
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let stopped = app.worker.stopped();
+    let mut health = json!({
+        "status": if stopped { "error" } else { "ok" },
+        "model": app.model_id,
+    });
     health["jobs"] = app.worker.counts().to_json();
-    Json(health)
+    let status = match stopped {
+        true => StatusCode::SERVICE_UNAVAILABLE,
+        false => StatusCode::OK,
+    };
+    (status, Json(health)).into_response()
 }
 
 fn model_object(app: &App) -> Value {
@@ -356,16 +419,10 @@ async fn respond(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
     match start(&app, endpoint, body).await {
-        Ok(Started {
-            reply,
-            stream: Some(include_usage),
-            events,
-        }) => SseBody::new(stream_events(reply, include_usage, events)).into_response(),
-        Ok(Started {
-            reply,
-            stream: None,
-            mut events,
-        }) => loop {
+        Ok((reply, events)) if reply.stream.is_some() => {
+            SseBody::new(stream_events(reply, events)).into_response()
+        }
+        Ok((reply, mut events)) => loop {
             match events.recv().await {
                 Some(Event::Done(completion)) => {
                     break Json(reply.result(&completion)).into_response()
@@ -382,19 +439,11 @@ async fn respond(
 fn stopped() -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "the model's thread stopped",
+        "the model's thread has stopped after an internal error: restart the server",
     )
 }
 
 type Events = tokio::sync::mpsc::UnboundedReceiver<Event>;
-
-/// A request the model has taken up.
-struct Started {
-    reply: Reply,
-    /// Streamed: whether with a usage chunk at the end.
-    stream: Option<bool>,
-    events: Events,
-}
 
 /// Checks a request, queues it and waits until the model has taken it up: an error found
 /// before generation begins (a prompt past the context, a bad exit layer) is still an HTTP
@@ -403,31 +452,22 @@ async fn start(
     app: &App,
     endpoint: Endpoint,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> std::result::Result<Started, ApiError> {
+) -> std::result::Result<(Reply, Events), ApiError> {
     let body = body.map_err(|e| body_error(e, app.max_body_bytes))?;
     let request = OpenAiRequest::from_json(&body)?;
     check_model(app, request.model.as_deref())?;
     request.validate(endpoint, &app.base)?;
     let reply = Reply::new(
+        &request,
         endpoint,
         app.requests.fetch_add(1, Ordering::Relaxed),
         unix_seconds(),
         app.model_id.clone(),
     );
-    let stream = request.streamed().then(|| {
-        request
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage)
-    });
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let job = Job {
-        endpoint,
-        request,
-        events: sender,
-    };
-    match app.worker.submit(job) {
-        Ok(()) => {}
+    // Held while the job waits: if this handler is dropped (the client left), it withdraws it.
+    let _ticket = match app.worker.submit(endpoint, request, sender) {
+        Ok(ticket) => ticket,
         Err(Refused::Full) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -436,13 +476,9 @@ async fn start(
             .code("queue_full"))
         }
         Err(Refused::Stopped) => return Err(stopped()),
-    }
+    };
     match events.recv().await {
-        Some(Event::Started) => Ok(Started {
-            reply,
-            stream,
-            events,
-        }),
+        Some(Event::Started) => Ok((reply, events)),
         Some(Event::Failed(e)) => Err(e.into()),
         Some(_) | None => Err(stopped()),
     }
@@ -452,7 +488,6 @@ async fn start(
 /// (the client went away) drops the receiver, which cancels the generation.
 fn stream_events(
     reply: Reply,
-    include_usage: bool,
     events: Events,
 ) -> impl Stream<Item = std::result::Result<Sse, std::convert::Infallible>> {
     let data = |value: Value| Sse::default().data(value.to_string());
@@ -466,7 +501,7 @@ fn stream_events(
             Event::Text(text, kind) => vec![data(reply.text_chunk(&text, kind))],
             Event::Done(completion) => {
                 let mut out = vec![data(reply.closing_chunk(&completion.stats))];
-                if include_usage {
+                if reply.stream == Some(true) {
                     out.push(data(reply.usage_chunk(&completion)));
                 }
                 out.push(Sse::default().data("[DONE]"));

@@ -1,22 +1,30 @@
 //! The model on a thread of its own behind a bounded queue. HTTP handlers submit jobs and read
 //! the events of theirs; a full queue is refused at once (the handler answers 503). A client
-//! that goes away drops its event receiver: a job still queued is then skipped, a running one
-//! stops at its next token. One model, one job at a time: the KV cache and what adaptive
-//! speculation learned stay with the model, so a conversation's next turn reuses its prefix.
+//! that goes away drops its handler: a job still queued gives up its place at once (its
+//! `Ticket`), a running one stops at its next token (its event receiver is gone). One model, one
+//! job at a time: the KV cache and what adaptive speculation learned stay with the model, so a
+//! conversation's next turn reuses its prefix.
 
 use layerskip::openai::{Endpoint, OpenAiRequest};
 use layerskip::{Completion, Error, GenerateRequest, Model, Result, StopReason, TokenKind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// One request for the model.
-pub struct Job {
-    pub endpoint: Endpoint,
-    pub request: OpenAiRequest,
-    pub events: UnboundedSender<Event>,
+struct Job {
+    endpoint: Endpoint,
+    request: OpenAiRequest,
+    events: UnboundedSender<Event>,
+    /// QUEUED, then TAKEN by the model or WITHDRAWN by its ticket, whichever comes first.
+    state: Arc<AtomicU8>,
 }
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
 
 /// What a job reports, in order: `Started` or `Failed`; then, when streamed, `Text` pieces; then
 /// `Done` or `Failed`.
@@ -43,22 +51,45 @@ pub struct Worker {
 pub enum Refused {
     /// `queue` jobs already wait.
     Full,
-    /// The model's thread is gone (it never should be).
+    /// The model's thread is gone (after an internal error).
     Stopped,
+}
+
+/// A handler's hold on its queued job. Dropped before the model takes the job up (the client
+/// went away), it frees the job's place in the queue at once, so that clients which time out
+/// and retry do not fill the queue with jobs nobody waits for.
+pub struct Ticket {
+    state: Arc<AtomicU8>,
+    counts: Arc<Counts>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let withdrawn =
+            self.state
+                .compare_exchange(QUEUED, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst);
+        if withdrawn.is_ok() {
+            self.counts.admitted.fetch_sub(1, Ordering::SeqCst);
+            self.counts.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// What the model's thread has done, for /health.
 #[derive(Default)]
 pub struct Counts {
-    /// Jobs accepted and not yet finished: the one running and those waiting.
+    /// Jobs accepted and not yet finished or withdrawn: the one running and those waiting.
     admitted: AtomicUsize,
     /// 1 while the model runs a job.
     running: AtomicUsize,
-    /// Jobs that ran to their end, failed, or were cancelled (the client went away, in the
-    /// queue or while generating).
+    /// Jobs that ran to their end.
     finished: AtomicUsize,
+    /// Jobs that ended in an error (a bad request found on the model's thread included).
     failed: AtomicUsize,
+    /// Jobs whose client went away, in the queue or while generating.
     cancelled: AtomicUsize,
+    /// The model's thread has stopped after an internal error.
+    stopped: AtomicBool,
 }
 
 impl Counts {
@@ -113,16 +144,31 @@ impl Worker {
         })
     }
 
-    /// Queues a job; refused when `queue` jobs already wait behind the running one, or when the
-    /// model's thread has stopped.
-    pub fn submit(&self, job: Job) -> std::result::Result<(), Refused> {
+    /// Queues a request; refused when `queue` jobs already wait behind the running one, or when
+    /// the model's thread has stopped. Keep the ticket until the job has started.
+    pub fn submit(
+        &self,
+        endpoint: Endpoint,
+        request: OpenAiRequest,
+        events: UnboundedSender<Event>,
+    ) -> std::result::Result<Ticket, Refused> {
         let admitted = &self.counts.admitted;
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let job = Job {
+            endpoint,
+            request,
+            events,
+            state: state.clone(),
+        };
         let refused = if admitted.fetch_add(1, Ordering::SeqCst) > self.queue {
             Refused::Full
         } else if self.jobs.send(job).is_err() {
             Refused::Stopped
         } else {
-            return Ok(());
+            return Ok(Ticket {
+                state,
+                counts: self.counts.clone(),
+            });
         };
         admitted.fetch_sub(1, Ordering::SeqCst);
         Err(refused)
@@ -131,29 +177,60 @@ impl Worker {
     pub fn counts(&self) -> &Counts {
         &self.counts
     }
+
+    /// Whether the model's thread has stopped after an internal error.
+    pub fn stopped(&self) -> bool {
+        self.counts.stopped.load(Ordering::SeqCst)
+    }
 }
 
 fn serve(model: &mut Model, base: &GenerateRequest, inbox: &Receiver<Job>, counts: &Counts) {
     while let Ok(job) = inbox.recv() {
+        let taken = job
+            .state
+            .compare_exchange(QUEUED, TAKEN, Ordering::SeqCst, Ordering::SeqCst);
+        if taken.is_err() {
+            // Withdrawn: its ticket has already freed its place and counted it.
+            continue;
+        }
         if job.events.is_closed() {
             counts.cancelled.fetch_add(1, Ordering::SeqCst);
             counts.admitted.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
         counts.running.store(1, Ordering::SeqCst);
-        let (event, count) = match run(model, base, &job) {
-            Ok(c) if c.stats.stop_reason == StopReason::Cancelled => {
+        // A panic (there should be none) may leave the model half-updated: the job fails, the
+        // thread stops, and /health and every later request say so.
+        let outcome = catch_unwind(AssertUnwindSafe(|| run(model, base, &job)));
+        let (event, count) = match outcome {
+            Ok(Ok(c)) if c.stats.stop_reason == StopReason::Cancelled => {
                 (Event::Done(Box::new(c)), &counts.cancelled)
             }
-            Ok(c) => (Event::Done(Box::new(c)), &counts.finished),
+            Ok(Ok(c)) => (Event::Done(Box::new(c)), &counts.finished),
             // Gone before generation began.
-            Err(e) if job.events.is_closed() => (Event::Failed(e), &counts.cancelled),
-            Err(e) => (Event::Failed(e), &counts.failed),
+            Ok(Err(e)) if job.events.is_closed() => (Event::Failed(e), &counts.cancelled),
+            Ok(Err(e)) => (Event::Failed(e), &counts.failed),
+            Err(panic) => {
+                counts.stopped.store(true, Ordering::SeqCst);
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let e = Error::Invalid(format!(
+                    "internal error ({why}); the model is unusable: restart the server"
+                ));
+                (Event::Failed(e), &counts.failed)
+            }
         };
-        let _ = job.events.send(event);
+        // The place is free before the client hears the end, so its next request finds it.
         count.fetch_add(1, Ordering::SeqCst);
         counts.running.store(0, Ordering::SeqCst);
         counts.admitted.fetch_sub(1, Ordering::SeqCst);
+        let _ = job.events.send(event);
+        if counts.stopped.load(Ordering::SeqCst) {
+            return;
+        }
     }
 }
 
