@@ -128,15 +128,32 @@ impl Server {
 
     /// Waits until the model's thread is idle with an empty queue; returns its counts.
     fn idle(&self) -> Value {
+        self.until("idle", |jobs| jobs["running"] == 0 && jobs["queued"] == 0)
+    }
+
+    /// Waits (at most a minute) until the job counts satisfy `done`; returns them.
+    fn until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
         loop {
             let jobs = self.health();
-            if jobs["running"] == 0 && jobs["queued"] == 0 {
+            if done(&jobs) {
                 return jobs;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "{jobs}");
-            std::thread::sleep(Duration::from_millis(20));
+            assert!(start.elapsed() < Duration::from_secs(60), "{what}: {jobs}");
+            std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Starts a streamed request that would run for 1000 tokens, and waits for its first text.
+    fn long_stream(&self) -> TcpStream {
+        let mut stream = self.send(
+            "POST",
+            "/v1/completions",
+            &[],
+            long().to_string().as_bytes(),
+        );
+        await_first_text(&mut stream);
+        stream
     }
 }
 
@@ -281,9 +298,9 @@ fn errors_are_openai_shaped() {
     post("/v1/chat/completions", r#"{"prompt": "x"}"#).error(400, "`prompt` belongs");
     for max in ["5000", "18446744073709551615"] {
         let body = format!(r#"{{"prompt": "x", "max_tokens": {max}}}"#);
-        let long = post("/v1/completions", &body);
-        long.error(400, "context holds 1024");
-        assert_eq!(long.json()["error"]["code"], "context_length_exceeded");
+        let past = post("/v1/completions", &body);
+        past.error(400, "context holds 1024");
+        assert_eq!(past.json()["error"]["code"], "context_length_exceeded");
     }
     let plain = server.request(
         "POST",
@@ -367,6 +384,17 @@ fn bad_defaults_fail_at_start() {
 }
 
 /// Reads a streamed response until its first generated text has arrived.
+/// A streamed greedy request for 1000 tokens.
+fn long() -> Value {
+    json!({
+        "prompt": "def f(x):",
+        "max_tokens": 1000,
+        "ignore_eos": true,
+        "temperature": 0,
+        "stream": true,
+    })
+}
+
 fn await_first_text(stream: &mut TcpStream) {
     let mut seen = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -381,15 +409,7 @@ fn await_first_text(stream: &mut TcpStream) {
 fn a_full_queue_refuses_and_departed_clients_cancel() {
     // No waiting room: while one request runs, the next is refused.
     let server = Server::start(&["--queue", "0"]);
-    let long = json!({
-        "prompt": "def f(x):",
-        "max_tokens": 1000,
-        "ignore_eos": true,
-        "temperature": 0,
-        "stream": true,
-    });
-    let mut first = server.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
-    await_first_text(&mut first);
+    let first = server.long_stream();
     let refused = server.post("/v1/completions", &json!({"prompt": "x", "max_tokens": 2}));
     refused.error(503, "queue");
     assert!(refused.head.contains("retry-after: 1"), "{}", refused.head);
@@ -403,14 +423,10 @@ fn a_full_queue_refuses_and_departed_clients_cancel() {
     );
 
     // A client waiting for a whole result goes away too.
-    let mut whole = long.clone();
+    let mut whole = long();
     whole["stream"] = json!(false);
     let waiting = server.send("POST", "/v1/completions", &[], whole.to_string().as_bytes());
-    let start = Instant::now();
-    while server.health()["running"] == 0 {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    server.until("running", |jobs| jobs["running"] == 1);
     drop(waiting);
     let jobs = server.idle();
     assert_eq!(
@@ -430,38 +446,29 @@ fn a_full_queue_refuses_and_departed_clients_cancel() {
 #[test]
 fn a_departed_client_frees_its_place_in_the_queue() {
     let server = Server::start(&["--queue", "1"]);
-    let long = json!({
-        "prompt": "def f(x):",
-        "max_tokens": 1000,
-        "ignore_eos": true,
-        "temperature": 0,
-        "stream": true,
-    });
-    let mut running = server.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
-    await_first_text(&mut running);
-    let waiting = server.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
-    let until = |what: &str, done: &dyn Fn(&Value) -> bool| {
-        let start = Instant::now();
-        loop {
-            let jobs = server.health();
-            if done(&jobs) {
-                return jobs;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{what}: {jobs}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    until("queued", &|j| j["queued"] == 1);
+    let running = server.long_stream();
+    let waiting = server.send(
+        "POST",
+        "/v1/completions",
+        &[],
+        long().to_string().as_bytes(),
+    );
+    server.until("queued", |jobs| jobs["queued"] == 1);
     drop(waiting);
-    let jobs = until("withdrawn", &|j| j["queued"] == 0);
+    let jobs = server.until("withdrawn", |jobs| jobs["queued"] == 0);
     // Withdrawn while the first request still runs, and a new one finds the place free.
     assert_eq!(
         (jobs["running"].as_u64(), jobs["cancelled"].as_u64()),
         (Some(1), Some(1)),
         "{jobs}"
     );
-    let next = server.send("POST", "/v1/completions", &[], long.to_string().as_bytes());
-    until("queued again", &|j| j["queued"] == 1);
+    let next = server.send(
+        "POST",
+        "/v1/completions",
+        &[],
+        long().to_string().as_bytes(),
+    );
+    server.until("queued again", |jobs| jobs["queued"] == 1);
     drop((running, next));
     let jobs = server.idle();
     assert_eq!(
