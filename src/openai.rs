@@ -299,28 +299,58 @@ impl OpenAiRequest {
         }
     }
 
+    /// Runs this request (validated: chat if it has messages, else completions) on `model`, as
+    /// the server and the browser do. `started` is called once
+    /// the request has been checked against the model, before anything runs (false: the caller
+    /// has gone, nothing runs); a streamed request's output text then goes to `on_text` piece by
+    /// piece with how its token was made (rejected drafts left out); `go_on` is asked after
+    /// every token (false: stop, finish reason "abort").
+    pub async fn complete(
+        &self,
+        model: &mut Model,
+        base: &GenerateRequest,
+        fresh_seed: u64,
+        started: impl FnOnce() -> bool,
+        mut on_text: impl FnMut(&str, TokenKind),
+        go_on: impl Fn() -> bool,
+    ) -> Result<Completion> {
+        let (prompt, generate) = self.prepare(model, base, fresh_seed)?;
+        let options = model.options(&generate)?;
+        if !started() {
+            return Err(invalid("the caller went away before generation began"));
+        }
+        let streamed = self.streamed();
+        model
+            .complete_ids(prompt, &options, &generate.stop, |piece| {
+                if streamed && piece.kind != TokenKind::Rejected && !piece.text.is_empty() {
+                    on_text(piece.text, piece.kind);
+                }
+                go_on()
+            })
+            .await
+    }
+
     /// What `model` is to run for this request: the prompt's ids (the messages rendered with its
     /// chat template, or the prompt encoded) and the generation request, whose token budget is
     /// the request's or, without one, what the context leaves. A prompt and budget past the
     /// context are an error here, before anything runs.
-    pub fn prepare(
+    fn prepare(
         &self,
         model: &Model,
-        endpoint: Endpoint,
         base: &GenerateRequest,
         fresh_seed: u64,
     ) -> Result<(Vec<u32>, GenerateRequest)> {
-        let prompt = match endpoint {
-            Endpoint::Chat => model.chat_prompt(&self.messages()?, true)?,
-            Endpoint::Completions => model.tokenizer.encode(self.prompt_text()?)?,
+        let chat = self.messages.is_some();
+        let prompt = match chat {
+            true => model.chat_prompt(&self.messages()?, true)?,
+            false => model.tokenizer.encode(self.prompt_text()?)?,
         };
         let limit = model.max_context();
-        let wanted = self.max_new_tokens().unwrap_or(match endpoint {
-            // OpenAI's legacy completions default to 16 tokens, chat to what the context leaves.
-            Endpoint::Completions => {
-                COMPLETIONS_MAX_TOKENS.min(limit.saturating_sub(prompt.len()).max(1))
-            }
-            Endpoint::Chat => limit.saturating_sub(prompt.len()).max(1),
+        // OpenAI's legacy completions default to 16 tokens, chat to what the context leaves.
+        let room = limit.saturating_sub(prompt.len()).max(1);
+        let wanted = self.max_new_tokens().unwrap_or(match chat {
+            true => room,
+            false => COMPLETIONS_MAX_TOKENS.min(room),
         });
         // u128: `max_tokens` comes from the request and may be as large as usize allows.
         let needed = prompt.len() as u128 + wanted as u128;
@@ -509,8 +539,21 @@ impl Reply {
         self.envelope(true, json!([choice]))
     }
 
-    /// The chunk that ends a stream's choice, with its finish reason.
-    pub fn closing_chunk(&self, stats: &Stats) -> Value {
+    /// The chunks that end a stream: the choice's finish reason, then, when the request asked
+    /// for usage (`stream_options.include_usage`), a chunk without choices carrying `usage` and
+    /// `stats`.
+    pub fn closing_chunks(&self, completion: &Completion) -> Vec<Value> {
+        let mut chunks = vec![self.closing_chunk(&completion.stats)];
+        if self.stream == Some(true) {
+            let mut chunk = self.envelope(true, json!([]));
+            chunk["usage"] = usage(completion);
+            chunk["stats"] = json!(completion.stats);
+            chunks.push(chunk);
+        }
+        chunks
+    }
+
+    fn closing_chunk(&self, stats: &Stats) -> Value {
         let finish = FinishReason::from(stats.stop_reason);
         let choice = match self.endpoint {
             Endpoint::Chat => {
@@ -521,15 +564,6 @@ impl Reply {
             }
         };
         self.envelope(true, json!([choice]))
-    }
-
-    /// The last chunk of a stream that asked for usage (`stream_options.include_usage`): no
-    /// choices, `usage` and `stats`.
-    pub fn usage_chunk(&self, completion: &Completion) -> Value {
-        let mut chunk = self.envelope(true, json!([]));
-        chunk["usage"] = usage(completion);
-        chunk["stats"] = json!(completion.stats);
-        chunk
     }
 }
 

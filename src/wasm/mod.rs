@@ -271,10 +271,6 @@ async fn openai_request(
     let mut model = model.try_borrow_mut().map_err(|_| busy())?;
     // 2^53: every integer below it is exact in a JavaScript number.
     let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
-    let (prompt, generate) = request
-        .prepare(&model, endpoint, &base, seed)
-        .map_err(error)?;
-    let options = model.options(&generate).map_err(error)?;
     let reply = Reply::new(
         &request,
         endpoint,
@@ -289,23 +285,28 @@ async fn openai_request(
             let _ = on_chunk.call1(&JsValue::NULL, &chunk);
         }
     };
-    if let Some(opening) = reply.opening_chunk().filter(|_| streamed) {
-        send(opening);
-    }
-    let completion = model
-        .complete_ids(prompt, &options, &generate.stop, |piece| {
-            if streamed && piece.kind != TokenKind::Rejected && !piece.text.is_empty() {
-                send(reply.text_chunk(piece.text, piece.kind));
-            }
-            field(&signal, "aborted") != JsValue::TRUE
-        })
+    let completion = request
+        .complete(
+            &mut model,
+            &base,
+            seed,
+            || {
+                if let Some(opening) = reply.opening_chunk().filter(|_| streamed) {
+                    send(opening);
+                }
+                true
+            },
+            |text, kind| {
+                if streamed {
+                    send(reply.text_chunk(text, kind));
+                }
+            },
+            || field(&signal, "aborted") != JsValue::TRUE,
+        )
         .await
         .map_err(error)?;
     if streamed {
-        send(reply.closing_chunk(&completion.stats));
-        if reply.stream == Some(true) {
-            send(reply.usage_chunk(&completion));
-        }
+        reply.closing_chunks(&completion).into_iter().for_each(send);
     }
     to_js(&reply.result(&completion))
 }

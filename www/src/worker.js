@@ -44,20 +44,12 @@ async function handle(message) {
       if (!model) throw new Error('no model loaded');
       controller = new AbortController();
       const stream = await model.chat.completions.create(
-        { ...message.options, messages: message.messages, stream: true, stream_options: { include_usage: true } },
+        { ...message.options, messages: message.messages, stream: true },
         { signal: controller.signal },
       );
-      let text = '';
-      let finish = null;
-      let last = null;
-      for await (const chunk of stream) {
-        const choice = chunk.choices[0];
-        if (choice && choice.delta.content) text += choice.delta.content;
-        if (choice && choice.finish_reason) finish = choice.finish_reason;
-        if (chunk.usage) last = chunk;
-        post({ type: 'chunk', id: message.id, chunk });
-      }
-      post({ type: 'done', id: message.id, result: { text, finish_reason: finish, usage: last.usage, stats: last.stats } });
+      for await (const chunk of stream) post({ type: 'chunk', id: message.id, chunk });
+      const { choices: [choice], usage, stats } = await stream.finalChatCompletion();
+      post({ type: 'done', id: message.id, result: { text: choice.message.content, finish_reason: choice.finish_reason, usage, stats } });
       break;
     }
     case 'abort':

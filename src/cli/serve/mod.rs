@@ -466,7 +466,7 @@ async fn start(
     );
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
     // Held while the job waits: if this handler is dropped (the client left), it withdraws it.
-    let _ticket = match app.worker.submit(endpoint, request, sender) {
+    let _ticket = match app.worker.submit(request, sender) {
         Ok(ticket) => ticket,
         Err(Refused::Full) => {
             return Err(ApiError::new(
@@ -500,10 +500,11 @@ fn stream_events(
             Event::Started => vec![],
             Event::Text(text, kind) => vec![data(reply.text_chunk(&text, kind))],
             Event::Done(completion) => {
-                let mut out = vec![data(reply.closing_chunk(&completion.stats))];
-                if reply.stream == Some(true) {
-                    out.push(data(reply.usage_chunk(&completion)));
-                }
+                let mut out: Vec<Sse> = reply
+                    .closing_chunks(&completion)
+                    .into_iter()
+                    .map(data)
+                    .collect();
                 out.push(Sse::default().data("[DONE]"));
                 out
             }

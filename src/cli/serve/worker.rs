@@ -5,7 +5,7 @@
 //! job at a time: the KV cache and what adaptive speculation learned stay with the model, so a
 //! conversation's next turn reuses its prefix.
 
-use layerskip::openai::{Endpoint, OpenAiRequest};
+use layerskip::openai::OpenAiRequest;
 use layerskip::{Completion, Error, GenerateRequest, Model, Result, StopReason, TokenKind};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// One request for the model.
 struct Job {
-    endpoint: Endpoint,
+    /// Validated for its endpoint (see `OpenAiRequest::complete`).
     request: OpenAiRequest,
     events: UnboundedSender<Event>,
     /// QUEUED, then TAKEN by the model or WITHDRAWN by its ticket, whichever comes first.
@@ -148,14 +148,12 @@ impl Worker {
     /// the model's thread has stopped. Keep the ticket until the job has started.
     pub fn submit(
         &self,
-        endpoint: Endpoint,
         request: OpenAiRequest,
         events: UnboundedSender<Event>,
     ) -> std::result::Result<Ticket, Refused> {
         let admitted = &self.counts.admitted;
         let state = Arc::new(AtomicU8::new(QUEUED));
         let job = Job {
-            endpoint,
             request,
             events,
             state: state.clone(),
@@ -249,20 +247,15 @@ fn fresh_seed() -> u64 {
 }
 
 fn run(model: &mut Model, base: &GenerateRequest, job: &Job) -> Result<Completion> {
-    let (prompt, generate) = job
-        .request
-        .prepare(model, job.endpoint, base, fresh_seed())?;
-    let options = model.options(&generate)?;
     let events = &job.events;
-    if events.send(Event::Started).is_err() {
-        return Err(Error::Invalid("the client went away".into()));
-    }
-    let streamed = job.request.streamed();
-    let completion = model.complete_ids(prompt, &options, &generate.stop, |piece| {
-        if streamed && piece.kind != TokenKind::Rejected && !piece.text.is_empty() {
-            let _ = events.send(Event::Text(piece.text.to_string(), piece.kind));
-        }
-        !events.is_closed()
-    });
-    pollster::block_on(completion)
+    pollster::block_on(job.request.complete(
+        model,
+        base,
+        fresh_seed(),
+        || events.send(Event::Started).is_ok(),
+        |text, kind| {
+            let _ = events.send(Event::Text(text.to_string(), kind));
+        },
+        || !events.is_closed(),
+    ))
 }
