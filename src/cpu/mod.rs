@@ -265,6 +265,9 @@ impl<M: Math> Engine for CpuModel<M> {
     }
 
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
+        // In a browser, a turn of the event loop between passes lets an abort or a Stop in.
+        #[cfg(target_arch = "wasm32")]
+        crate::wasm::event_loop::yield_now().await;
         let outputs = self.run_calls(calls)?;
         crate::engine::check_finite(calls, &outputs)?;
         Ok(outputs)

@@ -2,6 +2,7 @@
 //! Every method returns a Promise that rejects with an Error carrying our message; a panic
 //! (there should be none) rejects the promises in flight instead of leaving them pending.
 
+pub mod event_loop;
 mod files;
 pub mod guard;
 

@@ -7,7 +7,7 @@
 // `layerskip quantize` loads by URL; a hostile shard index is refused without fetching the file
 // it points at; a reload takes the weights from the Cache API. Screenshots (desktop, phone).
 // Without WebGPU (no flag): the page falls back to the wasm CPU backend and generates the same
-// text, and chats the same; its tokens/s is printed.
+// text, and chats the same; its tokens/s is printed; Stop ends a long generation early.
 //
 // Needs: `npm run build` done, the CLI built (LAYERSKIP_BIN, default target/release/layerskip), /usr/bin/chromium.
 import { chromium } from 'playwright-core';
@@ -132,6 +132,24 @@ async function chatTab(page, label) {
   console.log(`${label} chat: ${await page.$eval('#chat-stats', (e) => e.textContent)}`);
 }
 
+// Stop during a long greedy generation (this model writes 400 tokens without an EOS): the
+// generation ends early, cancelled, with the text so far.
+async function stopEarly(page, label) {
+  const budget = 400;
+  await page.selectOption('#strategy', 'self-speculative');
+  await page.fill('#prompt', prompt);
+  await page.fill('#max-tokens', String(budget));
+  await page.fill('#temperature', '0');
+  await page.click('#generate');
+  await page.waitForFunction(() => document.getElementById('output').textContent.length > 0, null, { timeout: 60_000 });
+  await page.click('#stop');
+  await settle(page);
+  const stats = await page.$eval('#stats', (e) => e.textContent);
+  const tokens = Number(/(\d+) tokens/.exec(stats)?.[1]);
+  if (!stats.includes('stop: cancelled') || !(tokens < budget)) fail(`${label}: Stop did not end the generation: ${stats}`);
+  console.log(`${label} stopped: ${stats}`);
+}
+
 async function withWebGpu() {
   const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--enable-unsafe-webgpu', ...quiet] });
   try {
@@ -147,6 +165,7 @@ async function withWebGpu() {
     if (s !== 'ready') throw new Error(`the model did not load on WebGPU: ${(await state(page))[1]}`);
     console.log(`WebGPU: ${await page.$eval('#model-info', (e) => e.textContent)}`);
     await compare(page, 'WebGPU');
+    await stopEarly(page, 'WebGPU');
     await page.click('#lens');
     await settle(page);
     if ((await page.$$eval('#lens-table tr', (r) => r.length)) < 2) fail('the logit lens table is empty');
@@ -201,6 +220,7 @@ async function withoutWebGpu() {
     if (!(await page.$eval('#stats', (e) => e.textContent)).includes('auto exit layers')) fail('auto stats missing from the page');
     await chatTab(page, 'wasm CPU');
     await page.click('#tab-generate');
+    await stopEarly(page, 'wasm CPU');
     const [g, why] = await load(page, 'gpu');
     if (g !== 'error' || !why.includes('WebGPU is not available')) fail(`asking for WebGPU without it: ${why}`);
     console.log(`device gpu without WebGPU: ${why}`);
