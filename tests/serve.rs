@@ -1,6 +1,7 @@
 //! `layerskip serve` over plain HTTP: completions equal Hugging Face's greedy output (whole and
 //! streamed, every strategy), errors are OpenAI-shaped with the right status, a full queue
-//! answers 503 with Retry-After, and a client that goes away cancels its generation. The
+//! answers 503 with Retry-After, a client that goes away cancels its generation, and origins
+//! named by `--cors-origin` (only those) get CORS headers. The
 //! OpenAI client library and the load test are in tests/openai (run by .ci/run).
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -362,6 +363,78 @@ fn errors_are_openai_shaped() {
     assert_eq!(keyed.status, 200, "{}", keyed.body);
 }
 
+/// `--cors-origin`: the browser's preflight (which carries no key) is answered for the origins
+/// named, with the headers the page asked for; their requests and errors carry
+/// Access-Control-Allow-Origin; other origins, and a server without the flag, get none.
+#[test]
+fn named_origins_may_call_from_a_browser() {
+    let page = "http://localhost:5173";
+    let preflight = |server: &Server, origin: &str| {
+        server.request(
+            "OPTIONS",
+            "/v1/chat/completions",
+            &[
+                &format!("Origin: {origin}"),
+                "Access-Control-Request-Method: POST",
+                "Access-Control-Request-Headers: authorization, content-type, x-stainless-os",
+            ],
+            b"",
+        )
+    };
+    let allowed = |r: &Response| {
+        r.head
+            .lines()
+            .find_map(|l| l.strip_prefix("access-control-allow-origin: "))
+            .map(str::to_string)
+    };
+    let keyed = Server::start(&["--cors-origin", page, "--api-key", "sesame"]);
+    let answer = preflight(&keyed, page);
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    assert_eq!(allowed(&answer).as_deref(), Some(page));
+    assert!(answer
+        .head
+        .contains("access-control-allow-methods: get,post"));
+    assert!(answer
+        .head
+        .contains("access-control-allow-headers: authorization, content-type, x-stainless-os"));
+    assert_eq!(allowed(&preflight(&keyed, "http://evil.example")), None);
+    let from_page = [
+        &format!("Origin: {page}")[..],
+        "Authorization: Bearer sesame",
+    ];
+    let body = br#"{"prompt": "x", "max_tokens": 1}"#;
+    let ok = keyed.request("POST", "/v1/completions", &from_page, body);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(allowed(&ok).as_deref(), Some(page));
+    assert!(ok
+        .head
+        .contains("access-control-expose-headers: retry-after"));
+    let refused = keyed.request("POST", "/v1/completions", &from_page[..1], body);
+    refused.error(401, "API key");
+    assert_eq!(allowed(&refused).as_deref(), Some(page));
+    let elsewhere = [
+        "Origin: http://evil.example",
+        "Authorization: Bearer sesame",
+    ];
+    assert_eq!(
+        allowed(&keyed.request("GET", "/v1/models", &elsewhere, b"")),
+        None
+    );
+
+    let any = Server::start(&["--cors-origin", "*"]);
+    assert_eq!(allowed(&preflight(&any, page)).as_deref(), Some("*"));
+    assert!(
+        any.banner.contains("any web page you visit"),
+        "{}",
+        any.banner
+    );
+    assert!(!keyed.banner.contains("warning"), "{}", keyed.banner);
+    let plain = Server::start(&[]);
+    let no_cors = preflight(&plain, page);
+    assert_eq!(allowed(&no_cors), None);
+    assert_eq!(no_cors.status, 405, "{}", no_cors.body);
+}
+
 /// Defaults the model cannot honour stop the server at start, not every request later.
 #[test]
 fn bad_defaults_fail_at_start() {
@@ -375,6 +448,10 @@ fn bad_defaults_fail_at_start() {
             "exit_layer auto",
         ),
         (&["--max-body-bytes", "0"], "--max-body-bytes"),
+        (
+            &["--cors-origin", "http://localhost:5173/app"],
+            "--cors-origin",
+        ),
     ] {
         let mut all = vec!["serve", "--device", "cpu", "--port", "0"];
         all.extend(args);
@@ -383,7 +460,6 @@ fn bad_defaults_fail_at_start() {
     }
 }
 
-/// Reads a streamed response until its first generated text has arrived.
 /// A streamed greedy request for 1000 tokens.
 fn long() -> Value {
     json!({
@@ -395,6 +471,7 @@ fn long() -> Value {
     })
 }
 
+/// Reads a streamed response until its first generated text has arrived.
 fn await_first_text(stream: &mut TcpStream) {
     let mut seen = Vec::new();
     let mut buffer = [0u8; 4096];

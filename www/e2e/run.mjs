@@ -7,11 +7,12 @@
 // `layerskip quantize` loads by URL; a hostile shard index is refused without fetching the file
 // it points at; a reload takes the weights from the Cache API. Screenshots (desktop, phone).
 // Without WebGPU (no flag): the page falls back to the wasm CPU backend and generates the same
-// text, and chats the same; its tokens/s is printed; Stop ends a long generation early.
+// text, and chats the same; its tokens/s is printed; Stop ends a long generation early. The page
+// calls `layerskip serve --cors-origin` with fetch.
 //
 // Needs: `npm run build` done, the CLI built (LAYERSKIP_BIN, default target/release/layerskip), /usr/bin/chromium.
 import { chromium } from 'playwright-core';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -150,6 +151,47 @@ async function stopEarly(page, label) {
   console.log(`${label} stopped: ${stats}`);
 }
 
+// `layerskip serve --cors-origin` with this page's origin: the page's fetch (preflighted: JSON
+// and an API key) gets the CLI's chat reply; from a server without the flag the browser keeps
+// the answer from the page.
+async function serverFromPage(page) {
+  const start = (args) => new Promise((resolve, reject) => {
+    const child = spawn(cli, ['serve', '--port', '0', '--api-key', 'e2e', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let printed = '';
+    child.stderr.on('data', (d) => {
+      printed += d;
+      const address = /http:\/\/(\S+)\/v1/.exec(printed);
+      if (address) resolve({ child, base: `http://${address[1]}` });
+    });
+    child.on('exit', (code) => reject(new Error(`layerskip serve exited (${code}): ${printed}`)));
+  });
+  const ask = (base) => page.evaluate(async ({ base, message, tokens }) => {
+    try {
+      const response = await fetch(`${base}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: 'Bearer e2e' },
+        body: JSON.stringify({ messages: [{ role: 'user', content: message }], max_tokens: tokens, temperature: 0 }),
+      });
+      return { status: response.status, reply: (await response.json()).choices?.[0]?.message?.content };
+    } catch (e) {
+      return { error: String(e) };
+    }
+  }, { base, message: chatMessage, tokens: chatTokens });
+  const allowed = await start(['--cors-origin', new URL(url).origin]);
+  const closed = await start([]);
+  try {
+    const answer = await ask(allowed.base);
+    if (answer.reply !== nativeChat.text) fail(`a page calling serve --cors-origin: ${JSON.stringify(answer)}`);
+    else console.log(`serve --cors-origin ${new URL(url).origin}: the page's fetch got the CLI's reply`);
+    const refused = await ask(closed.base);
+    if (!refused.error) fail(`a page read an answer from a server without --cors-origin: ${JSON.stringify(refused)}`);
+    else console.log(`serve without --cors-origin: the page's fetch failed (${refused.error})`);
+  } finally {
+    allowed.child.kill();
+    closed.child.kill();
+  }
+}
+
 async function withWebGpu() {
   const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--enable-unsafe-webgpu', ...quiet] });
   try {
@@ -221,6 +263,7 @@ async function withoutWebGpu() {
     await chatTab(page, 'wasm CPU');
     await page.click('#tab-generate');
     await stopEarly(page, 'wasm CPU');
+    await serverFromPage(page);
     const [g, why] = await load(page, 'gpu');
     if (g !== 'error' || !why.includes('WebGPU is not available')) fail(`asking for WebGPU without it: ${why}`);
     console.log(`device gpu without WebGPU: ${why}`);

@@ -6,7 +6,8 @@
 //! The model runs on its own thread behind a bounded queue (`worker`); tokio serves HTTP.
 //! Errors are OpenAI's JSON shape: 400 for a bad body or value or a prompt past the context,
 //! 401 without the API key, 404 for an unknown model or path, 413 for a body over the limit, 503
-//! with Retry-After when the queue is full.
+//! with Retry-After when the queue is full. Pages of the origins `--cors-origin` names may call
+//! it from a browser.
 
 mod worker;
 
@@ -29,6 +30,8 @@ use serde_json::{json, Value};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use worker::{Event, Refused, Worker};
 
 /// The environment variable that can hold the API key instead of `--api-key`.
@@ -71,6 +74,11 @@ pub struct ServeArgs {
     /// computes only the rest).
     #[arg(long)]
     no_prefix_reuse: bool,
+    /// Let web pages from ORIGIN (e.g. `http://localhost:5173`, or `*` for any) call the server
+    /// from a browser (CORS); repeat for several. Without it, browsers keep pages from reading
+    /// the answers.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
 }
 
 struct App {
@@ -105,6 +113,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ..Default::default()
     };
     base.validate()?;
+    let cors = cors(&args.cors_origins)?;
+    let any_origin = args.cors_origins.iter().any(|o| o == "*");
     let model_id = args.model_name.clone().unwrap_or_else(|| {
         args.model
             .model
@@ -146,6 +156,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
                  (--api-key or {API_KEY_VAR}): anyone who can reach it can use the model"
             );
         }
+        if any_origin && api_key.is_none() {
+            eprintln!(
+                "warning: --cors-origin * without an API key: any web page you visit can use \
+                 the model"
+            );
+        }
         eprintln!(
             "serving {} on http://{bound}/v1 (queue {}, {})",
             app.model_id,
@@ -160,10 +176,61 @@ pub fn run(args: ServeArgs) -> Result<()> {
             loopback: bound.ip().is_loopback(),
         };
         let router = router(app, access);
+        // Outermost: preflights carry no API key, and errors need the headers too.
+        let router = match cors {
+            Some(cors) => router.layer(cors),
+            None => router,
+        };
         axum::serve(listener, router)
             .await
             .map_err(|e| Error::Invalid(format!("server: {e}")))
     })
+}
+
+/// The CORS policy for `--cors-origin`: the origins named (or any), GET and POST with whatever
+/// headers the page asks for (OpenAI's client sends its own `x-stainless-*` ones), and
+/// Retry-After readable. None without the flag: browsers then keep answers from other origins.
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let parsed = origins
+            .iter()
+            .map(|o| origin(o))
+            .collect::<Result<Vec<_>>>()?;
+        AllowOrigin::list(parsed)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(Duration::from_secs(24 * 60 * 60)),
+    ))
+}
+
+/// An origin as browsers send it: `scheme://host[:port]` (a trailing `/` is dropped).
+fn origin(text: &str) -> Result<HeaderValue> {
+    let trimmed = text.strip_suffix('/').unwrap_or(text);
+    let well_formed = trimmed.split_once("://").is_some_and(|(scheme, rest)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            && !rest.is_empty()
+            && !rest.contains(['/', '?', '#', '*', ' '])
+    });
+    match HeaderValue::from_str(trimmed) {
+        Ok(value) if well_formed => Ok(value),
+        _ => Err(Error::Invalid(format!(
+            "--cors-origin `{text}`: expected an origin such as http://localhost:5173 \
+             (scheme, host and port, no path), or *"
+        ))),
+    }
 }
 
 /// Who may use the server: the API key, if any, and whether it listens on loopback only.
