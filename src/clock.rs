@@ -1,5 +1,6 @@
-//! Milliseconds from an arbitrary origin. `std::time::Instant` panics on wasm32-unknown-unknown,
-//! so the browser uses `performance.now()` (or `Date.now()` where there is no performance object).
+//! The clock on both targets: milliseconds from an arbitrary origin, and Unix seconds.
+//! `std::time::Instant` panics on wasm32-unknown-unknown, so the browser uses `performance.now()`
+//! (or `Date.now()` where there is no performance object).
 
 #[cfg(not(target_arch = "wasm32"))]
 pub fn now_ms() -> f64 {
@@ -19,7 +20,7 @@ pub fn now_ms() -> f64 {
         .unwrap_or_else(js_sys::Date::now)
 }
 
-/// Seconds since the Unix epoch (UTC), for dates in chat templates.
+/// Seconds since the Unix epoch (UTC): dates in chat templates, `created` in OpenAI replies.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn unix_seconds() -> i64 {
     use std::time::{SystemTime, UNIX_EPOCH};

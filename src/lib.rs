@@ -4,7 +4,7 @@
 pub mod adaptive;
 pub mod chat;
 pub mod checkpoint;
-mod clock;
+pub mod clock;
 pub mod config;
 pub mod cpu;
 pub mod engine;

@@ -1,7 +1,7 @@
 //! OpenAI's chat and completions shapes: the request body, the result and the streamed chunks.
 //! `layerskip serve` speaks them over HTTP and the browser package's `chat.completions.create`
-//! in JavaScript, so both take OpenAI's field names and defaults (temperature 1, no token limit
-//! but the context) and add LayerSkip's own fields (`strategy`, `exit_layer`, ...) with the
+//! in JavaScript, so both take OpenAI's field names and defaults (temperature 1; `max_tokens` 16
+//! for completions, what the context leaves for chat) and add LayerSkip's own fields (`strategy`, `exit_layer`, ...) with the
 //! defaults of [`GenerateRequest`] or of the server's command line.
 
 use crate::adaptive::Setting;
@@ -425,7 +425,7 @@ pub struct Reply {
     pub endpoint: Endpoint,
     pub id: String,
     /// Unix seconds.
-    pub created: u64,
+    pub created: i64,
     pub model: String,
     /// `None`: one whole result. Streamed: whether a last chunk carries the usage
     /// (`stream_options.include_usage`; the other chunks then say `"usage": null`).
@@ -444,13 +444,14 @@ fn usage(completion: &Completion) -> Value {
 }
 
 impl Reply {
+    /// A reply created now; `sequence` makes its id unique.
     pub fn new(
         request: &OpenAiRequest,
         endpoint: Endpoint,
         sequence: u64,
-        created: u64,
         model: impl Into<String>,
     ) -> Self {
+        let created = crate::clock::unix_seconds();
         let prefix = match endpoint {
             Endpoint::Chat => "chatcmpl",
             Endpoint::Completions => "cmpl",

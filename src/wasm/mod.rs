@@ -276,7 +276,6 @@ async fn openai_request(
         &request,
         endpoint,
         SEQUENCE.fetch_add(1, Ordering::Relaxed),
-        (js_sys::Date::now() / 1000.0) as u64,
         request.model.as_deref().unwrap_or("layerskip"),
     );
     let on_chunk = js_sys::Function::from(on_chunk);

@@ -88,15 +88,8 @@ struct App {
     base: GenerateRequest,
     model_id: String,
     /// Unix seconds at start, the `created` of the model object.
-    started: u64,
+    started: i64,
     requests: AtomicU64,
-}
-
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -140,7 +133,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         base,
         model_id,
-        started: unix_seconds(),
+        started: layerskip::clock::unix_seconds(),
         requests: AtomicU64::new(0),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -528,7 +521,6 @@ async fn start(
         &request,
         endpoint,
         app.requests.fetch_add(1, Ordering::Relaxed),
-        unix_seconds(),
         app.model_id.clone(),
     );
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
