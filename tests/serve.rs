@@ -145,14 +145,19 @@ impl Server {
         }
     }
 
-    /// Starts a streamed request that would run for 1000 tokens, and waits for its first text.
-    fn long_stream(&self) -> TcpStream {
-        let mut stream = self.send(
+    /// Sends a streamed request that would run for 1000 tokens.
+    fn send_long(&self) -> TcpStream {
+        self.send(
             "POST",
             "/v1/completions",
             &[],
             long().to_string().as_bytes(),
-        );
+        )
+    }
+
+    /// [`Server::send_long`], then waits for its first text.
+    fn long_stream(&self) -> TcpStream {
+        let mut stream = self.send_long();
         await_first_text(&mut stream);
         stream
     }
@@ -524,12 +529,7 @@ fn a_full_queue_refuses_and_departed_clients_cancel() {
 fn a_departed_client_frees_its_place_in_the_queue() {
     let server = Server::start(&["--queue", "1"]);
     let running = server.long_stream();
-    let waiting = server.send(
-        "POST",
-        "/v1/completions",
-        &[],
-        long().to_string().as_bytes(),
-    );
+    let waiting = server.send_long();
     server.until("queued", |jobs| jobs["queued"] == 1);
     drop(waiting);
     let jobs = server.until("withdrawn", |jobs| jobs["queued"] == 0);
@@ -539,12 +539,7 @@ fn a_departed_client_frees_its_place_in_the_queue() {
         (Some(1), Some(1)),
         "{jobs}"
     );
-    let next = server.send(
-        "POST",
-        "/v1/completions",
-        &[],
-        long().to_string().as_bytes(),
-    );
+    let next = server.send_long();
     server.until("queued again", |jobs| jobs["queued"] == 1);
     drop((running, next));
     let jobs = server.idle();
