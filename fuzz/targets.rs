@@ -106,6 +106,24 @@ pub fn tokenizer(data: &[u8]) {
     }
 }
 
+/// A GGUF file: opening it (the header, its metadata as a config, the tokenizer rebuilt from
+/// it) never panics; an accepted header's tensors lie inside the file, and an accepted model's
+/// tokenizer loads, encodes and decodes without panicking.
+pub fn gguf(data: &[u8]) {
+    let mut files = MemoryFiles::default();
+    files.0.insert("m.gguf".into(), Cow::Owned(data.to_vec()));
+    if let Ok(g) = pollster::block_on(layerskip::gguf::read(&files, "m.gguf")) {
+        assert!(g
+            .tensors
+            .iter()
+            .all(|t| t.start + t.len <= data.len() as u64));
+    }
+    if let Ok(c) = pollster::block_on(Checkpoint::open(&files)) {
+        let extras = c.gguf.expect("a GGUF checkpoint");
+        tokenizer(&extras.tokenizer_json);
+    }
+}
+
 /// A valid one-layer checkpoint's weights (hidden 8, intermediate 8, vocab 16, 2 heads).
 static ONE_LAYER: &[u8] = include_bytes!("one_layer.safetensors");
 

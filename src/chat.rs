@@ -10,8 +10,11 @@ use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-/// Where a model's template comes from (named in errors).
+/// Where a model's template and special tokens come from (named in errors).
 pub const CONFIG_FILE: &str = "tokenizer_config.json";
+/// Where transformers 5 (and many current hub repositories) keep the template instead: when
+/// present it is the template, whatever tokenizer_config.json says, as in transformers.
+pub const JINJA_FILE: &str = "chat_template.jinja";
 
 /// One message of a conversation, in the OpenAI / Hugging Face shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,28 +40,41 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Where the template came from, for errors ("tokenizer_config.json", "chat_template.jinja",
+    /// a GGUF file's `tokenizer.chat_template`).
+    origin: String,
 }
 
 impl ChatTemplate {
     /// Reads tokenizer_config.json: `None` when it has no `chat_template`. The template is a
     /// string or, as HF also writes it, a list of `{"name", "template"}` of which "default" is
     /// used. `bos_token` / `eos_token` are strings or added-token objects with a `content`.
-    pub fn from_config(bytes: &[u8]) -> Result<Option<Self>> {
+    /// `jinja` is chat_template.jinja's text, which takes the template's place.
+    pub fn from_config(bytes: Option<&[u8]>, jinja: Option<String>) -> Result<Option<Self>> {
         let bad = |why: String| Error::file(CONFIG_FILE, why);
-        let config: Json =
-            serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let source = match config.get("chat_template") {
-            None | Some(Json::Null) => return Ok(None),
-            Some(Json::String(s)) => s.clone(),
-            Some(Json::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
-                .and_then(|t| t.get("template")?.as_str())
-                .ok_or_else(|| {
-                    bad("`chat_template` lists named templates but none named \"default\" with a string `template`".into())
-                })?
-                .to_string(),
-            Some(_) => return Err(bad("`chat_template` is neither a string nor a list".into())),
+        let config: Json = match bytes {
+            Some(bytes) => {
+                serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?
+            }
+            None => Json::Null,
+        };
+        let (source, origin) = match (jinja, config.get("chat_template")) {
+            (Some(text), _) => (text, JINJA_FILE),
+            (None, None | Some(Json::Null)) => return Ok(None),
+            (None, Some(Json::String(s))) => (s.clone(), CONFIG_FILE),
+            (None, Some(Json::Array(list))) => (
+                list.iter()
+                    .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str())
+                    .ok_or_else(|| {
+                        bad("`chat_template` lists named templates but none named \"default\" with a string `template`".into())
+                    })?
+                    .to_string(),
+                CONFIG_FILE,
+            ),
+            (None, Some(_)) => {
+                return Err(bad("`chat_template` is neither a string nor a list".into()))
+            }
         };
         let token = |field: &str| -> Result<String> {
             match config.get(field) {
@@ -75,16 +91,22 @@ impl ChatTemplate {
                     }),
             }
         };
-        Ok(Some(ChatTemplate {
-            env: Self::environment(source)?,
-            bos_token: token("bos_token")?,
-            eos_token: token("eos_token")?,
-        }))
+        Self::new(source, origin, token("bos_token")?, token("eos_token")?).map(Some)
+    }
+
+    /// A template from its source, compiled now; `origin` names where it came from in errors.
+    pub fn new(source: String, origin: &str, bos_token: String, eos_token: String) -> Result<Self> {
+        Ok(ChatTemplate {
+            env: Self::environment(source, origin)?,
+            bos_token,
+            eos_token,
+            origin: origin.to_string(),
+        })
     }
 
     /// Compiles `source` as HF's Jinja environment would: a template that does not parse is an
     /// error when the config is read, not at the first chat.
-    fn environment(source: String) -> Result<Environment<'static>> {
+    fn environment(source: String, origin: &str) -> Result<Environment<'static>> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -99,7 +121,7 @@ impl ChatTemplate {
             strftime(&format, crate::clock::unix_seconds())
         });
         env.add_template_owned("chat", source)
-            .map_err(|e| Error::file(CONFIG_FILE, format!("chat_template: {e:#}")))?;
+            .map_err(|e| Error::file(origin, format!("chat_template: {e:#}")))?;
         Ok(env)
     }
 
@@ -127,7 +149,7 @@ impl ChatTemplate {
         let template = self
             .env
             .get_template("chat")
-            .map_err(|e| Error::file(CONFIG_FILE, format!("chat_template: {e:#}")))?;
+            .map_err(|e| Error::file(&self.origin, format!("chat_template: {e:#}")))?;
         template
             .render(Value::from_serialize(&context))
             .map_err(|e| {
@@ -137,7 +159,7 @@ impl ChatTemplate {
                         "the chat template refuses this conversation: {}",
                         e.detail().unwrap_or("(no reason given)")
                     )),
-                    _ => Error::file(CONFIG_FILE, format!("chat_template: {e:#}")),
+                    _ => Error::file(&self.origin, format!("chat_template: {e:#}")),
                 }
             })
     }
@@ -266,20 +288,28 @@ mod tests {
 
     #[test]
     fn config_fields_are_read_or_named() {
-        let t = ChatTemplate::from_config(&config(
-            "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}",
-        ))
+        let t = ChatTemplate::from_config(
+            Some(&config(
+                "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}",
+            )),
+            None,
+        )
         .unwrap()
         .unwrap();
         let text = t
             .render(&[Message::new("user", "hi")], true, &Default::default())
             .unwrap();
         assert_eq!(text, "<s>hi</s>");
-        assert!(ChatTemplate::from_config(br#"{"bos_token": "<s>"}"#)
-            .unwrap()
-            .is_none());
+        assert!(
+            ChatTemplate::from_config(Some(br#"{"bos_token": "<s>"}"#), None)
+                .unwrap()
+                .is_none()
+        );
+        assert!(ChatTemplate::from_config(None, None).unwrap().is_none());
         let named = br#"{"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "d{{ messages|length }}"}]}"#;
-        let t = ChatTemplate::from_config(named).unwrap().unwrap();
+        let t = ChatTemplate::from_config(Some(named), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             t.render(&[Message::new("user", "a")], false, &Default::default())
                 .unwrap(),
@@ -295,16 +325,47 @@ mod tests {
             (br#"{"chat_template": "{% if %}"}"#, "chat_template"),
             (b"{", "JSON"),
         ] {
-            let e = ChatTemplate::from_config(bad).unwrap_err().to_string();
+            let e = ChatTemplate::from_config(Some(bad), None)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(CONFIG_FILE) && e.contains(field), "{e}");
         }
     }
 
     #[test]
+    fn chat_template_jinja_is_the_template_when_present() {
+        // transformers 5 writes the template to chat_template.jinja and none into the config;
+        // where both exist the file wins, as in transformers. Special tokens still come from the
+        // config.
+        let jinja = Some("{{ bos_token }}[{{ messages[0].content }}]".to_string());
+        for config in [
+            Some(&br#"{"bos_token": "<s>"}"#[..]),
+            Some(&br#"{"bos_token": "<s>", "chat_template": "old"}"#[..]),
+        ] {
+            let t = ChatTemplate::from_config(config, jinja.clone())
+                .unwrap()
+                .unwrap();
+            let text = t
+                .render(&[Message::new("user", "hi")], false, &Default::default())
+                .unwrap();
+            assert_eq!(text, "<s>[hi]");
+        }
+        let t = ChatTemplate::from_config(None, jinja).unwrap().unwrap();
+        let text = t
+            .render(&[Message::new("user", "hi")], false, &Default::default())
+            .unwrap();
+        assert_eq!(text, "[hi]", "no config: no special tokens");
+        let e = ChatTemplate::from_config(None, Some("{% if %}".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(JINJA_FILE), "{e}");
+    }
+
+    #[test]
     fn templates_refuse_with_their_own_words() {
-        let t = ChatTemplate::from_config(&config(
+        let t = ChatTemplate::from_config(Some(&config(
             "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}ok",
-        ))
+        )), None)
         .unwrap()
         .unwrap();
         let e = t
@@ -325,7 +386,7 @@ mod tests {
 
     #[test]
     fn strftime_now_gives_todays_date() {
-        let t = ChatTemplate::from_config(&config("{{ strftime_now('%Y-%m-%d') }}"))
+        let t = ChatTemplate::from_config(Some(&config("{{ strftime_now('%Y-%m-%d') }}")), None)
             .unwrap()
             .unwrap();
         let text = t

@@ -10,8 +10,9 @@
 use crate::config::{Config, GenerationConfig};
 use crate::error::{Error, Result};
 use crate::files::{check_name, Files, MAX_JSON_BYTES};
-use crate::format::{groups, scale_name, FloatType, Format, Packed, Quantization};
-use crate::header::{self, TensorEntry};
+use crate::format::{ggml_row_bytes, groups, scale_name, FloatType, Format, Packed, Quantization};
+use crate::gguf::GgmlType;
+use crate::header::{self, TensorEntry, TensorType};
 use std::collections::{BTreeMap, HashMap};
 
 pub const INDEX: &str = "model.safetensors.index.json";
@@ -27,6 +28,8 @@ pub struct Checkpoint {
     pub tensors: HashMap<String, TensorEntry>,
     /// Weight files in load order.
     pub files: Vec<String>,
+    /// What a GGUF file brings beside its weights; `None` for a Hugging Face folder.
+    pub gguf: Option<crate::gguf::checkpoint::Extras>,
 }
 
 /// Reads a small JSON file as UTF-8 text, capped in size.
@@ -79,10 +82,20 @@ fn layers_held(tensors: &HashMap<String, TensorEntry>) -> Option<usize> {
 }
 
 impl Checkpoint {
+    /// A Hugging Face folder (config.json and safetensors), or else the GGUF file `files` holds.
     pub async fn open(files: &impl Files) -> Result<Self> {
-        let config = read_text(files, "config.json")
-            .await?
-            .ok_or_else(|| Error::file("config.json", "missing"))?;
+        let config = match read_text(files, "config.json").await? {
+            Some(text) => text,
+            None => match files.gguf() {
+                Some(name) => return crate::gguf::checkpoint::open(files, &name).await,
+                None => {
+                    return Err(Error::file(
+                        "config.json",
+                        "missing (and there is no .gguf file to load instead)",
+                    ))
+                }
+            },
+        };
         let config = Config::from_json(&config)?;
         let generation = match read_text(files, "generation_config.json").await? {
             Some(text) => GenerationConfig::from_json(&text)?,
@@ -173,7 +186,29 @@ impl Checkpoint {
             default_exit_layer: generation.assistant_early_exit,
             tensors,
             files: shards,
+            gguf: None,
         })
+    }
+
+    /// The checkpoint's own quantization, if its weights are quantized already (then
+    /// `--quantize` does not apply): "q8", or a GGUF file's quantized types ("Q4_K+Q6_K").
+    pub fn quantized(&self) -> Option<String> {
+        if let Some(q) = self.config.quantization {
+            return Some(q.to_string());
+        }
+        let mut types: Vec<String> = self
+            .tensors
+            .values()
+            .filter_map(|e| match e.dtype {
+                TensorType::Ggml(t) if FloatType::of_ggml(t).is_none() => {
+                    Some(t.name().to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        types.sort();
+        types.dedup();
+        (!types.is_empty()).then(|| format!("GGUF {}", types.join("+")))
     }
 }
 
@@ -184,9 +219,20 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// Where a matrix's rows come from: a float tensor, or a quantized tensor and its scales.
+/// Where a matrix's rows come from: a float tensor, a quantized tensor and its scales, or a GGUF
+/// tensor.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
+    /// A GGUF tensor of whole blocks per row. With `head_dim`, its rows are in llama.cpp's
+    /// rotary order: the converter interleaves each head's two halves (row i of the first half
+    /// of head h is file row 2i of that head, row i of the second half file row 2i + 1), so
+    /// rows are read back into Hugging Face's order.
+    Ggml {
+        entry: &'a TensorEntry,
+        ggml: GgmlType,
+        cols: usize,
+        head_dim: Option<usize>,
+    },
     Float {
         entry: &'a TensorEntry,
         dtype: FloatType,
@@ -206,12 +252,14 @@ impl Source<'_> {
         match self {
             Source::Float { dtype, .. } => dtype.format(),
             Source::Quantized { format, .. } => *format,
+            // Checked to have one when the source was made.
+            Source::Ggml { ggml, .. } => Format::of_ggml(*ggml).unwrap_or(Format::F32),
         }
     }
 
     pub fn data_entry(&self) -> &TensorEntry {
         match self {
-            Source::Float { entry, .. } => entry,
+            Source::Float { entry, .. } | Source::Ggml { entry, .. } => entry,
             Source::Quantized { data, .. } => data,
         }
     }
@@ -219,7 +267,7 @@ impl Source<'_> {
     /// Bytes the tensor (and its scales) take in the files.
     pub fn file_bytes(&self) -> u64 {
         match self {
-            Source::Float { entry, .. } => entry.len,
+            Source::Float { entry, .. } | Source::Ggml { entry, .. } => entry.len,
             Source::Quantized { data, scales, .. } => data.len + scales.len,
         }
     }
@@ -231,6 +279,7 @@ impl Source<'_> {
             Source::Quantized { format, cols, .. } => {
                 format.file_row_bytes(cols) + format.file_scale_bytes(cols)
             }
+            Source::Ggml { ggml, cols, .. } => ggml_row_bytes(ggml, cols),
         }
     }
 
@@ -283,6 +332,43 @@ impl Source<'_> {
                 }
                 Ok((own.pack_quantized_rows(&bytes, &sbytes, cols), len + slen))
             }
+            Source::Ggml {
+                entry,
+                ggml,
+                cols,
+                head_dim,
+            } => {
+                let row = ggml_row_bytes(ggml, cols);
+                // The file rows holding rows r0..r0 + n: whole heads when they are interleaved.
+                let (lo, hi) = match head_dim {
+                    Some(hd) => (r0 / hd * hd, (r0 + n).div_ceil(hd) * hd),
+                    None => (r0, r0 + n),
+                };
+                let start = entry.start + (lo * row) as u64;
+                let read = files
+                    .read_range(&entry.file, start, (hi - lo) * row)
+                    .await?;
+                let bytes = match head_dim {
+                    Some(hd) => (r0..r0 + n)
+                        .flat_map(|r| {
+                            let (head, i) = (r / hd, r % hd);
+                            let at = head * hd + 2 * (i % (hd / 2)) + i / (hd / 2) - lo;
+                            read[at * row..(at + 1) * row].iter().copied()
+                        })
+                        .collect::<Vec<u8>>()
+                        .into(),
+                    None => read,
+                };
+                if let Some(float) = FloatType::of_ggml(ggml) {
+                    if let Some(bad) = float.find_non_finite(&bytes) {
+                        return Err(non_finite(name, &entry.file, bad, cols));
+                    }
+                }
+                let packed = format
+                    .pack_ggml_rows(ggml, &bytes, cols, r0)
+                    .map_err(|e| Error::file(&entry.file, format!("tensor `{name}`: {e}")))?;
+                Ok((packed, (hi - lo) * row))
+            }
         }
     }
 }
@@ -309,7 +395,7 @@ impl Checkpoint {
     pub fn vector(&self, name: &str, len: usize) -> Result<(&TensorEntry, FloatType)> {
         let entry = self.tensor(name)?;
         Self::expect_shape(entry, name, &[len])?;
-        let dtype = FloatType::of(entry.dtype).ok_or_else(|| Error::TensorDtype {
+        let dtype = FloatType::of_tensor(entry.dtype).ok_or_else(|| Error::TensorDtype {
             name: name.to_string(),
             dtype: entry.dtype.to_string(),
             expected: "F32, F16 or BF16",
@@ -321,9 +407,29 @@ impl Checkpoint {
     /// shape and dtype: a float tensor, or, in a quantized checkpoint, integer data and f16 scales.
     pub fn source(&self, name: &str, rows: usize, cols: usize) -> Result<Source<'_>> {
         let entry = self.tensor(name)?;
+        if let TensorType::Ggml(ggml) = entry.dtype {
+            Self::expect_shape(entry, name, &[rows, cols])?;
+            if Format::of_ggml(ggml).is_none() {
+                return Err(Error::TensorDtype {
+                    name: name.to_string(),
+                    dtype: ggml.name().to_string(),
+                    expected: "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K or Q6_K",
+                });
+            }
+            let head_dim = self
+                .gguf
+                .as_ref()
+                .and_then(|g| g.interleaved.contains(name).then_some(self.config.head_dim));
+            return Ok(Source::Ggml {
+                entry,
+                ggml,
+                cols,
+                head_dim,
+            });
+        }
         let Some(q) = self.config.quantization else {
             Self::expect_shape(entry, name, &[rows, cols])?;
-            let dtype = FloatType::of(entry.dtype).ok_or_else(|| Error::TensorDtype {
+            let dtype = FloatType::of_tensor(entry.dtype).ok_or_else(|| Error::TensorDtype {
                 name: name.to_string(),
                 dtype: entry.dtype.to_string(),
                 expected: "F32, F16 or BF16",
@@ -339,7 +445,7 @@ impl Checkpoint {
             ),
         };
         Self::expect_shape(entry, name, &[rows, format.file_row_bytes(cols)])?;
-        if entry.dtype != dtype {
+        if entry.dtype != TensorType::Safetensors(dtype) {
             return Err(Error::TensorDtype {
                 name: name.to_string(),
                 dtype: entry.dtype.to_string(),
@@ -357,7 +463,7 @@ impl Checkpoint {
             )
         })?;
         Self::expect_shape(scales, &scale, &[rows, groups(cols)])?;
-        if scales.dtype != safetensors::Dtype::F16 {
+        if scales.dtype != TensorType::Safetensors(safetensors::Dtype::F16) {
             return Err(Error::TensorDtype {
                 name: scale,
                 dtype: scales.dtype.to_string(),

@@ -34,6 +34,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// One divisor per frequency, as GGUF files carry Llama 3's scaling (the `rope_freqs`
+    /// tensor, which llama.cpp's converter computes from the parameters above).
+    Factors(Vec<f64>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +107,7 @@ fn quantization(f: &Fields<'_>) -> Result<Option<Quantization>> {
 
 /// The fields of one JSON object, read with the file and field named in every error.
 struct Fields<'a> {
-    file: &'static str,
+    file: &'a str,
     obj: &'a Map<String, Value>,
 }
 
@@ -208,7 +211,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn parse_object(file: &'static str, text: &str) -> Result<Map<String, Value>> {
+fn parse_object(file: &str, text: &str) -> Result<Map<String, Value>> {
     match serde_json::from_str(text) {
         Ok(Value::Object(obj)) => Ok(obj),
         Ok(_) => Err(Error::file(file, "the top level must be a JSON object")),
@@ -256,11 +259,14 @@ fn rope_scaling(params: Option<Fields<'_>>) -> Result<RopeScaling> {
 
 impl Config {
     pub fn from_json(text: &str) -> Result<Self> {
-        let obj = parse_object("config.json", text)?;
-        let f = Fields {
-            file: "config.json",
-            obj: &obj,
-        };
+        Self::from_json_named("config.json", text)
+    }
+
+    /// A config read from `file` (errors name it): a GGUF file's metadata arrives here as the
+    /// config.json it stands for.
+    pub fn from_json_named(file: &str, text: &str) -> Result<Self> {
+        let obj = parse_object(file, text)?;
+        let f = Fields { file, obj: &obj };
 
         match f.string("model_type")? {
             Some("llama") => {}
@@ -393,10 +399,11 @@ impl Config {
         (0..self.head_dim / 2)
             .map(|i| {
                 let base = 1.0 / self.rope_theta.powf((2 * i) as f64 / dim);
-                let f = match self.rope_scaling {
+                let f = match &self.rope_scaling {
                     RopeScaling::None => base,
                     RopeScaling::Linear { factor } => base / factor,
-                    RopeScaling::Llama3 {
+                    RopeScaling::Factors(factors) => base / factors.get(i).copied().unwrap_or(1.0),
+                    &RopeScaling::Llama3 {
                         factor,
                         low_freq_factor,
                         high_freq_factor,

@@ -41,6 +41,12 @@ pub trait Files {
         self.read_range(name, 0, len).await.map(Some)
     }
 
+    /// The GGUF file to load when there is no config.json: the file a path named, or the one
+    /// `*.gguf` file among the files.
+    fn gguf(&self) -> Option<String> {
+        None
+    }
+
     /// Like [`Files::size`], but a missing file is an error.
     async fn size_of(&self, name: &str) -> Result<u64> {
         self.size(name)
@@ -71,6 +77,15 @@ pub fn check_name(name: &str) -> Result<()> {
         return bad("control characters are not allowed");
     }
     Ok(())
+}
+
+/// The name among `names` ending in `.gguf`, when there is exactly one.
+pub fn only_gguf<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
+    let mut found = names.filter(|n| n.to_ascii_lowercase().ends_with(".gguf"));
+    match (found.next(), found.next()) {
+        (Some(name), None) => Some(name.to_string()),
+        _ => None,
+    }
 }
 
 /// Files held in memory (the embedded default model, or buffers handed over by JavaScript).
@@ -109,6 +124,9 @@ impl Files for MemoryFiles {
     async fn size(&self, name: &str) -> Result<Option<u64>> {
         Ok(self.0.get(name).map(|b| b.len() as u64))
     }
+    fn gguf(&self) -> Option<String> {
+        only_gguf(self.0.keys().map(String::as_str))
+    }
     async fn read_range(&self, name: &str, start: u64, len: usize) -> Result<Cow<'_, [u8]>> {
         slice(name, self.get(name)?, start, len).map(Cow::Borrowed)
     }
@@ -123,29 +141,53 @@ pub struct DirFiles {
     dir: std::path::PathBuf,
     /// Real paths must start with this.
     root: std::path::PathBuf,
+    /// The GGUF file named by the path, or the folder's only one.
+    gguf: Option<String>,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl DirFiles {
-    /// Opens a model folder, failing with a clear message when it is missing or not a folder.
-    pub fn new(dir: impl Into<std::path::PathBuf>) -> Result<Self> {
-        let dir: std::path::PathBuf = dir.into();
-        let shown = dir.display().to_string();
-        let meta = std::fs::metadata(&dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::file(&shown, "no such model folder (expected a directory)")
-            }
+    /// Opens a model folder, or a `.gguf` file (confined to its folder), failing with a clear
+    /// message when it is missing or neither.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Result<Self> {
+        let path: std::path::PathBuf = path.into();
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::file(
+                &shown,
+                "no such model folder or file (expected a directory or a .gguf file)",
+            ),
             _ => Error::file(&shown, e),
         })?;
-        if !meta.is_dir() {
-            return Err(Error::file(
-                &shown,
-                "is a file; --model takes the folder that holds config.json, tokenizer.json and the safetensors files",
-            ));
-        }
+        let file_name = path.file_name().and_then(|n| n.to_str());
+        let (dir, gguf) = match (meta.is_dir(), file_name) {
+            (true, _) => (path.clone(), None),
+            (false, Some(name)) if name.to_ascii_lowercase().ends_with(".gguf") => {
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+                let dir = parent.unwrap_or(std::path::Path::new(".")).to_path_buf();
+                (dir, Some(name.to_string()))
+            }
+            _ => {
+                return Err(Error::file(
+                    &shown,
+                    "is a file; --model takes a .gguf file or the folder that holds config.json, tokenizer.json and the safetensors files",
+                ))
+            }
+        };
         let real = std::fs::canonicalize(&dir).map_err(|e| Error::file(&shown, e))?;
         let root = hub_cache_repo(&real).unwrap_or_else(|| real.clone());
-        Ok(Self { dir: real, root })
+        let gguf = gguf.or_else(|| {
+            let entries = std::fs::read_dir(&real).ok()?;
+            let names: Vec<String> = entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect();
+            only_gguf(names.iter().map(String::as_str))
+        });
+        Ok(Self {
+            dir: real,
+            root,
+            gguf,
+        })
     }
 
     /// The real path of a file inside the folder, checked to be a regular file that does not
@@ -202,6 +244,10 @@ fn hub_cache_repo(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl Files for DirFiles {
+    fn gguf(&self) -> Option<String> {
+        self.gguf.clone()
+    }
+
     async fn size(&self, name: &str) -> Result<Option<u64>> {
         let Some(real) = self.resolve(name)? else {
             return Ok(None);

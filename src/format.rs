@@ -1,9 +1,9 @@
 //! Weight formats: how a matrix is laid out in memory, the same way on the host (the CPU backend)
-//! and in GPU buffers. Adding a format means a variant here (sizes, packing, dequantization), one
-//! include in shaders/formats/, and nothing in the model code.
+//! and in GPU buffers. Adding a format means a variant here (sizes, packing, dequantization, the
+//! GGUF blocks it is read from), one include in shaders/formats/, and nothing in the model code.
 //!
 //! Every row is padded with zeros to whole groups of [`GROUP`] elements, so kernels work in
-//! groups and any matrix width works. Per group:
+//! groups and any matrix width works. Per group of data:
 //! - `f32`: 32 little-endian f32 (128 bytes).
 //! - `f16`, `bf16`: 32 halves, two per u32, element 2i in the low half (64 bytes). These keep the
 //!   checkpoint's bytes, so no `shader-f16` is needed anywhere.
@@ -12,11 +12,23 @@
 //!   d = m / -8 for the group's value m of largest magnitude. As in llama.cpp's Q4_0, byte i of
 //!   the group holds element i in its low nibble and element i + 16 in its high nibble, so the low
 //!   and the high nibbles each unpack to 16 consecutive elements (no interleaving shuffles).
+//! - `q4_1` (Q4_1): four-bit q in q4's nibble order, an f16 scale d and an f16 minimum m per
+//!   group; x = q * d + m.
+//! - `q4_k`, `q5_k`, `q6_k` (llama.cpp's K-quants): super-blocks of 8 groups (256 elements).
+//!   Data per group: q4's 16 bytes of low nibbles; `q5_k` adds a u32 of fifth bits (bit i for
+//!   element i), `q6_k` two u32 of 2-bit high parts (bits 2i..2i+1 of the first for element i,
+//!   of the second for element 16 + i). Scales per super-block: `q4_k` and `q5_k` keep GGUF's
+//!   first 16 bytes (f16 d, f16 dmin, twelve bytes packing a 6-bit scale s and minimum m per
+//!   group), x = d s q - dmin m; `q6_k` keeps GGUF's sixteen signed 8-bit scales (one per 16
+//!   elements) and its f16 d, padded to 20 bytes, x = d scale (q - 32). The nibbles are regrouped
+//!   from GGUF's order at load so every format reads a group's 4-bit part with one 16-byte load.
 //!
-//! Scales live in a second buffer of f16, one per group, each row's padded to a whole u32 (GPU
-//! copies move multiples of 4 bytes).
+//! Scales live in a second buffer, each row's padded to a whole u32 (GPU copies move multiples
+//! of 4 bytes).
 
 use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::header::TensorType;
 use serde::{Deserialize, Serialize};
 
 /// Elements per group (and per quantization block).
@@ -30,7 +42,18 @@ pub enum Format {
     Bf16,
     Q8,
     Q4,
+    #[serde(rename = "q4_1")]
+    Q4_1,
+    #[serde(rename = "q4_k")]
+    Q4K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
+
+/// Groups per super-block of the K-quants (256 elements), the unit of their scales.
+pub const SUPER_GROUPS: usize = 8;
 
 /// The quantized formats, as `--quantize` and `quantization_config` name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +142,23 @@ impl FloatType {
             safetensors::Dtype::F32 => Some(FloatType::F32),
             safetensors::Dtype::F16 => Some(FloatType::F16),
             safetensors::Dtype::BF16 => Some(FloatType::Bf16),
+            _ => None,
+        }
+    }
+
+    /// A checkpoint tensor's float type, if it has one.
+    pub fn of_tensor(t: TensorType) -> Option<Self> {
+        match t {
+            TensorType::Safetensors(d) => Self::of(d),
+            TensorType::Ggml(g) => Self::of_ggml(g),
+        }
+    }
+
+    pub fn of_ggml(t: GgmlType) -> Option<Self> {
+        match t {
+            GgmlType::F32 => Some(FloatType::F32),
+            GgmlType::F16 => Some(FloatType::F16),
+            GgmlType::Bf16 => Some(FloatType::Bf16),
             _ => None,
         }
     }
@@ -216,6 +256,82 @@ impl Packed {
     }
 }
 
+/// A run of a matrix's rows in one format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub row0: usize,
+    pub rows: usize,
+    pub format: Format,
+}
+
+/// A matrix's shape and formats: consecutive runs of rows, each in one format. Most matrices are
+/// one run; a fused q|k|v read from a GGUF file can hold q and k in q4_k and v in q6_k, as
+/// llama.cpp's mixed quantizations (Q4_K_M, ...) write them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub rows: usize,
+    pub cols: usize,
+    pub runs: Vec<Run>,
+}
+
+impl Layout {
+    /// Every row in one format.
+    pub fn uniform(format: Format, rows: usize, cols: usize) -> Self {
+        Layout {
+            rows,
+            cols,
+            runs: vec![Run {
+                row0: 0,
+                rows,
+                format,
+            }],
+        }
+    }
+
+    /// Runs of `(rows, format)` in order, adjacent runs of one format merged.
+    pub fn from_parts(cols: usize, parts: impl IntoIterator<Item = (usize, Format)>) -> Self {
+        let mut runs: Vec<Run> = vec![];
+        let mut row0 = 0;
+        for (rows, format) in parts {
+            match runs.last_mut() {
+                Some(last) if last.format == format => last.rows += rows,
+                _ => runs.push(Run { row0, rows, format }),
+            }
+            row0 += rows;
+        }
+        Layout {
+            rows: row0,
+            cols,
+            runs,
+        }
+    }
+
+    /// The run holding row `r`.
+    pub fn run_at(&self, r: usize) -> Option<&Run> {
+        self.runs
+            .iter()
+            .find(|run| (run.row0..run.row0 + run.rows).contains(&r))
+    }
+
+    /// Bytes of data and scales (checked).
+    pub fn bytes(&self) -> Option<u64> {
+        self.runs.iter().try_fold(0u64, |sum, run| {
+            sum.checked_add(run.format.bytes(run.rows, self.cols)?)
+        })
+    }
+
+    /// The formats in use, each once, in order of appearance.
+    pub fn formats(&self) -> Vec<Format> {
+        let mut out: Vec<Format> = vec![];
+        for run in &self.runs {
+            if !out.contains(&run.format) {
+                out.push(run.format);
+            }
+        }
+        out
+    }
+}
+
 pub fn groups(cols: usize) -> usize {
     cols.div_ceil(GROUP)
 }
@@ -228,6 +344,10 @@ impl Format {
             Format::Bf16 => "bf16",
             Format::Q8 => "q8",
             Format::Q4 => "q4",
+            Format::Q4_1 => "q4_1",
+            Format::Q4K => "q4_k",
+            Format::Q5K => "q5_k",
+            Format::Q6K => "q6_k",
         }
     }
 
@@ -240,11 +360,32 @@ impl Format {
             Format::Bf16 => "formats/bf16.wgsl",
             Format::Q8 => "formats/q8.wgsl",
             Format::Q4 => "formats/q4.wgsl",
+            Format::Q4_1 => "formats/q4_1.wgsl",
+            Format::Q4K => "formats/q4_k.wgsl",
+            Format::Q5K => "formats/q5_k.wgsl",
+            Format::Q6K => "formats/q6_k.wgsl",
         }
     }
 
+    /// Whether the format has scales (a second buffer).
     pub fn quantized(self) -> bool {
-        matches!(self, Format::Q8 | Format::Q4)
+        !matches!(self, Format::F32 | Format::F16 | Format::Bf16)
+    }
+
+    /// The runtime format that keeps a GGUF tensor type's values as they are, if there is one.
+    pub fn of_ggml(t: GgmlType) -> Option<Format> {
+        Some(match t {
+            GgmlType::F32 => Format::F32,
+            GgmlType::F16 => Format::F16,
+            GgmlType::Bf16 => Format::Bf16,
+            GgmlType::Q8_0 => Format::Q8,
+            GgmlType::Q4_0 => Format::Q4,
+            GgmlType::Q4_1 => Format::Q4_1,
+            GgmlType::Q4K => Format::Q4K,
+            GgmlType::Q5K => Format::Q5K,
+            GgmlType::Q6K => Format::Q6K,
+            GgmlType::Other(_) => return None,
+        })
     }
 
     /// Data bytes of one group.
@@ -253,7 +394,9 @@ impl Format {
             Format::F32 => 4 * GROUP,
             Format::F16 | Format::Bf16 => 2 * GROUP,
             Format::Q8 => GROUP,
-            Format::Q4 => GROUP / 2,
+            Format::Q4 | Format::Q4_1 | Format::Q4K => GROUP / 2,
+            Format::Q5K => GROUP / 2 + 4,
+            Format::Q6K => GROUP / 2 + 8,
         }
     }
 
@@ -262,12 +405,15 @@ impl Format {
         groups(cols) * self.group_bytes()
     }
 
-    /// Bytes of one row's scales (an f16 per group, padded to 4 bytes; none for float formats).
+    /// Bytes of one row's scales (none for float formats), padded to whole u32.
     pub fn row_scale_bytes(self, cols: usize) -> usize {
-        if self.quantized() {
-            4 * groups(cols).div_ceil(2)
-        } else {
-            0
+        let g = groups(cols);
+        match self {
+            Format::F32 | Format::F16 | Format::Bf16 => 0,
+            Format::Q8 | Format::Q4 => 4 * g.div_ceil(2),
+            Format::Q4_1 => 4 * g,
+            Format::Q4K | Format::Q5K => 16 * g.div_ceil(SUPER_GROUPS),
+            Format::Q6K => 20 * g.div_ceil(SUPER_GROUPS),
         }
     }
 
@@ -285,28 +431,57 @@ impl Format {
         (rows as u64).checked_mul((self.row_data_bytes(cols) + self.row_scale_bytes(cols)) as u64)
     }
 
-    /// Packs f32 rows of `cols` values.
+    /// Elements quantized together: a group, or a K-quant's super-block.
+    fn block_elems(self) -> usize {
+        match self {
+            Format::Q4K | Format::Q5K | Format::Q6K => SUPER_GROUPS * GROUP,
+            _ => GROUP,
+        }
+    }
+
+    /// Packs f32 rows of `cols` values (quantizing: the K-quants with a plain min/max choice
+    /// of scales, not llama.cpp's search, which only real GGUF files need).
     pub fn pack(self, values: &[f32], cols: usize) -> Result<Packed> {
         let rows = values.len() / cols.max(1);
         let mut out = Packed {
             data: Vec::with_capacity(rows * self.row_data_bytes(cols)),
             scales: Vec::with_capacity(rows * self.row_scale_bytes(cols)),
         };
-        let mut group = [0f32; GROUP];
+        let block = self.block_elems();
+        let mut padded = vec![0f32; block];
         for row in values.chunks(cols.max(1)) {
-            for chunk in row.chunks(GROUP) {
-                group.fill(0.0);
-                group[..chunk.len()].copy_from_slice(chunk);
-                self.pack_group(&group, &mut out)?;
+            let data0 = out.data.len();
+            let scales0 = out.scales.len();
+            for chunk in row.chunks(block) {
+                padded.fill(0.0);
+                padded[..chunk.len()].copy_from_slice(chunk);
+                self.pack_block(&padded, &mut out)?;
             }
-            if self.quantized() && groups(cols) % 2 == 1 {
-                out.scales.extend([0, 0]);
-            }
+            // A K-quant's last super-block may be partial: keep only the row's groups.
+            out.data.truncate(data0 + self.row_data_bytes(cols));
+            out.scales.resize(scales0 + self.row_scale_bytes(cols), 0);
         }
         Ok(out)
     }
 
-    fn pack_group(self, g: &[f32; GROUP], out: &mut Packed) -> Result<()> {
+    /// Packs one block of `block_elems()` values.
+    fn pack_block(self, b: &[f32], out: &mut Packed) -> Result<()> {
+        match self {
+            Format::Q4K => pack_q4k_q5k(b, 15, out),
+            Format::Q5K => pack_q4k_q5k(b, 31, out),
+            Format::Q6K => pack_q6k(b, out),
+            _ => b
+                .chunks_exact(GROUP)
+                .try_for_each(|g| self.pack_group(g, out)),
+        }
+    }
+
+    /// Packs one group of [`GROUP`] values (formats whose scales are per group).
+    fn pack_group(self, g: &[f32], out: &mut Packed) -> Result<()> {
+        let nibbles = |q: &dyn Fn(f32) -> u8, out: &mut Packed| {
+            out.data
+                .extend((0..GROUP / 2).map(|i| q(g[i]) | (q(g[i + GROUP / 2]) << 4)))
+        };
         match self {
             Format::F32 => g.iter().for_each(|x| out.data.extend(x.to_le_bytes())),
             Format::F16 => g
@@ -318,7 +493,7 @@ impl Format {
             Format::Q8 => {
                 let amax = g.iter().fold(0f32, |m, x| m.max(x.abs()));
                 let d = scale(amax / 127.0)?;
-                out.scales.extend(f32_to_f16(d).to_le_bytes());
+                push_half_scale(out, d);
                 let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
                 out.data.extend(
                     g.iter()
@@ -331,22 +506,31 @@ impl Format {
                     .iter()
                     .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
                 let d = scale(m / -8.0)?;
-                out.scales.extend(f32_to_f16(d).to_le_bytes());
+                push_half_scale(out, d);
                 let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-                let q = |x: f32| ((x * inv + 8.5).floor().clamp(0.0, 15.0)) as u8;
-                out.data
-                    .extend((0..GROUP / 2).map(|i| q(g[i]) | (q(g[i + GROUP / 2]) << 4)));
+                nibbles(&|x| ((x * inv + 8.5).floor().clamp(0.0, 15.0)) as u8, out);
             }
+            Format::Q4_1 => {
+                let lo = g.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+                let hi = g.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let (d, m) = (scale((hi - lo) / 15.0)?, scale(lo)?);
+                out.scales.extend(f32_to_f16(d).to_le_bytes());
+                out.scales.extend(f32_to_f16(m).to_le_bytes());
+                let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+                nibbles(&|x| ((x - m) * inv).round().clamp(0.0, 15.0) as u8, out);
+            }
+            // Packed by super-block (pack_block).
+            Format::Q4K | Format::Q5K | Format::Q6K => {}
         }
         Ok(())
     }
 
-    /// Dequantizes (or widens) one group: its data as little-endian u32 words (`group_bytes()`
-    /// / 4 of them, laid out as the GPU reads them) and, for quantized formats, its scale. The
-    /// CPU's dequantization of this format, used by the reference and, inside its dot products,
-    /// by the fast backend; it mirrors shaders/formats/*.wgsl word for word.
+    /// Dequantizes (or widens) group `g` of a row: `words` is the group's data as little-endian
+    /// u32 words (`group_words()` of them, laid out as the GPU reads them), `scales` the whole
+    /// row's scales as f16 bits. The CPU's dequantization of this format, used by the reference
+    /// and, inside its dot products, by the fast backend; it mirrors shaders/formats/*.wgsl.
     #[inline(always)]
-    pub fn unpack_group(self, words: &[u32], scale: f32, out: &mut [f32; GROUP]) {
+    pub fn unpack_group(self, words: &[u32], scales: &[u16], g: usize, out: &mut [f32; GROUP]) {
         match self {
             Format::F32 => {
                 for (o, &w) in out.iter_mut().zip(words) {
@@ -368,27 +552,52 @@ impl Format {
             // Byte by byte (the words' little-endian bytes, in element order), in the shapes the
             // compiler turns into whole-vector conversions (measured on x86-64 with AVX2).
             Format::Q8 => {
+                let d = half_to_f32(scales[g]);
                 for (o, &b) in out.iter_mut().zip(le_bytes(words)) {
-                    *o = b as i8 as f32 * scale;
+                    *o = b as i8 as f32 * d;
                 }
             }
             Format::Q4 => {
-                if let Ok(b) = <&[u8; GROUP / 2]>::try_from(le_bytes(words)) {
-                    for i in 0..GROUP / 2 {
-                        out[i] = ((b[i] & 15) as i32 - 8) as f32 * scale;
-                        out[i + GROUP / 2] = ((b[i] >> 4) as i32 - 8) as f32 * scale;
-                    }
+                let d = half_to_f32(scales[g]);
+                unpack_nibbles(words, out, |q, _| (q as i32 - 8) as f32 * d);
+            }
+            Format::Q4_1 => {
+                let (d, m) = (half_to_f32(scales[2 * g]), half_to_f32(scales[2 * g + 1]));
+                unpack_nibbles(words, out, |q, _| q as f32 * d + m);
+            }
+            Format::Q4K | Format::Q5K => {
+                let sb = &scales[g / SUPER_GROUPS * 8..][..8];
+                let (sc, m) = k_scale_min(&sb[2..], g % SUPER_GROUPS);
+                let a = half_to_f32(sb[0]) * sc as f32;
+                let b = half_to_f32(sb[1]) * m as f32;
+                match (self, words.get(4)) {
+                    (Format::Q5K, Some(&high)) => unpack_nibbles(words, out, |q, i| {
+                        (q as u32 | ((high >> i) & 1) << 4) as f32 * a - b
+                    }),
+                    _ => unpack_nibbles(words, out, |q, _| q as f32 * a - b),
                 }
             }
-        }
-    }
-
-    /// The scale of group `g` from a row's scales (0 for float formats).
-    #[inline(always)]
-    pub fn group_scale(self, scales: &[u16], g: usize) -> f32 {
-        match self.quantized() {
-            true => half_to_f32(scales[g]),
-            false => 0.0,
+            Format::Q6K => {
+                let sb = &scales[g / SUPER_GROUPS * 10..][..10];
+                let d = half_to_f32(sb[8]);
+                let s = g % SUPER_GROUPS;
+                let sc = |half: usize| {
+                    let pair = sb[s];
+                    (if half == 0 {
+                        pair as u8
+                    } else {
+                        (pair >> 8) as u8
+                    }) as i8 as f32
+                        * d
+                };
+                let (lo, hi) = (sc(0), sc(1));
+                let (h0, h1) = (words[4], words[5]);
+                unpack_nibbles(words, out, |q, i| {
+                    let (high, scale) = if i < 16 { (h0, lo) } else { (h1, hi) };
+                    let q = q as i32 | (((high >> (2 * (i % 16))) & 3) << 4) as i32;
+                    (q - 32) as f32 * scale
+                });
+            }
         }
     }
 
@@ -403,11 +612,7 @@ impl Format {
         let mut group = [0f32; GROUP];
         let size = self.group_words();
         for (g, chunk) in out.chunks_mut(GROUP).enumerate() {
-            self.unpack_group(
-                &data[g * size..(g + 1) * size],
-                self.group_scale(scales, g),
-                &mut group,
-            );
+            self.unpack_group(&data[g * size..(g + 1) * size], scales, g, &mut group);
             chunk.copy_from_slice(&group[..chunk.len()]);
         }
     }
@@ -449,6 +654,98 @@ impl Format {
             });
         }
         self.pack(&dtype.to_f32(bytes), cols)
+    }
+
+    /// Rows of a GGUF tensor of type `t` (`cols` elements per row, whole blocks) in this format:
+    /// the same values regrouped when the format is the type's own (see the module comment),
+    /// otherwise through f32 (quantizing on load). A scale that is NaN or infinite is an error
+    /// naming its row (counted from `first_row`) and block.
+    pub fn pack_ggml_rows(
+        self,
+        t: GgmlType,
+        bytes: &[u8],
+        cols: usize,
+        first_row: usize,
+    ) -> Result<Packed> {
+        let own = Format::of_ggml(t).ok_or_else(|| {
+            Error::Invalid(format!("GGUF tensors of type {} cannot be read", t.name()))
+        })?;
+        if own != self {
+            let rows = bytes.len() / ggml_row_bytes(t, cols).max(1);
+            let packed = own.pack_ggml_rows(t, bytes, cols, first_row)?;
+            return self.pack(&own.unpack(&packed, rows, cols), cols);
+        }
+        if let Some(float) = FloatType::of_ggml(t) {
+            return self.pack_file_rows(float, bytes, cols);
+        }
+        let block = t.block_bytes() as usize;
+        let mut out = Packed::default();
+        for (r, row) in bytes.chunks(ggml_row_bytes(t, cols).max(1)).enumerate() {
+            let scales0 = out.scales.len();
+            for (i, b) in row.chunks_exact(block).enumerate() {
+                let half = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+                let finite = |at: usize| {
+                    let h = half(at);
+                    match h & 0x7c00 == 0x7c00 {
+                        true => Err(Error::Invalid(format!(
+                            "row {} block {i} has a non-finite scale ({})",
+                            first_row + r,
+                            f16_to_f32(h)
+                        ))),
+                        false => Ok(h),
+                    }
+                };
+                match self {
+                    Format::Q8 | Format::Q4 => {
+                        out.scales.extend(finite(0)?.to_le_bytes());
+                        out.data.extend_from_slice(&b[2..]);
+                    }
+                    Format::Q4_1 => {
+                        out.scales.extend(finite(0)?.to_le_bytes());
+                        out.scales.extend(finite(2)?.to_le_bytes());
+                        out.data.extend_from_slice(&b[4..]);
+                    }
+                    Format::Q4K | Format::Q5K => {
+                        finite(0)?;
+                        finite(2)?;
+                        out.scales.extend_from_slice(&b[..16]);
+                        let (qh, qs) = match self {
+                            Format::Q5K => (Some(&b[16..48]), &b[48..176]),
+                            _ => (None, &b[16..144]),
+                        };
+                        for s in 0..SUPER_GROUPS {
+                            let q = |l: usize| (qs[32 * (s / 2) + l] >> (4 * (s % 2))) & 15;
+                            push_nibbles(&mut out, q);
+                            if let Some(qh) = qh {
+                                let high = (0..GROUP)
+                                    .fold(0u32, |w, l| w | (((qh[l] >> s) & 1) as u32) << l);
+                                out.data.extend(high.to_le_bytes());
+                            }
+                        }
+                    }
+                    Format::Q6K => {
+                        let d = finite(208)?;
+                        let (ql, qh) = (&b[..128], &b[128..192]);
+                        for s in 0..SUPER_GROUPS {
+                            let (n, quarter) = (s / 4, s % 4);
+                            let low = |l: usize| {
+                                (ql[64 * n + 32 * (quarter % 2) + l] >> (4 * (quarter / 2))) & 15
+                            };
+                            let high = |l: usize| (qh[32 * n + l] >> (2 * quarter)) & 3;
+                            push_nibbles(&mut out, low);
+                            push_pairs(&mut out, high);
+                        }
+                        out.scales.extend_from_slice(&b[192..208]);
+                        out.scales.extend(d.to_le_bytes());
+                        out.scales.extend([0, 0]);
+                    }
+                    // Float types returned above.
+                    Format::F32 | Format::F16 | Format::Bf16 => {}
+                }
+            }
+            out.scales.resize(scales0 + self.row_scale_bytes(cols), 0);
+        }
+        Ok(out)
     }
 
     /// Bytes of one row of a quantized tensor as a file stores it (see [`Format::file_rows`]):
@@ -509,6 +806,143 @@ impl Format {
             ),
         )
     }
+}
+
+/// Bytes of one row of `cols` elements of a GGUF tensor of type `t` (whole blocks).
+pub fn ggml_row_bytes(t: GgmlType, cols: usize) -> usize {
+    cols / (t.block_elems() as usize).max(1) * t.block_bytes() as usize
+}
+
+/// One f16 scale per group (q8, q4).
+fn push_half_scale(out: &mut Packed, d: f32) {
+    out.scales.extend(f32_to_f16(d).to_le_bytes());
+}
+
+/// A group's 4-bit parts q(0..32) in q4's order: byte i holds element i low, i + 16 high.
+fn push_nibbles(out: &mut Packed, q: impl Fn(usize) -> u8) {
+    out.data
+        .extend((0..GROUP / 2).map(|i| (q(i) & 15) | ((q(i + GROUP / 2) & 15) << 4)));
+}
+
+/// A group's 2-bit parts h(0..32): two u32, bits 2i..2i+1 of the first for element i, of the
+/// second for element 16 + i (q6_k's high bits).
+fn push_pairs(out: &mut Packed, h: impl Fn(usize) -> u8) {
+    for half in 0..2 {
+        let w = (0..16).fold(0u32, |w, i| w | ((h(16 * half + i) & 3) as u32) << (2 * i));
+        out.data.extend(w.to_le_bytes());
+    }
+}
+
+/// Elements i and i + 16 of a group from byte i of its first four words' nibbles, through `f`
+/// (the nibble, the element's index).
+#[inline(always)]
+fn unpack_nibbles(words: &[u32], out: &mut [f32; GROUP], f: impl Fn(u8, usize) -> f32) {
+    if let Some(Ok(b)) = le_bytes(words)
+        .get(..GROUP / 2)
+        .map(<&[u8; GROUP / 2]>::try_from)
+    {
+        for i in 0..GROUP / 2 {
+            out[i] = f(b[i] & 15, i);
+            out[i + GROUP / 2] = f(b[i] >> 4, i + GROUP / 2);
+        }
+    }
+}
+
+/// The 6-bit scale and minimum of group `j` of a q4_k / q5_k super-block, from the twelve bytes
+/// that pack them (as six halves): groups 0..3 in the low 6 bits of bytes j and j + 4, groups
+/// 4..7 in the nibbles of bytes j + 4 with their top two bits in the top bits of bytes j - 4, j.
+#[inline(always)]
+pub fn k_scale_min(packed: &[u16], j: usize) -> (u8, u8) {
+    let byte = |k: usize| (packed[k / 2] >> (8 * (k % 2))) as u8;
+    if j < 4 {
+        (byte(j) & 63, byte(j + 4) & 63)
+    } else {
+        (
+            (byte(j + 4) & 15) | ((byte(j - 4) >> 6) << 4),
+            (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4),
+        )
+    }
+}
+
+/// Quantizes a super-block to q4_k (`qmax` 15) or q5_k (31): each group's range [min(0, lo), hi]
+/// in qmax steps, its step and minimum as 6-bit multiples of d and dmin.
+fn pack_q4k_q5k(b: &[f32], qmax: u8, out: &mut Packed) -> Result<()> {
+    let mut steps = [0f32; SUPER_GROUPS];
+    let mut mins = [0f32; SUPER_GROUPS];
+    for (s, g) in b.chunks_exact(GROUP).enumerate() {
+        let lo = g.iter().fold(0f32, |m, &x| m.min(x));
+        let hi = g.iter().fold(0f32, |m, &x| m.max(x));
+        steps[s] = (hi - lo) / qmax as f32;
+        mins[s] = -lo;
+    }
+    let d = scale(steps.iter().fold(0f32, |m, &x| m.max(x)) / 63.0)?;
+    let dmin = scale(mins.iter().fold(0f32, |m, &x| m.max(x)) / 63.0)?;
+    let six = |x: f32, unit: f32| match unit > 0.0 {
+        true => (x / unit).round().clamp(0.0, 63.0) as u8,
+        false => 0,
+    };
+    let sc: Vec<u8> = steps.iter().map(|&x| six(x, d)).collect();
+    let m: Vec<u8> = mins.iter().map(|&x| six(x, dmin)).collect();
+    out.scales.extend(f32_to_f16(d).to_le_bytes());
+    out.scales.extend(f32_to_f16(dmin).to_le_bytes());
+    let mut packed = [0u8; 12];
+    for j in 0..4 {
+        packed[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        packed[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
+        packed[j + 8] = (sc[j + 4] & 15) | ((m[j + 4] & 15) << 4);
+    }
+    out.scales.extend(packed);
+    for (s, g) in b.chunks_exact(GROUP).enumerate() {
+        let (a, mm) = (d * sc[s] as f32, dmin * m[s] as f32);
+        let q: Vec<u8> = g
+            .iter()
+            .map(|&x| match a > 0.0 {
+                true => ((x + mm) / a).round().clamp(0.0, qmax as f32) as u8,
+                false => 0,
+            })
+            .collect();
+        push_nibbles(out, |i| q[i]);
+        if qmax > 15 {
+            let high = (0..GROUP).fold(0u32, |w, i| w | ((q[i] >> 4) as u32) << i);
+            out.data.extend(high.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Quantizes a super-block to q6_k: a signed 8-bit multiple of d per 16 elements, values
+/// -32..31 of it.
+fn pack_q6k(b: &[f32], out: &mut Packed) -> Result<()> {
+    let steps: Vec<f32> = b
+        .chunks_exact(16)
+        .map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())) / 31.0)
+        .collect();
+    let d = scale(steps.iter().fold(0f32, |m, &x| m.max(x)) / 127.0)?;
+    let sc: Vec<i8> = steps
+        .iter()
+        .map(|&x| match d > 0.0 {
+            true => (x / d).round().clamp(0.0, 127.0) as i8,
+            false => 0,
+        })
+        .collect();
+    for g in 0..SUPER_GROUPS {
+        let q: Vec<u8> = (0..GROUP)
+            .map(|i| {
+                let e = g * GROUP + i;
+                let unit = d * sc[e / 16] as f32;
+                match unit > 0.0 {
+                    true => ((b[e] / unit).round().clamp(-32.0, 31.0) + 32.0) as u8,
+                    false => 32,
+                }
+            })
+            .collect();
+        push_nibbles(out, |i| q[i]);
+        push_pairs(out, |i| q[i] >> 4);
+    }
+    out.scales.extend(sc.iter().map(|&s| s as u8));
+    out.scales.extend(f32_to_f16(d).to_le_bytes());
+    out.scales.extend([0, 0]);
+    Ok(())
 }
 
 /// A quantization scale as f16 (what is stored), refused when f16 cannot hold it.

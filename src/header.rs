@@ -18,11 +18,28 @@ use std::collections::HashSet;
 /// The safetensors crate's cap on the header.
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
+/// A tensor's element type: a safetensors dtype, or a GGUF (ggml) type, whose elements come in
+/// blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorType {
+    Safetensors(Dtype),
+    Ggml(crate::gguf::GgmlType),
+}
+
+impl std::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TensorType::Safetensors(d) => write!(f, "{d}"),
+            TensorType::Ggml(t) => write!(f, "{}", t.name()),
+        }
+    }
+}
+
 /// Where one tensor's bytes are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorEntry {
     pub file: String,
-    pub dtype: Dtype,
+    pub dtype: TensorType,
     pub shape: Vec<usize>,
     /// Absolute byte offset in the file.
     pub start: u64,
@@ -180,7 +197,7 @@ pub fn parse(file: &str, size: u64, header: &[u8]) -> Result<Vec<(String, Tensor
             name,
             TensorEntry {
                 file: file.into(),
-                dtype: info.dtype,
+                dtype: TensorType::Safetensors(info.dtype),
                 shape,
                 start: 8 + n + begin,
                 len: end - begin,

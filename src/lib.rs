@@ -13,6 +13,7 @@ pub mod eval;
 pub mod files;
 pub mod format;
 pub mod generate;
+pub mod gguf;
 pub mod gpu;
 pub mod header;
 pub mod llama;

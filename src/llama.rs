@@ -7,7 +7,7 @@ use crate::checkpoint::{Checkpoint, Progress, Source};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files::Files;
-use crate::format::{Format, Packed, Quantization};
+use crate::format::{Format, Layout, Packed, Quantization};
 
 /// Host bytes the loader may hold at once by default (read buffers plus packed rows).
 pub const DEFAULT_STAGING_BYTES: usize = 64 << 20;
@@ -77,15 +77,10 @@ impl<M, V> Weights<M, V> {
 pub trait Store {
     type Matrix;
     type Vector;
-    /// Allocates a matrix of `rows` x `cols` in `format`, before any weight is read.
-    fn matrix(
-        &mut self,
-        name: &str,
-        format: Format,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Self::Matrix>;
-    /// Writes packed rows into `matrix` from row `row0`.
+    /// Allocates a matrix of this layout, before any weight is read.
+    fn matrix(&mut self, name: &str, layout: &Layout) -> Result<Self::Matrix>;
+    /// Writes packed rows into `matrix` from row `row0`; they lie in one run of its layout and
+    /// are in that run's format.
     fn write(&mut self, matrix: &mut Self::Matrix, row0: usize, rows: &Packed) -> Result<()>;
     fn vector(&mut self, name: &str, values: &[f32]) -> Result<Self::Vector>;
 }
@@ -226,20 +221,22 @@ pub struct LoadReport {
     pub weight_bytes: u64,
 }
 
-/// The matrices to load and their formats: [`matrix_specs`] and [`matrix_formats`], plus a draft
+/// The matrices to load and their layouts: [`matrix_specs`] and [`matrix_layouts`], plus a draft
 /// head of `draft_rows` rows in the exit head's format when there is a draft vocabulary.
 pub fn planned_matrices(
     checkpoint: &Checkpoint,
     quantize: Option<Quantization>,
     draft_rows: Option<usize>,
-) -> Result<(Vec<MatrixSpec>, Vec<Format>)> {
+) -> Result<(Vec<MatrixSpec>, Vec<Layout>)> {
     let config = &checkpoint.config;
     let mut specs = matrix_specs(config);
-    let mut formats = matrix_formats(checkpoint, &specs, quantize)?;
+    let mut layouts = matrix_layouts(checkpoint, &specs, quantize)?;
     if let Some(rows) = draft_rows {
         let head = head_id(config);
         let at = specs.iter().position(|s| s.id == head).unwrap_or(0);
-        formats.push(formats[at]);
+        // The head is one tensor, so one run.
+        let format = layouts[at].runs[0].format;
+        layouts.push(Layout::uniform(format, rows, config.hidden_size));
         specs.push(MatrixSpec {
             id: MatrixId::DraftHead,
             name: "draft_head".into(),
@@ -248,7 +245,7 @@ pub fn planned_matrices(
             pieces: vec![],
         });
     }
-    Ok((specs, formats))
+    Ok((specs, layouts))
 }
 
 /// The matrix the exit head reads: lm_head, or the embedding when tied.
@@ -259,44 +256,35 @@ fn head_id(config: &Config) -> MatrixId {
     }
 }
 
-/// The format each matrix will have: a quantized checkpoint's own, or `quantize`, or the file's
-/// float type (fused tensors must then agree).
-pub fn matrix_formats(
+/// The layout each matrix will have: every row in `quantize`, or each tensor in its own format
+/// (a float type, a quantized checkpoint's format, a GGUF type).
+pub fn matrix_layouts(
     checkpoint: &Checkpoint,
     specs: &[MatrixSpec],
     quantize: Option<Quantization>,
-) -> Result<Vec<Format>> {
-    if let (Some(have), Some(_)) = (checkpoint.config.quantization, quantize) {
+) -> Result<Vec<Layout>> {
+    if let (Some(have), Some(_)) = (checkpoint.quantized(), quantize) {
         return Err(Error::Invalid(format!(
-            "the checkpoint is already quantized ({}); --quantize applies to f32, f16 and bf16 checkpoints",
-            have.name()
+            "the checkpoint is already quantized ({have}); --quantize applies to f32, f16 and bf16 checkpoints"
         )));
     }
     specs
         .iter()
         .map(|m| {
-            let mut format = quantize.map(Format::from);
-            for p in &m.pieces {
-                let own = checkpoint.source(&p.tensor, p.rows, p.cols)?.format();
-                match format {
-                    None => format = Some(own),
-                    Some(f) if quantize.is_some() || f == own => {}
-                    Some(f) => {
-                        return Err(Error::Unsupported {
-                            field: "dtype",
-                            value: format!(
-                                "{} is {} but {} is {}",
-                                m.pieces[0].tensor,
-                                f.name(),
-                                p.tensor,
-                                own.name()
-                            ),
-                            why: "tensors fused into one matrix (q|k|v, gate|up) need one dtype",
-                        })
-                    }
-                }
+            if let Some(q) = quantize {
+                return Ok(Layout::uniform(q.into(), m.rows, m.cols));
             }
-            Ok(format.unwrap_or(Format::F32))
+            let parts = m
+                .pieces
+                .iter()
+                .map(|p| {
+                    Ok((
+                        p.rows,
+                        checkpoint.source(&p.tensor, p.rows, p.cols)?.format(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Layout::from_parts(m.cols, parts))
         })
         .collect()
 }
@@ -316,7 +304,7 @@ pub async fn load<S: Store>(
     mut progress: impl FnMut(Progress),
 ) -> Result<(Weights<S::Matrix, S::Vector>, LoadReport)> {
     let config = &checkpoint.config;
-    let (specs, formats) = planned_matrices(checkpoint, quantize, draft_ids.map(<[u32]>::len))?;
+    let (specs, layouts) = planned_matrices(checkpoint, quantize, draft_ids.map(<[u32]>::len))?;
     if let Some(ids) = draft_ids {
         if ids.windows(2).any(|w| w[0] >= w[1])
             || ids
@@ -363,11 +351,9 @@ pub async fn load<S: Store>(
         report.peak_staging_bytes = report.peak_staging_bytes.max(entry.len);
     }
     let mut matrices = vec![];
-    for (spec, &format) in specs.iter().zip(&formats) {
-        report.weight_bytes += format.bytes(spec.rows, spec.cols).unwrap_or(u64::MAX);
-        matrices.push(Some(
-            store.matrix(&spec.name, format, spec.rows, spec.cols)?,
-        ));
+    for (spec, layout) in specs.iter().zip(&layouts) {
+        report.weight_bytes += layout.bytes().unwrap_or(u64::MAX);
+        matrices.push(Some(store.matrix(&spec.name, layout)?));
     }
     let mut take = |id: MatrixId| -> Result<S::Matrix> {
         let at = specs.iter().position(|s| s.id == id);
@@ -411,8 +397,12 @@ pub async fn load<S: Store>(
 
     // Stream the matrices' tensors in file order, so a disk or a download reads sequentially.
     let mut pieces: Vec<(&Piece, Format, Source)> = vec![];
-    for (spec, &format) in specs.iter().zip(&formats) {
+    for (spec, layout) in specs.iter().zip(&layouts) {
         for p in &spec.pieces {
+            let format = layout
+                .run_at(p.row0)
+                .ok_or_else(|| Error::Invalid(format!("no rows for {}", p.tensor)))?
+                .format;
             pieces.push((p, format, checkpoint.source(&p.tensor, p.rows, p.cols)?));
         }
     }

@@ -1,7 +1,7 @@
 //! A loaded model: the engine on the chosen device, its tokenizer and its stop ids.
 
 use crate::chat::{self, ChatTemplate, Message};
-use crate::checkpoint::{Checkpoint, Progress};
+use crate::checkpoint::{read_text, Checkpoint, Progress};
 use crate::config::Config;
 use crate::cpu::{CpuModel, Fast, Reference};
 use crate::engine::{Call, Counters, Engine, Head, Input, Output};
@@ -287,14 +287,16 @@ impl Model {
             .await
     }
 
-    /// The model's chat template, or why there is none to use (named after
-    /// tokenizer_config.json).
+    /// The model's chat template, or why there is none to use.
     pub fn chat_template(&self) -> Result<&ChatTemplate> {
         match &self.chat_template {
             Ok(Some(template)) => Ok(template),
             Ok(None) => Err(Error::file(
                 chat::CONFIG_FILE,
-                "the model has no `chat_template` (missing file or field): give it a raw prompt instead",
+                format!(
+                    "the model has no `chat_template` (nor a {}): give it a raw prompt instead",
+                    chat::JINJA_FILE
+                ),
             )),
             Err(why) => Err(Error::Invalid(why.clone())),
         }
@@ -501,15 +503,35 @@ impl Model {
         progress: impl FnMut(Progress),
     ) -> Result<Self> {
         let checkpoint = Checkpoint::open(files).await?;
-        let tokenizer_json = files
-            .read_capped("tokenizer.json", MAX_TOKENIZER_BYTES)
-            .await?
-            .ok_or_else(|| Error::file("tokenizer.json", "missing"))?;
-        let tokenizer = Tokenizer::from_bytes(&tokenizer_json)?;
-        let chat_template = match files.read_capped(chat::CONFIG_FILE, MAX_JSON_BYTES).await? {
-            Some(bytes) => ChatTemplate::from_config(&bytes).map_err(|e| e.to_string()),
-            None => Ok(None),
+        let (tokenizer_json, chat_template) = match &checkpoint.gguf {
+            // A GGUF file carries its tokenizer and template in its metadata.
+            Some(gguf) => (
+                std::borrow::Cow::Borrowed(&gguf.tokenizer_json[..]),
+                match &gguf.chat_template {
+                    Some(source) => ChatTemplate::new(
+                        source.clone(),
+                        &format!("{} (tokenizer.chat_template)", gguf.file),
+                        gguf.bos_token.clone(),
+                        gguf.eos_token.clone(),
+                    )
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                    None => Ok(None),
+                },
+            ),
+            None => {
+                let json = files
+                    .read_capped("tokenizer.json", MAX_TOKENIZER_BYTES)
+                    .await?
+                    .ok_or_else(|| Error::file("tokenizer.json", "missing"))?;
+                let config = files.read_capped(chat::CONFIG_FILE, MAX_JSON_BYTES).await?;
+                let jinja = read_text(files, chat::JINJA_FILE).await?;
+                let template =
+                    ChatTemplate::from_config(config.as_deref(), jinja).map_err(|e| e.to_string());
+                (json, template)
+            }
         };
+        let tokenizer = Tokenizer::from_bytes(&tokenizer_json)?;
         if tokenizer.vocab_size() > checkpoint.config.vocab_size {
             return Err(Error::Tokenizer(format!(
                 "tokenizer has {} tokens but the model's vocab_size is {}",

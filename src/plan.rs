@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::format::{Format, KvFormat};
+use crate::format::{Format, KvFormat, Layout};
 use crate::llama::MatrixSpec;
 use serde::Serialize;
 
@@ -111,14 +111,14 @@ impl Blocks {
 }
 
 impl MemoryPlan {
-    /// The plan for `specs` in `formats` with a KV cache of `context` positions. With
+    /// The plan for `specs` in their `layouts` with a KV cache of `context` positions. With
     /// `stored_as`, weights are held in that format whatever they were loaded from (the CPU
     /// reference dequantizes everything to f32).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         specs: &[MatrixSpec],
-        formats: &[Format],
+        layouts: &[Layout],
         stored_as: Option<Format>,
         context: usize,
         kv_format: KvFormat,
@@ -136,14 +136,19 @@ impl MemoryPlan {
         let head_rows = blocks.head_rows as u64;
         let mut weights = product(&[2 * l + 1, h, 4])?;
         let mut largest = (String::new(), 0u64);
-        for (spec, format) in specs.iter().zip(formats) {
-            let bytes = stored_as
-                .unwrap_or(*format)
-                .bytes(spec.rows, spec.cols)
-                .ok_or_else(|| Error::Invalid(format!("the size of {} overflows", spec.name)))?;
+        for (spec, layout) in specs.iter().zip(layouts) {
+            let bytes = match stored_as {
+                Some(f) => f.bytes(spec.rows, spec.cols),
+                None => layout.bytes(),
+            }
+            .ok_or_else(|| Error::Invalid(format!("the size of {} overflows", spec.name)))?;
             weights = weights.saturating_add(bytes);
         }
-        let mut names: Vec<&str> = formats.iter().map(|f| f.name()).collect();
+        let mut names: Vec<&str> = layouts
+            .iter()
+            .flat_map(|l| l.formats())
+            .map(|f| f.name())
+            .collect();
         names.sort();
         names.dedup();
         let kv_layer = product(&[

@@ -16,7 +16,7 @@ use crate::checkpoint::{read_text, Checkpoint, Progress, INDEX};
 use crate::config::QUANT_METHOD;
 use crate::error::{Error, Result};
 use crate::files::{Files, MAX_TOKENIZER_BYTES};
-use crate::format::{groups, scale_name, Format, Quantization, GROUP};
+use crate::format::{groups, scale_name, FloatType, Format, Quantization, GROUP};
 use crate::llama::matrix_specs;
 use serde_json::json;
 
@@ -64,11 +64,11 @@ pub struct QuantizeReport {
     pub bytes_out: u64,
 }
 
-fn dtype_name(dtype: safetensors::Dtype) -> &'static str {
+fn dtype_name(dtype: FloatType) -> &'static str {
     match dtype {
-        safetensors::Dtype::F32 => "F32",
-        safetensors::Dtype::F16 => "F16",
-        _ => "BF16",
+        FloatType::F32 => "F32",
+        FloatType::F16 => "F16",
+        FloatType::Bf16 => "BF16",
     }
 }
 
@@ -84,6 +84,12 @@ pub async fn quantize(
 ) -> Result<QuantizeReport> {
     let checkpoint = Checkpoint::open(files).await?;
     let config = &checkpoint.config;
+    if let Some(gguf) = &checkpoint.gguf {
+        return Err(Error::file(
+            &gguf.file,
+            "`layerskip quantize` writes Hugging Face folders from Hugging Face folders; a GGUF file loads as it is (--quantize q8|q4 converts an F32/F16/BF16 one while loading)",
+        ));
+    }
     if let Some(have) = config.quantization {
         return Err(Error::Invalid(format!(
             "the checkpoint is already quantized ({have}); quantize its f32, f16 or bf16 original"
@@ -120,10 +126,10 @@ pub async fn quantize(
         });
     };
     let add_copy = |out: &mut Vec<OutTensor>, source: &str| -> Result<()> {
-        let (entry, _) = checkpoint.vector(source, h)?;
+        let (entry, dtype) = checkpoint.vector(source, h)?;
         out.push(OutTensor {
             name: source.to_string(),
-            dtype: dtype_name(entry.dtype),
+            dtype: dtype_name(dtype),
             shape: vec![h],
             bytes: entry.len,
             what: What::Copy {

@@ -431,7 +431,10 @@ fn file_access_is_confined_to_the_model_folder() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("is a file; --model takes the folder"), "{err}");
+    assert!(
+        err.contains("is a file; --model takes a .gguf file or the folder"),
+        "{err}"
+    );
     let err = DirFiles::new(tmp.0.join("nope")).err().unwrap().to_string();
     assert!(err.contains("no such model folder"), "{err}");
     n += 5;

@@ -38,7 +38,7 @@ fn templates_render_as_hugging_face_does() {
         let template_file = fixture("chat").join(case["template"].as_str().unwrap());
         let template = std::fs::read_to_string(template_file).unwrap();
         let model = case["tokenizer"].as_str().unwrap();
-        let chat = ChatTemplate::from_config(&config_with(model, &template))
+        let chat = ChatTemplate::from_config(Some(&config_with(model, &template)), None)
             .unwrap()
             .unwrap();
         let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
@@ -66,8 +66,9 @@ fn templates_render_as_hugging_face_does() {
 }
 
 /// `layerskip generate --chat --system S --prompt P` feeds the model exactly the ids HF's
-/// `apply_chat_template` gives for [system S, user P] with the generation prompt; a model
-/// without a template is a named error.
+/// `apply_chat_template` gives for [system S, user P] with the generation prompt, with the
+/// template in tokenizer_config.json or in chat_template.jinja; a model without a template is a
+/// named error.
 #[test]
 fn generate_chat_uses_the_template() {
     let dir = fixture_copy("generate");
@@ -95,10 +96,22 @@ fn generate_chat_uses_the_template() {
         "{stderr}"
     );
 
+    // transformers 5's layout: the template in chat_template.jinja, none in the config.
+    let template = std::fs::read_to_string(fixture("chat").join("llama2.jinja")).unwrap();
+    let mut config: Value = serde_json::from_slice(&config_with("llama2_tiny", "x")).unwrap();
+    config.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("chat_template.jinja"), &template).unwrap();
+    let (ok, stdout, stderr) = run(&dir);
+    assert!(ok, "{stderr}");
+    let from_jinja: Value = serde_json::from_str(&stdout).unwrap();
+    std::fs::remove_file(dir.join("chat_template.jinja")).unwrap();
+
     add_template(&dir);
     let (ok, stdout, stderr) = run(&dir);
     assert!(ok, "{stderr}");
     let result: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(from_jinja["prompt_tokens"], result["prompt_tokens"]);
     let cases = expected();
     let expected = cases
         .iter()

@@ -43,3 +43,8 @@ fn shard_index_corpus() {
 fn tokenizer_corpus() {
     replay("tokenizer", targets::tokenizer);
 }
+
+#[test]
+fn gguf_corpus() {
+    replay("gguf", targets::gguf);
+}

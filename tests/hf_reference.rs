@@ -323,3 +323,26 @@ fn prompt_chunks_read_each_weight_once_per_32_rows() {
         "mat-vec: 4 rows a pass"
     );
 }
+
+/// The memory plan reports the KV cache as the backends hold it: on the CPU an f16 cache is
+/// stored in halves (half the bytes of f32), counted from the storage itself.
+#[test]
+fn the_plan_reports_the_kv_cache_as_held() {
+    let name = "llama32_tiny";
+    for format in [KvFormat::F16, KvFormat::F32] {
+        for (device, d) in devices() {
+            let model = load_kv(name, d, format);
+            let c = model.engine.config().clone();
+            let plan = model.plan();
+            let expected =
+                (2 * c.num_hidden_layers * 128 * c.kv_dim() * format.bytes_per_value()) as u64;
+            assert_eq!(plan.kv_format, format, "{device}");
+            assert_eq!(plan.kv_cache, expected, "{device} {format}");
+            match &model.engine {
+                layerskip::AnyEngine::Cpu(m) => assert_eq!(m.kv_cache_bytes(), expected),
+                layerskip::AnyEngine::CpuReference(m) => assert_eq!(m.kv_cache_bytes(), expected),
+                layerskip::AnyEngine::Gpu(_) => {}
+            }
+        }
+    }
+}

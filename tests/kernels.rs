@@ -6,19 +6,23 @@ mod common;
 
 use common::*;
 use layerskip::cpu;
-use layerskip::format::Packed;
 use layerskip::format::{f16_to_f32, f32_to_f16};
+use layerskip::format::{Layout, Packed};
 use layerskip::gpu::kernels::{Access, Defines, Grid, KernelRunner, Shader};
 use layerskip::gpu::tensor::Matrix;
 use layerskip::gpu::{GpuContext, GpuOptions};
 use layerskip::{Format, KvFormat};
 
-const FORMATS: [Format; 5] = [
+const FORMATS: [Format; 9] = [
     Format::F32,
     Format::F16,
     Format::Bf16,
     Format::Q8,
     Format::Q4,
+    Format::Q4_1,
+    Format::Q4K,
+    Format::Q5K,
+    Format::Q6K,
 ];
 
 fn run(
@@ -37,7 +41,8 @@ fn run(
 fn matrix(ctx: &GpuContext, format: Format, values: &[f32], cols: usize) -> (Matrix, Packed) {
     let rows = values.len() / cols;
     let packed = format.pack(values, cols).unwrap();
-    (Matrix::new(ctx, "w", format, rows, cols).unwrap(), packed)
+    let layout = Layout::uniform(format, rows, cols);
+    (Matrix::new(ctx, "w", &layout).unwrap(), packed)
 }
 
 /// The kernels a product can run on: mat-vec with subgroup sums (where the adapter has them),
@@ -443,8 +448,8 @@ fn attention_over_several_tiles_with_gqa_and_mqa() {
                 .collect();
             let expected = cpu::attention(
                 &q,
-                &k_cache,
-                &v_cache,
+                &cpu::KvRows::F32(k_cache.clone()),
+                &cpu::KvRows::F32(v_cache.clone()),
                 pos0,
                 cpu::Heads {
                     query: nh,
@@ -585,8 +590,8 @@ fn split_attention_matches_at_every_range_boundary() {
                 .collect();
             let expected = cpu::attention(
                 &q,
-                &k_cache,
-                &v_cache,
+                &cpu::KvRows::F32(k_cache.clone()),
+                &cpu::KvRows::F32(v_cache.clone()),
                 pos0,
                 cpu::Heads {
                     query: nh,

@@ -303,6 +303,51 @@ async fn auto_speculation_and_a_draft_vocabulary_keep_greedy_output() {
     }
 }
 
+/// A GGUF file (every tensor type, q|k|v fused across types) handed to the JavaScript API as a
+/// page would pass a picked file: its tokenizer and weights come from the one file, and greedy
+/// output (plain and self-speculative) equals transformers' on WebGPU and the wasm CPU backend.
+#[wasm_bindgen_test]
+async fn a_gguf_file_loads_through_the_javascript_api() {
+    let mut files = MemoryFiles::default();
+    files.0.insert(
+        "tiny_mixed.gguf".into(),
+        Cow::Borrowed(&include_bytes!("fixtures/gguf/tiny_mixed.gguf")[..]),
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/gguf/tiny_mixed.json")).unwrap();
+    let p = &r["prompts"][0];
+    let want: Vec<u32> = p["greedy"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    for device in ["gpu", "cpu"] {
+        let options = object(&format!(r#"{{"device": "{device}", "maxContext": 64}}"#));
+        let promise = layerskip::wasm::LayerSkip::from_files(js_files(&files).into(), options);
+        let model = JsFuture::from(promise).await.expect("a GGUF file loads");
+        for strategy in ["autoregressive", "self-speculative"] {
+            let request = object(&format!(
+                r#"{{"strategy": "{strategy}", "exitLayer": 2, "maxNewTokens": {}, "ignoreEos": true}}"#,
+                want.len()
+            ));
+            let out = call(
+                &model,
+                "generate",
+                &[p["text"].as_str().unwrap().into(), request],
+            )
+            .await
+            .unwrap();
+            let tokens: Vec<u32> =
+                js_sys::Array::from(&js_sys::Reflect::get(&out, &"tokens".into()).unwrap())
+                    .iter()
+                    .map(|t| t.as_f64().unwrap() as u32)
+                    .collect();
+            assert_eq!(tokens, want, "{device} {strategy}");
+        }
+    }
+}
+
 /// A panic (there should be none) rejects the promise in flight with its message instead of
 /// leaving the page waiting forever.
 #[wasm_bindgen_test]

@@ -5,57 +5,84 @@
 //! weight row once for all of them, so verifying d drafts costs about one pass over the weights,
 //! not d + 1.
 
-use super::{Heads, Math};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Inputs, Isa};
+use super::{Heads, KvRows, Math};
+
+/// Without x86-64's register kernels there are no prepared inputs, nor instruction sets.
+#[cfg(not(target_arch = "x86_64"))]
+enum Inputs {}
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy)]
+enum Isa {}
 use crate::error::{Error, Result};
-use crate::format::{groups, Format, Packed, GROUP};
+use crate::format::{groups, Format, Layout, Packed, GROUP};
 use crate::llama::Store;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A matrix in its format, rows padded to whole groups (see `format.rs`), in u32 words as the GPU
-/// holds it.
+/// A matrix in its formats: runs of rows, each in one format, rows padded to whole groups (see
+/// `format.rs`), in u32 words as the GPU holds them.
 pub struct PackedMatrix {
-    pub format: Format,
     pub rows: usize,
     pub cols: usize,
+    pub parts: Vec<Part>,
+    /// Bytes of data and scales, all parts.
+    bytes: u64,
+}
+
+/// A run of rows in one format.
+pub struct Part {
+    pub format: Format,
+    pub row0: usize,
+    pub rows: usize,
     pub data: Vec<u32>,
     pub scales: Vec<u16>,
 }
 
-impl PackedMatrix {
-    fn row_words(&self) -> usize {
-        self.format.row_data_bytes(self.cols) / 4
+impl Part {
+    fn row_words(&self, cols: usize) -> usize {
+        self.format.row_data_bytes(cols) / 4
     }
 
-    fn row_scales(&self) -> usize {
-        self.format.row_scale_bytes(self.cols) / 2
+    fn row_scales(&self, cols: usize) -> usize {
+        self.format.row_scale_bytes(cols) / 2
     }
 
-    /// Row `r`'s data words and scales.
-    fn row_parts(&self, r: usize) -> (&[u32], &[u16]) {
-        let (dw, sh) = (self.row_words(), self.row_scales());
+    /// Row `r` (of the part)'s data words and scales.
+    fn row_parts(&self, r: usize, cols: usize) -> (&[u32], &[u16]) {
+        let (dw, sh) = (self.row_words(cols), self.row_scales(cols));
         (
             &self.data[r * dw..(r + 1) * dw],
             &self.scales[r * sh..(r + 1) * sh],
         )
     }
+}
 
-    /// sum_k w[r, k] x[t, k] for the `n` rows of `x`, added into `out[..n]`, with the widest
-    /// vector instructions this CPU has (x86-64: AVX2 and FMA when present, else the SSE2
-    /// baseline every x86-64 build may assume).
-    fn dot_row(&self, r: usize, x: &[f32], out: &mut [f32], avx2: bool) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: `avx2` is true only when the CPU reported AVX2 and FMA at run time.
-            return unsafe { self.dot_row_avx2(r, x, out) };
-        }
-        let _ = avx2;
-        self.dot_row_portable(r, x, out)
+impl PackedMatrix {
+    /// The part holding row `r`, and the row's index in it.
+    fn part(&self, r: usize) -> (&Part, usize) {
+        let part = self
+            .parts
+            .iter()
+            .find(|p| r < p.row0 + p.rows)
+            .unwrap_or(&self.parts[self.parts.len() - 1]);
+        (part, r - part.row0)
     }
 
-    /// The same code compiled for AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn dot_row_avx2(&self, r: usize, x: &[f32], out: &mut [f32]) {
+    /// sum_k w[r, k] x[t, k] for the `n` rows of `x`, added into `out[..n]`, with the widest
+    /// vector instructions this CPU has: on x86-64 with AVX-512 or AVX2 each group is decoded in
+    /// registers (`simd.rs`, from the block's prepared inputs); elsewhere the portable loop
+    /// below (NEON on ARM, SIMD128 in wasm, where the compiler vectorizes it).
+    fn dot_row(&self, r: usize, x: &[f32], simd: Option<(Isa, &Inputs)>, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some((isa, inputs)) = simd {
+            let (part, r) = self.part(r);
+            let (data, scales) = part.row_parts(r, self.cols);
+            // SAFETY: `isa` came from `Isa::detect` on this CPU; the row's parts are whole rows
+            // of its format, and `inputs` were laid out for this matrix's width.
+            return unsafe { super::simd::dot_row(isa, part.format, data, scales, inputs, out) };
+        }
+        let _ = simd;
         self.dot_row_portable(r, x, out)
     }
 
@@ -64,18 +91,16 @@ impl PackedMatrix {
     /// as the group).
     #[inline(always)]
     fn dot_row_portable(&self, r: usize, x: &[f32], out: &mut [f32]) {
-        let (f, cols) = (self.format, self.cols);
-        let (data, scales) = self.row_parts(r);
+        let cols = self.cols;
+        let (part, r) = self.part(r);
+        let f = part.format;
+        let (data, scales) = part.row_parts(r, cols);
         let size = f.group_words();
         let mut lanes = [[0f32; 8]; BLOCK_ROWS];
         let lanes = &mut lanes[..out.len()];
         let mut w = [0f32; GROUP];
         for g in 0..groups(cols) {
-            f.unpack_group(
-                &data[g * size..(g + 1) * size],
-                f.group_scale(scales, g),
-                &mut w,
-            );
+            f.unpack_group(&data[g * size..(g + 1) * size], scales, g, &mut w);
             let k0 = g * GROUP;
             for (t, lane) in lanes.iter_mut().enumerate() {
                 let xs = &x[t * cols + k0..t * cols + (k0 + GROUP).min(cols)];
@@ -111,8 +136,9 @@ const MIN_WORK_PER_TASK: usize = 1 << 16;
 
 pub struct Fast {
     threads: usize,
-    /// The CPU has AVX2 and FMA (x86-64, detected at run time).
-    avx2: bool,
+    /// The register kernels' instruction set, where the CPU has one (x86-64, detected at run
+    /// time).
+    isa: Option<Isa>,
     /// Weight bytes read by matrix products so far (data and scales), for the byte-count tests.
     weight_bytes_read: AtomicU64,
     #[cfg(not(target_arch = "wasm32"))]
@@ -135,12 +161,12 @@ impl Fast {
                 .build()
                 .map_err(|e| Error::Invalid(format!("cannot start {threads} threads: {e}")))?;
             #[cfg(target_arch = "x86_64")]
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let isa = Isa::detect();
             #[cfg(not(target_arch = "x86_64"))]
-            let avx2 = false;
+            let isa = None;
             Ok(Self {
                 threads,
-                avx2,
+                isa,
                 pool,
                 weight_bytes_read: AtomicU64::new(0),
             })
@@ -150,10 +176,20 @@ impl Fast {
             let _ = threads;
             Ok(Self {
                 threads: 1,
-                avx2: false,
+                isa: None,
                 weight_bytes_read: AtomicU64::new(0),
             })
         }
+    }
+
+    /// A block's inputs laid out for the register kernels, where the CPU has them.
+    fn inputs(&self, x: &[f32], cols: usize) -> Option<Inputs> {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa.is_some() {
+            return Some(Inputs::new(x, cols));
+        }
+        let _ = (x, cols);
+        None
     }
 
     pub fn threads(&self) -> usize {
@@ -194,26 +230,37 @@ impl Fast {
 impl Store for Fast {
     type Matrix = PackedMatrix;
     type Vector = Vec<f32>;
-    fn matrix(
-        &mut self,
-        _: &str,
-        format: Format,
-        rows: usize,
-        cols: usize,
-    ) -> Result<PackedMatrix> {
+    fn matrix(&mut self, _: &str, layout: &Layout) -> Result<PackedMatrix> {
+        let cols = layout.cols;
         Ok(PackedMatrix {
-            format,
-            rows,
+            rows: layout.rows,
             cols,
-            data: vec![0; rows * format.row_data_bytes(cols) / 4],
-            scales: vec![0; rows * format.row_scale_bytes(cols) / 2],
+            parts: layout
+                .runs
+                .iter()
+                .map(|run| Part {
+                    format: run.format,
+                    row0: run.row0,
+                    rows: run.rows,
+                    data: vec![0; run.rows * run.format.row_data_bytes(cols) / 4],
+                    scales: vec![0; run.rows * run.format.row_scale_bytes(cols) / 2],
+                })
+                .collect(),
+            bytes: layout.bytes().unwrap_or(u64::MAX),
         })
     }
     fn write(&mut self, m: &mut PackedMatrix, row0: usize, rows: &Packed) -> Result<()> {
+        let cols = m.cols;
+        let part = m
+            .parts
+            .iter_mut()
+            .find(|p| (p.row0..p.row0 + p.rows).contains(&row0))
+            .ok_or_else(|| Error::Invalid(format!("row {row0} is past the matrix")))?;
         let (words, halves) = (rows.words(), rows.halves());
-        let (dw, sh) = (m.row_words(), m.row_scales());
-        m.data[row0 * dw..row0 * dw + words.len()].copy_from_slice(&words);
-        m.scales[row0 * sh..row0 * sh + halves.len()].copy_from_slice(&halves);
+        let (dw, sh) = (part.row_words(cols), part.row_scales(cols));
+        let r = row0 - part.row0;
+        part.data[r * dw..r * dw + words.len()].copy_from_slice(&words);
+        part.scales[r * sh..r * sh + halves.len()].copy_from_slice(&halves);
         Ok(())
     }
     fn vector(&mut self, _: &str, values: &[f32]) -> Result<Vec<f32>> {
@@ -223,10 +270,15 @@ impl Store for Fast {
 
 impl Math for Fast {
     fn name(&self) -> String {
+        #[cfg(target_arch = "x86_64")]
+        let isa = self.isa.map_or("", |isa| isa.name());
+        #[cfg(not(target_arch = "x86_64"))]
+        let isa = "";
         format!(
-            "fast, {} thread{}",
+            "fast, {} thread{}{}{isa}",
             self.threads,
-            if self.threads == 1 { "" } else { "s" }
+            if self.threads == 1 { "" } else { "s" },
+            if isa.is_empty() { "" } else { ", " },
         )
     }
 
@@ -241,7 +293,6 @@ impl Math for Fast {
     fn matmul(&self, x: &[f32], w: &PackedMatrix) -> Vec<f32> {
         let n_all = x.len() / w.cols;
         let mut y = vec![0f32; n_all * w.rows];
-        let row_bytes = w.format.row_data_bytes(w.cols) + w.format.row_scale_bytes(w.cols);
         // Blocks of up to BLOCK_ROWS rows of x; each reads every weight row once.
         for (b, xb) in x.chunks(BLOCK_ROWS * w.cols).enumerate() {
             let n = xb.len() / w.cols;
@@ -249,13 +300,14 @@ impl Math for Fast {
             // range of weight rows and reads each of them once for every row of x.
             let rows_per_task = (MIN_WORK_PER_TASK / (w.cols * n).max(1)).clamp(1, w.rows);
             let mut by_row = vec![0f32; w.rows * n];
+            let inputs = self.inputs(xb, w.cols);
             self.for_chunks(&mut by_row, rows_per_task * n, |i, out| {
                 for (j, acc) in out.chunks_mut(n).enumerate() {
-                    w.dot_row(i * rows_per_task + j, xb, acc, self.avx2);
+                    let simd = self.isa.zip(inputs.as_ref());
+                    w.dot_row(i * rows_per_task + j, xb, simd, acc);
                 }
             });
-            self.weight_bytes_read
-                .fetch_add((w.rows * row_bytes) as u64, Ordering::Relaxed);
+            self.weight_bytes_read.fetch_add(w.bytes, Ordering::Relaxed);
             for (r, accs) in by_row.chunks(n).enumerate() {
                 for (t, &v) in accs.iter().enumerate() {
                     y[(b * BLOCK_ROWS + t) * w.rows + r] = v;
@@ -266,9 +318,10 @@ impl Math for Fast {
     }
 
     fn row(&self, w: &PackedMatrix, r: usize) -> Vec<f32> {
-        let (data, scales) = w.row_parts(r);
+        let (part, r) = w.part(r);
+        let (data, scales) = part.row_parts(r, w.cols);
         let mut out = vec![0f32; w.cols];
-        w.format.unpack_row(data, scales, &mut out);
+        part.format.unpack_row(data, scales, &mut out);
         out
     }
 
@@ -276,8 +329,8 @@ impl Math for Fast {
     fn attention(
         &self,
         q: &[f32],
-        k_cache: &[f32],
-        v_cache: &[f32],
+        k_cache: &KvRows,
+        v_cache: &KvRows,
         pos0: usize,
         heads: Heads,
     ) -> Vec<f32> {
@@ -306,5 +359,75 @@ impl Math for Fast {
             }
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Layout;
+
+    /// Every format's products, on the register kernels (where the CPU has them) and on the
+    /// portable loop, against f32 products of the same dequantized weights: widths with a partial
+    /// group and with partial and whole super-blocks, 1 to 64 input rows, a matrix of two runs.
+    #[test]
+    fn products_in_every_format_equal_dequantized_f32_products() {
+        let formats = [
+            Format::F32,
+            Format::F16,
+            Format::Bf16,
+            Format::Q8,
+            Format::Q4,
+            Format::Q4_1,
+            Format::Q4K,
+            Format::Q5K,
+            Format::Q6K,
+        ];
+        let mut seed = 1u64;
+        let mut value = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 2001) as f32 / 1000.0 - 1.0
+        };
+        let detected = Fast::new(Some(2)).unwrap().isa;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = is_x86_feature_detected!("avx2").then_some(Isa::Avx2);
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = None;
+        for isa in [detected, avx2, None] {
+            let mut fast = Fast::new(Some(2)).unwrap();
+            fast.isa = isa;
+            for (cols, first, second) in formats
+                .iter()
+                .flat_map(|&f| [(70, f, f), (544, f, Format::Q6K), (256, Format::Q8, f)])
+            {
+                let rows = 9;
+                let w: Vec<f32> = (0..rows * cols).map(|_| value()).collect();
+                let layout = Layout::from_parts(cols, [(5, first), (rows - 5, second)]);
+                let mut m = fast.matrix("w", &layout).unwrap();
+                let mut dequantized = vec![];
+                for run in &layout.runs {
+                    let part = &w[run.row0 * cols..(run.row0 + run.rows) * cols];
+                    let packed = run.format.pack(part, cols).unwrap();
+                    fast.write(&mut m, run.row0, &packed).unwrap();
+                    dequantized.extend(run.format.unpack(&packed, run.rows, cols));
+                }
+                for n in [1, 3, 64] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| value()).collect();
+                    let got = fast.matmul(&x, &m);
+                    let want = super::super::reference::matmul(&x, &dequantized, cols);
+                    let err = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        err < 1e-4,
+                        "{first:?}+{second:?} {cols} cols, {n} rows, {isa:?}: {err}"
+                    );
+                }
+            }
+        }
     }
 }

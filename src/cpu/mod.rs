@@ -3,8 +3,14 @@
 //! backend (`fast.rs`) that keeps weights in their format, splits rows over threads and reads
 //! each weight row once for a whole block of positions.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod fast;
 pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub mod simd;
 
 pub use fast::Fast;
 pub use reference::{
@@ -16,7 +22,7 @@ use crate::config::Config;
 use crate::engine::{Call, Counters, Engine, Head, Input, Output, Pick};
 use crate::error::{Error, Result};
 use crate::files::Files;
-use crate::format::{Format, KvFormat};
+use crate::format::{f32_to_f16, half_to_f32, Format, KvFormat};
 use crate::llama::{LoadReport, Store, Weights};
 use crate::model::LoadOptions;
 
@@ -35,8 +41,8 @@ pub trait Math: Store<Vector = Vec<f32>> {
     fn attention(
         &self,
         q: &[f32],
-        k_cache: &[f32],
-        v_cache: &[f32],
+        k_cache: &KvRows,
+        v_cache: &KvRows,
         pos0: usize,
         heads: Heads,
     ) -> Vec<f32> {
@@ -44,14 +50,55 @@ pub trait Math: Store<Vector = Vec<f32>> {
     }
 }
 
+/// One layer's keys or values, [position][kv head][head_dim], held in the KV format: f16 halves
+/// the memory (and what attention reads), f32 keeps values exact.
+pub enum KvRows {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl KvRows {
+    fn new(format: KvFormat, len: usize) -> Self {
+        match format {
+            KvFormat::F32 => KvRows::F32(vec![0.0; len]),
+            KvFormat::F16 => KvRows::F16(vec![0; len]),
+        }
+    }
+
+    /// Stores `values` from element `at`, rounded to the format.
+    fn store(&mut self, at: usize, values: &[f32]) {
+        match self {
+            KvRows::F32(v) => v[at..at + values.len()].copy_from_slice(values),
+            KvRows::F16(v) => {
+                for (dst, &x) in v[at..at + values.len()].iter_mut().zip(values) {
+                    *dst = f32_to_f16(x);
+                }
+            }
+        }
+    }
+
+    /// Elements `at..at + buf.len()` as f32: a view of an f32 cache, or `buf` filled.
+    #[inline]
+    pub fn read<'a>(&'a self, at: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            KvRows::F32(v) => &v[at..at + buf.len()],
+            KvRows::F16(v) => {
+                for (o, &h) in buf.iter_mut().zip(&v[at..]) {
+                    *o = half_to_f32(h);
+                }
+                buf
+            }
+        }
+    }
+}
+
 pub struct CpuModel<M: Math> {
     math: M,
     config: Config,
     weights: Weights<M::Matrix, Vec<f32>>,
-    /// Keys and values per layer, [position][kv head][head_dim], stored as `kv_format` rounds them.
-    k_cache: Vec<Vec<f32>>,
-    v_cache: Vec<Vec<f32>>,
-    kv_format: KvFormat,
+    /// Keys and values per layer.
+    k_cache: Vec<KvRows>,
+    v_cache: Vec<KvRows>,
     inv_freq: Vec<f32>,
     max_context: usize,
     max_rows: usize,
@@ -74,9 +121,9 @@ impl<M: Math> CpuModel<M> {
     ) -> Result<Self> {
         let config = checkpoint.config.clone();
         let max_context = options.max_context.min(config.max_position_embeddings);
-        // Weights as the backend holds them and an f32 KV cache, checked before anything is
+        // Weights as the backend holds them and the KV cache, checked before anything is
         // allocated.
-        let (specs, formats) = crate::llama::planned_matrices(
+        let (specs, layouts) = crate::llama::planned_matrices(
             checkpoint,
             options.quantize,
             draft_ids.map(<[u32]>::len),
@@ -84,10 +131,10 @@ impl<M: Math> CpuModel<M> {
         let plan = crate::plan::MemoryPlan::new(
             &config,
             &specs,
-            &formats,
+            &layouts,
             math.stored_as(),
             max_context,
-            KvFormat::F32,
+            options.kv_cache,
             crate::plan::Blocks {
                 rows: fast::BLOCK_ROWS,
                 head_rows: fast::BLOCK_ROWS,
@@ -117,9 +164,12 @@ impl<M: Math> CpuModel<M> {
             math,
             inv_freq: config.rope_inv_freq(),
             weights,
-            k_cache: vec![vec![0.0; kv_len]; layers],
-            v_cache: vec![vec![0.0; kv_len]; layers],
-            kv_format: options.kv_cache,
+            k_cache: (0..layers)
+                .map(|_| KvRows::new(options.kv_cache, kv_len))
+                .collect(),
+            v_cache: (0..layers)
+                .map(|_| KvRows::new(options.kv_cache, kv_len))
+                .collect(),
             max_context,
             max_rows: fast::BLOCK_ROWS,
             x: vec![],
@@ -139,18 +189,24 @@ impl<M: Math> CpuModel<M> {
         &self.plan
     }
 
+    /// Bytes the KV cache holds, counted from its storage (what the plan must report).
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.k_cache
+            .iter()
+            .chain(&self.v_cache)
+            .map(|rows| match rows {
+                KvRows::F32(v) => 4 * v.len() as u64,
+                KvRows::F16(v) => 2 * v.len() as u64,
+            })
+            .sum()
+    }
+
     fn layer(&mut self, l: usize, pos0: usize) {
         let c = &self.config;
-        let (h, hd, nh, nkv) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-        );
+        let (hd, nh, nkv) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
         let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         let inv_freq = &self.inv_freq;
         let w = &self.weights.layers[l];
-        let n = self.x.len() / h;
 
         let xn = rms_norm(&self.x, &w.input_norm, c.rms_norm_eps);
         let qkv = self.math.matmul(&xn, &w.qkv);
@@ -169,18 +225,9 @@ impl<M: Math> CpuModel<M> {
             .collect();
         rope(&mut q, nh, hd, pos0, inv_freq);
         rope(&mut k, nkv, hd, pos0, inv_freq);
-        let round = |x: &f32| self.kv_format.round(*x);
         let (k_cache, v_cache) = (&mut self.k_cache[l], &mut self.v_cache[l]);
-        for t in 0..n {
-            let at = (pos0 + t) * kv_dim;
-            let rows = t * kv_dim..(t + 1) * kv_dim;
-            for (dst, src) in k_cache[at..at + kv_dim].iter_mut().zip(&k[rows.clone()]) {
-                *dst = round(src);
-            }
-            for (dst, src) in v_cache[at..at + kv_dim].iter_mut().zip(&v[rows]) {
-                *dst = round(src);
-            }
-        }
+        k_cache.store(pos0 * kv_dim, &k);
+        v_cache.store(pos0 * kv_dim, &v);
 
         let attn = self.math.attention(
             &q,

@@ -2,10 +2,10 @@
 //! written to be obviously right. It is the oracle the kernel tests compare against and
 //! `--device cpu-reference`.
 
-use super::Math;
+use super::{KvRows, Math};
 use crate::engine::Pick;
 use crate::error::Result;
-use crate::format::{Format, Packed};
+use crate::format::{Format, Layout, Packed};
 use crate::llama::Store;
 
 /// A matrix as the reference keeps it: dequantized to f32, row-major, no padding.
@@ -13,8 +13,8 @@ pub struct Dense {
     pub rows: usize,
     pub cols: usize,
     pub values: Vec<f32>,
-    /// The format it was loaded from (kept for reporting).
-    pub format: Format,
+    /// The formats it was loaded from.
+    pub layout: Layout,
 }
 
 /// Weights in f32: the reference computes everything in f32 on dequantized weights, which is
@@ -24,17 +24,18 @@ pub struct Reference;
 impl Store for Reference {
     type Matrix = Dense;
     type Vector = Vec<f32>;
-    fn matrix(&mut self, _: &str, format: Format, rows: usize, cols: usize) -> Result<Dense> {
+    fn matrix(&mut self, _: &str, layout: &Layout) -> Result<Dense> {
         Ok(Dense {
-            rows,
-            cols,
-            values: vec![0.0; rows * cols],
-            format,
+            rows: layout.rows,
+            cols: layout.cols,
+            values: vec![0.0; layout.rows * layout.cols],
+            layout: layout.clone(),
         })
     }
     fn write(&mut self, m: &mut Dense, row0: usize, rows: &Packed) -> Result<()> {
-        let n = rows.data.len() / m.format.row_data_bytes(m.cols);
-        let values = m.format.unpack(rows, n, m.cols);
+        let format = m.layout.run_at(row0).map_or(Format::F32, |run| run.format);
+        let n = rows.data.len() / format.row_data_bytes(m.cols);
+        let values = format.unpack(rows, n, m.cols);
         m.values[row0 * m.cols..(row0 + n) * m.cols].copy_from_slice(&values);
         Ok(())
     }
@@ -118,8 +119,8 @@ pub struct Heads {
 /// KV cache laid out as [position][kv head][head_dim].
 pub fn attention(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &KvRows,
+    v_cache: &KvRows,
     pos0: usize,
     heads: Heads,
 ) -> Vec<f32> {
@@ -151,8 +152,8 @@ pub fn attention(
 /// One query head `q` over the first `keys` positions of kv head `kvh`, written into `out`.
 pub fn attend(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &KvRows,
+    v_cache: &KvRows,
     keys: usize,
     kvh: usize,
     nkv: usize,
@@ -160,9 +161,10 @@ pub fn attend(
 ) {
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
+    let mut buf = vec![0f32; hd];
     let scores: Vec<f32> = (0..keys)
         .map(|j| {
-            let kj = &k_cache[(j * nkv + kvh) * hd..][..hd];
+            let kj = k_cache.read((j * nkv + kvh) * hd, &mut buf);
             q.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale
         })
         .collect();
@@ -170,7 +172,7 @@ pub fn attend(
     let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
     let total: f32 = weights.iter().sum();
     for (j, w) in weights.iter().enumerate() {
-        let vj = &v_cache[(j * nkv + kvh) * hd..][..hd];
+        let vj = v_cache.read((j * nkv + kvh) * hd, &mut buf);
         for d in 0..hd {
             out[d] += w / total * vj[d];
         }

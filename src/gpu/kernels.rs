@@ -47,6 +47,11 @@ fn source(name: &str) -> &'static str {
         "formats/q8.wgsl" => include_str!("../../shaders/formats/q8.wgsl"),
         "formats/q4.wgsl" => include_str!("../../shaders/formats/q4.wgsl"),
         "formats/scales.wgsl" => include_str!("../../shaders/formats/scales.wgsl"),
+        "formats/q4_1.wgsl" => include_str!("../../shaders/formats/q4_1.wgsl"),
+        "formats/k_scales.wgsl" => include_str!("../../shaders/formats/k_scales.wgsl"),
+        "formats/q4_k.wgsl" => include_str!("../../shaders/formats/q4_k.wgsl"),
+        "formats/q5_k.wgsl" => include_str!("../../shaders/formats/q5_k.wgsl"),
+        "formats/q6_k.wgsl" => include_str!("../../shaders/formats/q6_k.wgsl"),
         "reduce.wgsl" => include_str!("../../shaders/reduce.wgsl"),
         "inputs.wgsl" => include_str!("../../shaders/inputs.wgsl"),
         "embed.wgsl" => include_str!("../../shaders/embed.wgsl"),
@@ -483,7 +488,7 @@ impl<'a> KernelRunner<'a> {
                 matrix.write_rows(&ctx.queue, 0, packed);
                 for block in &matrix.blocks {
                     let d = matrix
-                        .defines(defines.clone())
+                        .defines(block, defines.clone())
                         .u32("ROW0", block.row0)
                         .u32("ROWS", block.rows);
                     let grid = grid.for_rows(block.rows);

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::engine::{self, Call, Counters, Engine, Head, Input, Output, Pick};
 use crate::error::{Error, Result};
 use crate::files::Files;
-use crate::format::{groups, Format, KvFormat, Packed};
+use crate::format::{groups, KvFormat, Layout, Packed};
 use crate::llama::{self, LoadReport, Store, Weights};
 use crate::model::LoadOptions;
 use crate::plan::{Blocks, MemoryPlan};
@@ -213,8 +213,8 @@ impl GpuStore<'_> {
 impl Store for GpuStore<'_> {
     type Matrix = Matrix;
     type Vector = wgpu::Buffer;
-    fn matrix(&mut self, name: &str, format: Format, rows: usize, cols: usize) -> Result<Matrix> {
-        Matrix::new(self.ctx, name, format, rows, cols)
+    fn matrix(&mut self, name: &str, layout: &Layout) -> Result<Matrix> {
+        Matrix::new(self.ctx, name, layout)
     }
     fn write(&mut self, m: &mut Matrix, row0: usize, rows: &Packed) -> Result<()> {
         m.write_rows(&self.ctx.queue, row0, rows);
@@ -277,13 +277,13 @@ impl GpuModel {
     ) -> Result<Self> {
         let config = checkpoint.config.clone();
         let max_context = options.max_context.min(config.max_position_embeddings);
-        let (specs, formats) =
+        let (specs, layouts) =
             llama::planned_matrices(checkpoint, options.quantize, draft_ids.map(<[u32]>::len))?;
         let blocks = Blocks::fitting(&config, ctx.max_binding, BLOCK_ROWS, HEAD_ROWS, MAX_PICKS);
         let plan = MemoryPlan::new(
             &config,
             &specs,
-            &formats,
+            &layouts,
             None,
             max_context,
             options.kv_cache,
@@ -540,7 +540,7 @@ impl GpuModel {
                     Shader::Embed,
                     &weights
                         .embed
-                        .defines(Defines::new())
+                        .defines(b, Defines::new())
                         .u32("H", h)
                         .u32("ROW0", b.row0)
                         .u32("ROWS", b.rows),
@@ -837,7 +837,7 @@ fn matmul_ops(
         .iter()
         .map(|b| {
             let mut d = m
-                .defines(Defines::new())
+                .defines(b, Defines::new())
                 .u32("K", m.cols)
                 .u32("ROWS", b.rows)
                 .u32("ROW0", b.row0)

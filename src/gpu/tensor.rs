@@ -10,13 +10,14 @@
 use super::context::GpuContext;
 use super::kernels::Defines;
 use crate::error::{Error, Result};
-use crate::format::{groups, Format, Packed};
+use crate::format::{groups, Format, Layout, Packed};
 
 /// Bindings a format's buffers take in every kernel that reads weights (shaders/formats/*.wgsl).
 pub const DATA_BINDING: u32 = 8;
 pub const SCALES_BINDING: u32 = 9;
 
 pub struct Block {
+    pub format: Format,
     pub data: wgpu::Buffer,
     pub scales: Option<wgpu::Buffer>,
     pub row0: usize,
@@ -33,64 +34,73 @@ impl Block {
 }
 
 pub struct Matrix {
-    pub format: Format,
     pub rows: usize,
     pub cols: usize,
     pub blocks: Vec<Block>,
+    bytes: u64,
 }
 
 impl Matrix {
-    pub fn new(
-        ctx: &GpuContext,
-        name: &str,
-        format: Format,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Self> {
-        let data_row = format.row_data_bytes(cols) as u64;
-        let scale_row = format.row_scale_bytes(cols) as u64;
-        let per_block = (ctx.max_binding / data_row.max(1)) as usize;
-        if per_block == 0 {
-            return Err(Error::Limit {
-                name: format!("one row of {name}"),
-                needed: data_row,
-                limit: ctx.max_binding,
-                limit_name: "max_storage_buffer_binding_size",
-            });
-        }
+    /// Buffers for a matrix of this layout: a block per run of one format, split further where
+    /// a run is larger than the storage binding limit.
+    pub fn new(ctx: &GpuContext, name: &str, layout: &Layout) -> Result<Self> {
+        let cols = layout.cols;
         let mut blocks = vec![];
-        let mut row0 = 0;
-        while row0 < rows {
-            let n = per_block.min(rows - row0);
-            let label = format!("{name}[{row0}..{}]", row0 + n);
-            let usage = wgpu::BufferUsages::empty();
-            blocks.push(Block {
-                data: ctx.storage(&label, n as u64 * data_row, usage)?,
-                scales: match format.quantized() {
-                    true => Some(ctx.storage(
-                        &format!("{label} scales"),
-                        n as u64 * scale_row,
-                        usage,
-                    )?),
-                    false => None,
-                },
-                row0,
-                rows: n,
-            });
-            row0 += n;
+        for run in &layout.runs {
+            let format = run.format;
+            let data_row = format.row_data_bytes(cols) as u64;
+            let scale_row = format.row_scale_bytes(cols) as u64;
+            let per_block = (ctx.max_binding / data_row.max(1)) as usize;
+            if per_block == 0 {
+                return Err(Error::Limit {
+                    name: format!("one row of {name}"),
+                    needed: data_row,
+                    limit: ctx.max_binding,
+                    limit_name: "max_storage_buffer_binding_size",
+                });
+            }
+            let mut row0 = run.row0;
+            while row0 < run.row0 + run.rows {
+                let n = per_block.min(run.row0 + run.rows - row0);
+                let label = format!("{name}[{row0}..{}]", row0 + n);
+                let usage = wgpu::BufferUsages::empty();
+                blocks.push(Block {
+                    format,
+                    data: ctx.storage(&label, n as u64 * data_row, usage)?,
+                    scales: match format.quantized() {
+                        true => Some(ctx.storage(
+                            &format!("{label} scales"),
+                            n as u64 * scale_row,
+                            usage,
+                        )?),
+                        false => None,
+                    },
+                    row0,
+                    rows: n,
+                });
+                row0 += n;
+            }
         }
         Ok(Self {
-            format,
-            rows,
+            rows: layout.rows,
             cols,
             blocks,
+            bytes: layout.bytes().unwrap_or(u64::MAX),
         })
     }
 
-    /// Uploads packed rows starting at row `row0`.
+    /// Uploads packed rows starting at row `row0` (rows of one run, in its format).
     pub fn write_rows(&self, queue: &wgpu::Queue, row0: usize, rows: &Packed) {
-        let data_row = self.format.row_data_bytes(self.cols);
-        let scale_row = self.format.row_scale_bytes(self.cols);
+        let Some(format) = self
+            .blocks
+            .iter()
+            .find(|b| b.row0 + b.rows > row0)
+            .map(|b| b.format)
+        else {
+            return;
+        };
+        let data_row = format.row_data_bytes(self.cols);
+        let scale_row = format.row_scale_bytes(self.cols);
         let end = row0 + rows.data.len() / data_row.max(1);
         for b in &self.blocks {
             let (lo, hi) = (row0.max(b.row0), end.min(b.row0 + b.rows));
@@ -113,13 +123,14 @@ impl Matrix {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.format.bytes(self.rows, self.cols).unwrap_or(u64::MAX)
+        self.bytes
     }
 
-    /// The defines every weight-reading kernel needs: the format's include and the groups per row.
-    pub fn defines(&self, defines: Defines) -> Defines {
+    /// The defines every kernel reading `block` of this matrix needs: the block's format include
+    /// and the groups per row.
+    pub fn defines(&self, block: &Block, defines: Defines) -> Defines {
         defines
-            .file("WEIGHTS", self.format.shader_include())
+            .file("WEIGHTS", block.format.shader_include())
             .u32("GROUPS", groups(self.cols))
     }
 }

@@ -22,6 +22,16 @@ impl BlobFiles {
 }
 
 impl Files for BlobFiles {
+    fn gguf(&self) -> Option<String> {
+        let names: Vec<String> = self
+            .0
+            .keys()
+            .into_iter()
+            .filter_map(|k| k.ok()?.as_string())
+            .collect();
+        crate::files::only_gguf(names.iter().map(String::as_str))
+    }
+
     async fn size(&self, name: &str) -> Result<Option<u64>> {
         Ok(self.blob(name).map(|b| b.size() as u64))
     }

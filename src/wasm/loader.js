@@ -1,7 +1,8 @@
 // Fetches a Hugging Face checkpoint directory from a base URL into Blobs, following
-// model.safetensors.index.json shards. Weight files go through the Cache API, so a reload reads
-// them from disk instead of the network; browsers keep large Blobs on disk, so a multi-gigabyte
-// checkpoint never has to fit in wasm memory. Reports progress as (bytes done, bytes total).
+// model.safetensors.index.json shards, or a single .gguf file. Weight files go through the Cache
+// API, so a reload reads them from disk instead of the network; browsers keep large Blobs on disk,
+// so a multi-gigabyte checkpoint never has to fit in wasm memory. Reports progress as (bytes
+// done, bytes total).
 
 const CACHE = 'layerskip-weights-v1';
 
@@ -31,12 +32,20 @@ async function readCounting(response, onBytes) {
   return new Blob(chunks);
 }
 
-export async function fetchModel(baseUrl, onProgress) {
-  const base = baseUrl.endsWith('/') ? baseUrl : baseUrl + '/';
+// A URL ending in .gguf is one GGUF file (weights, tokenizer and chat template together);
+// anything else is a Hugging Face checkpoint folder.
+export async function fetchModel(url, onProgress) {
+  const path = new URL(url, globalThis.location ? globalThis.location.href : undefined).pathname;
+  if (/\.gguf$/i.test(path)) {
+    const name = decodeURIComponent(path.split('/').pop());
+    const base = url.slice(0, url.length - url.split('/').pop().length);
+    return fetchWeights(base, [name], new Map(), onProgress);
+  }
+  const base = url.endsWith('/') ? url : url + '/';
   const files = new Map();
   files.set('config.json', await (await fetchOk(base + 'config.json')).blob());
   files.set('tokenizer.json', await (await fetchOk(base + 'tokenizer.json')).blob());
-  for (const name of ['generation_config.json', 'tokenizer_config.json', 'model.safetensors.index.json', 'token_frequencies.json']) {
+  for (const name of ['generation_config.json', 'tokenizer_config.json', 'chat_template.jinja', 'model.safetensors.index.json', 'token_frequencies.json']) {
     const blob = await optional(base + name);
     if (blob) files.set(name, blob);
   }
@@ -57,10 +66,16 @@ export async function fetchModel(baseUrl, onProgress) {
       }
     }
   }
+  return fetchWeights(base, weights, files, onProgress);
+}
+
+// Adds the weight files `names` (next to `base`) to `files`, from the Cache API where a
+// previous load put them, else downloaded with progress and cached.
+async function fetchWeights(base, names, files, onProgress) {
   const cache = typeof caches !== 'undefined' ? await caches.open(CACHE).catch(() => null) : null;
   const cached = new Map();
   const sizes = new Map();
-  for (const name of weights) {
+  for (const name of names) {
     const hit = cache ? await cache.match(base + name) : null;
     if (hit) {
       cached.set(name, await hit.blob());
@@ -71,7 +86,7 @@ export async function fetchModel(baseUrl, onProgress) {
   }
   const total = [...sizes.values()].reduce((a, b) => a + b, 0);
   let done = 0;
-  for (const name of weights) {
+  for (const name of names) {
     if (cached.has(name)) {
       files.set(name, cached.get(name));
       continue;

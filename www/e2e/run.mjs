@@ -47,6 +47,8 @@ console.log(`native CLI chat reply: ${JSON.stringify(nativeChat.text)}`);
 const models = join(dist, 'models');
 rmSync(join(models, 'default-q4'), { recursive: true, force: true });
 execFileSync(cli, ['quantize', '--format', 'q4', '--out', join(models, 'default-q4')], { stdio: 'ignore' });
+// A GGUF file (tests/fixtures/gguf/tiny_mixed.gguf: every GGUF tensor type) served as one file.
+cpSync(join(www, '..', 'tests', 'fixtures', 'gguf', 'tiny_mixed.gguf'), join(models, 'tiny_mixed.gguf'));
 const hostile = join(models, 'hostile');
 rmSync(hostile, { recursive: true, force: true });
 mkdirSync(hostile, { recursive: true });
@@ -224,6 +226,12 @@ async function withWebGpu() {
     const q4info = await page.$eval('#model-info', (e) => e.textContent);
     if (q4 !== 'ready' || !q4info.includes('weights q4')) fail(`the q4 checkpoint did not load: ${(await state(page))[1]} ${q4info}`);
     else console.log(`q4 by URL: ${q4info}`);
+
+    // A GGUF file by URL: weights, tokenizer and template from the one file.
+    const [gguf] = await load(page, 'gpu', `${url}models/tiny_mixed.gguf`);
+    const ggufInfo = await page.$eval('#model-info', (e) => e.textContent);
+    if (gguf !== 'ready' || !ggufInfo.includes('q4_k')) fail(`the GGUF file did not load: ${(await state(page))[1]} ${ggufInfo}`);
+    else console.log(`GGUF by URL: ${ggufInfo}`);
 
     // A hostile index: refused by name, and the file it names is never requested.
     const before = requests.length;

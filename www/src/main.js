@@ -246,6 +246,7 @@ const defaultUrl = new URL('models/default/', document.baseURI).href;
 $('load-default').onclick = () => load({ type: 'load', url: defaultUrl }, 'default model');
 $('load-url').onclick = () => $('url').value && load({ type: 'load', url: $('url').value }, $('url').value);
 $('folder').onchange = (e) => load({ type: 'loadFiles', files: Array.from(e.target.files) }, 'local folder');
+$('gguf').onchange = (e) => e.target.files[0] && load({ type: 'loadFiles', files: [e.target.files[0]] }, e.target.files[0].name);
 const drop = $('drop');
 drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
 drop.ondragleave = () => drop.classList.remove('over');

@@ -1,0 +1,149 @@
+//! AVX2 (with FMA and F16C) kernels of the fast backend's products (see `simd.rs`): a group's 32
+//! codes decode into 4 vectors of 8 lanes.
+
+use super::simd::{affine, Inputs};
+use crate::format::{Format, GROUP};
+use std::arch::x86_64::*;
+
+/// See [`super::simd::dot_row`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_row(
+    format: Format,
+    data: &[u32],
+    scales: &[u16],
+    inputs: &Inputs,
+    out: &mut [f32],
+) {
+    let words = format.group_words();
+    let at = |g: usize| data.as_ptr().add(g * words);
+    let bytes = |g: usize| at(g) as *const u8;
+    let word = |g: usize, w: usize| _mm256_set1_epi32(*at(g).add(w) as i32);
+    match format {
+        Format::F32 => accumulate(format, scales, inputs, out, |g| {
+            let p = bytes(g) as *const f32;
+            [0, 8, 16, 24].map(|k| _mm256_loadu_ps(p.add(k)))
+        }),
+        Format::F16 => accumulate(format, scales, inputs, out, |g| {
+            let p = bytes(g);
+            [0, 16, 32, 48].map(|k| _mm256_cvtph_ps(_mm_loadu_si128(p.add(k) as _)))
+        }),
+        Format::Bf16 => accumulate(format, scales, inputs, out, |g| {
+            let p = bytes(g);
+            [0, 16, 32, 48].map(|k| {
+                let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(k) as _));
+                _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
+            })
+        }),
+        Format::Q8 => accumulate(format, scales, inputs, out, |g| {
+            let p = bytes(g);
+            [0, 8, 16, 24]
+                .map(|k| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(k) as _))))
+        }),
+        Format::Q4 | Format::Q4_1 | Format::Q4K => {
+            accumulate(format, scales, inputs, out, |g| floats(nibbles(bytes(g))))
+        }
+        Format::Q5K => accumulate(format, scales, inputs, out, |g| {
+            // The fifth bits: bit i of the group's fifth word for element i.
+            let high = word(g, 4);
+            let mut q = nibbles(bytes(g));
+            for (k, v) in q.iter_mut().enumerate() {
+                let shift = _mm256_add_epi32(lanes(), _mm256_set1_epi32(8 * k as i32));
+                let bit = _mm256_and_si256(_mm256_srlv_epi32(high, shift), _mm256_set1_epi32(1));
+                *v = _mm256_or_si256(*v, _mm256_slli_epi32(bit, 4));
+            }
+            floats(q)
+        }),
+        Format::Q6K => accumulate(format, scales, inputs, out, |g| {
+            // 2-bit high parts: bits 2i..2i+1 of word 4 for element i, of word 5 for 16 + i.
+            let mut q = nibbles(bytes(g));
+            for (k, v) in q.iter_mut().enumerate() {
+                let shift = _mm256_slli_epi32(
+                    _mm256_add_epi32(lanes(), _mm256_set1_epi32(8 * (k % 2) as i32)),
+                    1,
+                );
+                let high = _mm256_and_si256(
+                    _mm256_srlv_epi32(word(g, 4 + k / 2), shift),
+                    _mm256_set1_epi32(3),
+                );
+                *v = _mm256_sub_epi32(
+                    _mm256_or_si256(*v, _mm256_slli_epi32(high, 4)),
+                    _mm256_set1_epi32(32),
+                );
+            }
+            floats(q)
+        }),
+    }
+}
+
+/// The products of every input row with the groups `codes` decodes, group by group.
+#[inline(always)]
+unsafe fn accumulate(
+    format: Format,
+    scales: &[u16],
+    inputs: &Inputs,
+    out: &mut [f32],
+    mut codes: impl FnMut(usize) -> [__m256; 4],
+) {
+    const MAX: usize = super::fast::BLOCK_ROWS;
+    let (n, groups) = (inputs.n.min(MAX), inputs.groups);
+    let mut acc = [_mm256_setzero_ps(); MAX];
+    let mut offsets = [0f32; MAX];
+    let x = inputs.x.as_ptr();
+    for g in 0..groups {
+        let q = codes(g);
+        let (a, b) = affine(format, scales, g);
+        let (a0, a1) = (_mm256_set1_ps(a[0]), _mm256_set1_ps(a[1]));
+        let w = [
+            _mm256_mul_ps(q[0], a0),
+            _mm256_mul_ps(q[1], a0),
+            _mm256_mul_ps(q[2], a1),
+            _mm256_mul_ps(q[3], a1),
+        ];
+        for t in 0..n {
+            let p = x.add((t * groups + g) * GROUP);
+            let mut s = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(p), acc[t]);
+            s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(p.add(8)), s);
+            s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(p.add(16)), s);
+            acc[t] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(p.add(24)), s);
+            let sums = inputs.sums.get_unchecked(2 * (t * groups + g)..);
+            offsets[t] += b[0] * sums[0] + b[1] * sums[1];
+        }
+    }
+    for t in 0..n {
+        out[t] += sum(acc[t]) + offsets[t];
+    }
+}
+
+/// 0, 1, ..., 7.
+#[inline(always)]
+unsafe fn lanes() -> __m256i {
+    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+}
+
+/// A group's 4-bit codes from its 16 bytes (byte i: element i low, i + 16 high), as 4 x 8 i32.
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> [__m256i; 4] {
+    let bytes = _mm_loadu_si128(p as _);
+    let lo = _mm256_cvtepu8_epi32(bytes);
+    let hi = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+    let mask = _mm256_set1_epi32(15);
+    [
+        _mm256_and_si256(lo, mask),
+        _mm256_and_si256(hi, mask),
+        _mm256_srli_epi32(lo, 4),
+        _mm256_srli_epi32(hi, 4),
+    ]
+}
+
+#[inline(always)]
+unsafe fn floats(q: [__m256i; 4]) -> [__m256; 4] {
+    q.map(|v| _mm256_cvtepi32_ps(v))
+}
+
+/// The sum of a vector's 8 lanes.
+#[inline(always)]
+unsafe fn sum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+}

