@@ -101,6 +101,11 @@ pub struct BenchArgs {
     /// The device's memory bandwidth in GB/s: report the fraction of it decoding reaches.
     #[arg(long)]
     bandwidth: Option<f64>,
+    /// Also run the same GGUF file, prompts and thread count on llama.cpp (llama-cpp-python)
+    /// and Hugging Face transformers, where python3 has them, and report prefill and decode
+    /// tokens/s side by side.
+    #[arg(long)]
+    peers: bool,
     #[arg(long)]
     json: bool,
 }
@@ -161,6 +166,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[derive(Default)]
 struct Runs {
     tokens_per_second: Vec<f64>,
+    /// Prompt tokens over the time to the first token, and output tokens after the first over
+    /// their time: the prefill and decode rates peers report.
+    prefill_tokens_per_second: Vec<f64>,
+    decode_tokens_per_second: Vec<f64>,
     /// Generation time of all runs together.
     elapsed_ms: f64,
     drafted: usize,
@@ -266,6 +275,11 @@ impl Runs {
     fn add(&mut self, g: Generation) {
         let s = &g.stats;
         self.tokens_per_second.push(s.tokens_per_second);
+        let computed = (s.prompt_tokens - s.cached_prompt_tokens) as f64;
+        self.prefill_tokens_per_second
+            .push(ratio(computed, s.time_to_first_token_ms / 1e3));
+        self.decode_tokens_per_second
+            .push(ratio(1e3, s.time_per_output_token_ms));
         self.elapsed_ms += s.elapsed_ms;
         self.drafted += s.drafted;
         self.accepted += s.accepted;
@@ -336,6 +350,8 @@ fn greedy(model: &Model, request: GenerateRequest) -> Result<GenerateOptions> {
 struct Row {
     strategy: String,
     tokens_per_second_median: f64,
+    prefill_tokens_per_second_median: f64,
+    decode_tokens_per_second_median: f64,
     speedup: f64,
     acceptance_rate: Option<f64>,
     dispatches_per_token: f64,
@@ -428,6 +444,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             Row {
                 strategy: name.clone(),
                 tokens_per_second_median: tps,
+                prefill_tokens_per_second_median: median(r.prefill_tokens_per_second.clone()),
+                decode_tokens_per_second_median: median(r.decode_tokens_per_second.clone()),
                 speedup: ratio(tps, base),
                 acceptance_rate: (r.drafted > 0).then(|| r.acceptance()),
                 dispatches_per_token: r.per_token(r.dispatches),
@@ -444,6 +462,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         })
         .collect();
     let bytes = traffic(&mut model, &prompts, &configs[0], &args)?;
+    let peers = match args.peers {
+        true => Some(peers(&args, &prompts)?),
+        false => None,
+    };
     if args.json {
         let out = json!({
             "prompts": prompts.len(),
@@ -452,6 +474,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "results": rows,
             "self_speculative_equals_autoregressive": equal,
             "bytes": bytes,
+            "peers": peers,
         });
         println!("{out}");
         return Ok(());
@@ -463,8 +486,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.prompts.repetitions
     );
     println!(
-        "{:<44} {:>12} {:>8} {:>11} {:>13} {:>10} {:>10}",
-        "strategy", "tokens/s", "speedup", "acceptance", "dispatches/t", "submits/t", "submits/r"
+        "{:<44} {:>10} {:>8} {:>10} {:>10} {:>11} {:>13} {:>10} {:>10}",
+        "strategy",
+        "tokens/s",
+        "speedup",
+        "prefill/s",
+        "decode/s",
+        "acceptance",
+        "dispatches/t",
+        "submits/t",
+        "submits/r"
     );
     for row in &rows {
         let acceptance = row
@@ -479,10 +510,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             d => format!("{d:.1}"),
         };
         println!(
-            "{:<44} {:>12.1} {:>7.2}x {:>11} {:>13} {:>10.2} {:>10}",
+            "{:<44} {:>10.1} {:>7.2}x {:>10.1} {:>10.1} {:>11} {:>13} {:>10.2} {:>10}",
             row.strategy,
             row.tokens_per_second_median,
             row.speedup,
+            row.prefill_tokens_per_second_median,
+            row.decode_tokens_per_second_median,
             acceptance,
             dispatches,
             row.submits_per_token,
@@ -505,7 +538,95 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     print_traffic(&bytes, rows[0].tokens_per_second_median, args.bandwidth);
+    if let Some(peers) = &peers {
+        print_peers(&args, &model, &rows[0], peers);
+    }
     Ok(())
+}
+
+/// The peers' prefill and decode rates on the same file, prompts and threads (src/cli/peers.py,
+/// run with python3): `{"llama.cpp": {...}, "transformers": {...}}`.
+fn peers(args: &BenchArgs, prompts: &[Vec<u32>]) -> Result<serde_json::Value> {
+    use std::io::Write;
+    let path = args
+        .model
+        .model
+        .as_ref()
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        })
+        .ok_or_else(|| {
+            Error::Invalid(
+                "--peers compares runtimes on one GGUF file: give --model FILE.gguf".into(),
+            )
+        })?;
+    let request = json!({
+        "model": path,
+        "prompts": prompts,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": peer_threads(args),
+        "repetitions": args.prompts.repetitions,
+    });
+    let failed = |why: String| Error::Invalid(format!("--peers: python3 {why}"));
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", include_str!("peers.py")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| failed(format!("could not start: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(request.to_string().as_bytes())
+            .map_err(|e| failed(format!("did not take the request: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(format!("failed: {e}")))?;
+    if !out.status.success() {
+        return Err(failed(format!("exited with {}", out.status)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| failed(format!("answered no JSON: {e}")))
+}
+
+/// The peers' threads: the CPU backend's.
+fn peer_threads(args: &BenchArgs) -> usize {
+    args.model
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn print_peers(args: &BenchArgs, model: &Model, ours: &Row, peers: &serde_json::Value) {
+    println!(
+        "peers on the same file, prompts and {} thread(s) (autoregressive, greedy):",
+        peer_threads(args)
+    );
+    println!(
+        "{:<28} {:>14} {:>14} {:>22}",
+        "runtime", "prefill tok/s", "decode tok/s", "layerskip / peer"
+    );
+    println!(
+        "{:<28} {:>14.1} {:>14.1}",
+        format!("layerskip ({})", model.backend().0),
+        ours.prefill_tokens_per_second_median,
+        ours.decode_tokens_per_second_median
+    );
+    for (name, peer) in peers.as_object().into_iter().flatten() {
+        let rate = |key: &str| peer.get(key).and_then(serde_json::Value::as_f64);
+        match (
+            rate("prefill_tokens_per_second"),
+            rate("decode_tokens_per_second"),
+        ) {
+            (Some(prefill), Some(decode)) => println!(
+                "{:<28} {prefill:>14.1} {decode:>14.1} {:>10.2}x {:>10.2}x",
+                format!("{name} {}", peer["version"].as_str().unwrap_or("")),
+                ratio(ours.prefill_tokens_per_second_median, prefill),
+                ratio(ours.decode_tokens_per_second_median, decode),
+            ),
+            _ => println!("{name:<28} {peer}"),
+        }
+    }
 }
 
 /// What a decode step reads, per kind of op, and (profiling) the GPU time it took.

@@ -68,8 +68,8 @@ enum DeviceArg {
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Hugging Face checkpoint directory (config.json, tokenizer.json, *.safetensors). Without
-    /// it, the small LayerSkip model embedded in this binary.
+    /// A GGUF file, or a Hugging Face checkpoint directory (config.json, tokenizer.json,
+    /// *.safetensors). Without it, the small LayerSkip model embedded in this binary.
     #[arg(long)]
     model: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
@@ -86,7 +86,7 @@ pub struct ModelArgs {
     /// Quantize f32/f16/bf16 weights while loading (q8: 8-bit, q4: 4-bit, groups of 32).
     #[arg(long, value_enum)]
     quantize: Option<Quantization>,
-    /// Precision of the GPU's KV cache (f16 halves its memory).
+    /// Precision of the KV cache (f16 halves its memory).
     #[arg(long, value_enum, default_value_t)]
     kv_cache: KvFormat,
     /// Mat-vec workgroup size on the GPU (default: 256, or the adapter's limit). For experiments.

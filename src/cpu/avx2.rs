@@ -1,16 +1,17 @@
 //! AVX2 (with FMA and F16C) kernels of the fast backend's products (see `simd.rs`): a group's 32
 //! codes decode into 4 vectors of 8 lanes.
 
-use super::simd::{affine, Inputs};
+use super::simd::{Inputs, Steps};
 use crate::format::{Format, GROUP};
 use std::arch::x86_64::*;
 
-/// See [`super::simd::dot_row`].
+/// sum_k w[k] x[t, k] for one weight row (`data`, and its decoded `steps`) and every input row
+/// t, added into `out[t]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_row(
     format: Format,
     data: &[u32],
-    scales: &[u16],
+    steps: Option<Steps>,
     inputs: &Inputs,
     out: &mut [f32],
 ) {
@@ -19,30 +20,30 @@ pub unsafe fn dot_row(
     let bytes = |g: usize| at(g) as *const u8;
     let word = |g: usize, w: usize| _mm256_set1_epi32(*at(g).add(w) as i32);
     match format {
-        Format::F32 => accumulate(format, scales, inputs, out, |g| {
+        Format::F32 => accumulate(steps, inputs, out, |g| {
             let p = bytes(g) as *const f32;
             [0, 8, 16, 24].map(|k| _mm256_loadu_ps(p.add(k)))
         }),
-        Format::F16 => accumulate(format, scales, inputs, out, |g| {
+        Format::F16 => accumulate(steps, inputs, out, |g| {
             let p = bytes(g);
             [0, 16, 32, 48].map(|k| _mm256_cvtph_ps(_mm_loadu_si128(p.add(k) as _)))
         }),
-        Format::Bf16 => accumulate(format, scales, inputs, out, |g| {
+        Format::Bf16 => accumulate(steps, inputs, out, |g| {
             let p = bytes(g);
             [0, 16, 32, 48].map(|k| {
                 let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(k) as _));
                 _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
             })
         }),
-        Format::Q8 => accumulate(format, scales, inputs, out, |g| {
+        Format::Q8 => accumulate(steps, inputs, out, |g| {
             let p = bytes(g);
             [0, 8, 16, 24]
                 .map(|k| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(k) as _))))
         }),
-        Format::Q4 | Format::Q4_1 | Format::Q4K => {
-            accumulate(format, scales, inputs, out, |g| floats(nibbles(bytes(g))))
-        }
-        Format::Q5K => accumulate(format, scales, inputs, out, |g| {
+        Format::Q4 => accumulate(steps, inputs, out, |g| floats(nibbles(bytes(g)))),
+        Format::Q4_1 => accumulate(steps, inputs, out, |g| floats(nibbles(bytes(g)))),
+        Format::Q4K => accumulate(steps, inputs, out, |g| floats(nibbles(bytes(g)))),
+        Format::Q5K => accumulate(steps, inputs, out, |g| {
             // The fifth bits: bit i of the group's fifth word for element i.
             let high = word(g, 4);
             let mut q = nibbles(bytes(g));
@@ -53,7 +54,7 @@ pub unsafe fn dot_row(
             }
             floats(q)
         }),
-        Format::Q6K => accumulate(format, scales, inputs, out, |g| {
+        Format::Q6K => accumulate(steps, inputs, out, |g| {
             // 2-bit high parts: bits 2i..2i+1 of word 4 for element i, of word 5 for 16 + i.
             let mut q = nibbles(bytes(g));
             for (k, v) in q.iter_mut().enumerate() {
@@ -75,42 +76,87 @@ pub unsafe fn dot_row(
     }
 }
 
-/// The products of every input row with the groups `codes` decodes, group by group.
+/// The products of every input row with the groups `codes` decodes: input rows in chunks of
+/// up to [`CHUNK`], each chunk's sums in registers, its inputs' groups close together in cache
+/// (a group is decoded again per chunk, which costs less than keeping 64 sums in memory).
 #[inline(always)]
 unsafe fn accumulate(
-    format: Format,
-    scales: &[u16],
+    steps: Option<Steps>,
     inputs: &Inputs,
     out: &mut [f32],
     mut codes: impl FnMut(usize) -> [__m256; 4],
 ) {
-    const MAX: usize = super::fast::BLOCK_ROWS;
-    let (n, groups) = (inputs.n.min(MAX), inputs.groups);
-    let mut acc = [_mm256_setzero_ps(); MAX];
-    let mut offsets = [0f32; MAX];
-    let x = inputs.x.as_ptr();
+    let mut t0 = 0;
+    while t0 < inputs.n {
+        let out = &mut out[t0..];
+        match inputs.n - t0 {
+            1 => chunk::<1>(steps, inputs, t0, out, &mut codes),
+            _ => chunk::<CHUNK>(steps, inputs, t0, out, &mut codes),
+        }
+        t0 += CHUNK;
+    }
+}
+
+/// Input rows one chunk keeps sums of in registers: four per row (one per vector of a group, so
+/// four chains of additions hide the latency of each), of AVX2's 16 registers.
+const CHUNK: usize = 2;
+
+/// Input rows t0..t0 + T.
+#[inline(always)]
+unsafe fn chunk<const T: usize>(
+    steps: Option<Steps>,
+    inputs: &Inputs,
+    t0: usize,
+    out: &mut [f32],
+    codes: &mut impl FnMut(usize) -> [__m256; 4],
+) {
+    let groups = inputs.groups;
+    let mut acc = [[_mm256_setzero_ps(); 4]; T];
+    let x = inputs.x.as_ptr().add(t0 * groups * GROUP);
     for g in 0..groups {
-        let q = codes(g);
-        let (a, b) = affine(format, scales, g);
-        let (a0, a1) = (_mm256_set1_ps(a[0]), _mm256_set1_ps(a[1]));
-        let w = [
-            _mm256_mul_ps(q[0], a0),
-            _mm256_mul_ps(q[1], a0),
-            _mm256_mul_ps(q[2], a1),
-            _mm256_mul_ps(q[3], a1),
-        ];
-        for t in 0..n {
+        let mut w = codes(g);
+        // w = a q + b.
+        match steps {
+            None => {}
+            Some(Steps {
+                a, per_half: true, ..
+            }) => {
+                let (a0, a1) = (
+                    _mm256_set1_ps(*a.get_unchecked(2 * g)),
+                    _mm256_set1_ps(*a.get_unchecked(2 * g + 1)),
+                );
+                w = [
+                    _mm256_mul_ps(w[0], a0),
+                    _mm256_mul_ps(w[1], a0),
+                    _mm256_mul_ps(w[2], a1),
+                    _mm256_mul_ps(w[3], a1),
+                ];
+            }
+            Some(Steps { a, b: None, .. }) => {
+                let a = _mm256_set1_ps(*a.get_unchecked(g));
+                w = w.map(|q| _mm256_mul_ps(q, a));
+            }
+            Some(Steps { a, b: Some(b), .. }) => {
+                let (a, b) = (
+                    _mm256_set1_ps(*a.get_unchecked(g)),
+                    _mm256_set1_ps(*b.get_unchecked(g)),
+                );
+                w = w.map(|q| _mm256_fmadd_ps(q, a, b));
+            }
+        }
+        for (t, acc) in acc.iter_mut().enumerate() {
             let p = x.add((t * groups + g) * GROUP);
-            let mut s = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(p), acc[t]);
-            s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(p.add(8)), s);
-            s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(p.add(16)), s);
-            acc[t] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(p.add(24)), s);
-            let sums = inputs.sums.get_unchecked(2 * (t * groups + g)..);
-            offsets[t] += b[0] * sums[0] + b[1] * sums[1];
+            for k in 0..4 {
+                acc[k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(p.add(8 * k)), acc[k]);
+            }
         }
     }
-    for t in 0..n {
-        out[t] += sum(acc[t]) + offsets[t];
+    for t in 0..T {
+        let both = _mm256_add_ps(
+            _mm256_add_ps(acc[t][0], acc[t][1]),
+            _mm256_add_ps(acc[t][2], acc[t][3]),
+        );
+        out[t] += sum(both);
     }
 }
 

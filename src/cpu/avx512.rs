@@ -1,52 +1,54 @@
 //! AVX-512 kernels of the fast backend's products (see `simd.rs`): a group's 32 codes decode
-//! into 2 vectors of 16 lanes, one per half group.
+//! into 2 vectors of 16 lanes, one per half group, and several weight rows go together so each
+//! input load serves all of them.
 
-use super::simd::{affine, Inputs};
+use super::simd::{Inputs, Steps};
 use crate::format::{Format, GROUP};
 use std::arch::x86_64::*;
 
-/// See [`super::simd::dot_row`].
-#[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn dot_row(
+/// sum_k w[r, k] x[t, k] for the weight rows `rows` (their words, and their decoded `steps`)
+/// and every input row t, added into `out[r * n + t]`.
+#[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
+pub unsafe fn dot_rows<const R: usize>(
     format: Format,
-    data: &[u32],
-    scales: &[u16],
+    rows: [&[u32]; R],
+    steps: [Option<Steps>; R],
     inputs: &Inputs,
     out: &mut [f32],
 ) {
     let words = format.group_words();
-    let at = |g: usize| data.as_ptr().add(g * words);
-    let bytes = |g: usize| at(g) as *const u8;
-    let word = |g: usize, w: usize| _mm512_set1_epi32(*at(g).add(w) as i32);
+    let at = |r: usize, g: usize| rows[r].as_ptr().add(g * words);
+    let bytes = |r: usize, g: usize| at(r, g) as *const u8;
+    let word = |r: usize, g: usize, w: usize| _mm512_set1_epi32(*at(r, g).add(w) as i32);
     let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     match format {
-        Format::F32 => accumulate(format, scales, inputs, out, |g| {
-            let p = bytes(g) as *const f32;
+        Format::F32 => accumulate::<R>(&steps, inputs, out, |r, g| {
+            let p = bytes(r, g) as *const f32;
             [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))]
         }),
-        Format::F16 => accumulate(format, scales, inputs, out, |g| {
-            let p = bytes(g);
+        Format::F16 => accumulate::<R>(&steps, inputs, out, |r, g| {
+            let p = bytes(r, g);
             [0, 32].map(|k| _mm512_cvtph_ps(_mm256_loadu_si256(p.add(k) as _)))
         }),
-        Format::Bf16 => accumulate(format, scales, inputs, out, |g| {
-            let p = bytes(g);
+        Format::Bf16 => accumulate::<R>(&steps, inputs, out, |r, g| {
+            let p = bytes(r, g);
             [0, 32].map(|k| {
                 let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(k) as _));
                 _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))
             })
         }),
-        Format::Q8 => accumulate(format, scales, inputs, out, |g| {
-            let p = bytes(g);
+        Format::Q8 => accumulate::<R>(&steps, inputs, out, |r, g| {
+            let p = bytes(r, g);
             [0, 16]
                 .map(|k| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(k) as _))))
         }),
         Format::Q4 | Format::Q4_1 | Format::Q4K => {
-            accumulate(format, scales, inputs, out, |g| floats(nibbles(bytes(g))))
+            accumulate::<R>(&steps, inputs, out, |r, g| floats(nibbles(bytes(r, g))))
         }
-        Format::Q5K => accumulate(format, scales, inputs, out, |g| {
+        Format::Q5K => accumulate::<R>(&steps, inputs, out, |r, g| {
             // The fifth bits: bit i of the group's fifth word for element i.
-            let high = word(g, 4);
-            let mut q = nibbles(bytes(g));
+            let high = word(r, g, 4);
+            let mut q = nibbles(bytes(r, g));
             for (k, v) in q.iter_mut().enumerate() {
                 let shift = _mm512_add_epi32(lanes, _mm512_set1_epi32(16 * k as i32));
                 let bit = _mm512_and_si512(_mm512_srlv_epi32(high, shift), _mm512_set1_epi32(1));
@@ -54,13 +56,13 @@ pub unsafe fn dot_row(
             }
             floats(q)
         }),
-        Format::Q6K => accumulate(format, scales, inputs, out, |g| {
+        Format::Q6K => accumulate::<R>(&steps, inputs, out, |r, g| {
             // 2-bit high parts: bits 2i..2i+1 of word 4 for element i, of word 5 for 16 + i.
-            let mut q = nibbles(bytes(g));
+            let mut q = nibbles(bytes(r, g));
             let shift = _mm512_slli_epi32(lanes, 1);
             for (k, v) in q.iter_mut().enumerate() {
                 let high = _mm512_and_si512(
-                    _mm512_srlv_epi32(word(g, 4 + k), shift),
+                    _mm512_srlv_epi32(word(r, g, 4 + k), shift),
                     _mm512_set1_epi32(3),
                 );
                 *v = _mm512_sub_epi32(
@@ -73,35 +75,81 @@ pub unsafe fn dot_row(
     }
 }
 
-/// The products of every input row with the groups `codes` decodes, group by group.
+/// The products of every input row with the groups `codes` decodes (weight row, group): input
+/// rows in chunks of up to [`CHUNK`], every weight row's sums for the chunk in registers.
 #[inline(always)]
-unsafe fn accumulate(
-    format: Format,
-    scales: &[u16],
+unsafe fn accumulate<const R: usize>(
+    steps: &[Option<Steps>; R],
     inputs: &Inputs,
     out: &mut [f32],
-    mut codes: impl FnMut(usize) -> [__m512; 2],
+    mut codes: impl FnMut(usize, usize) -> [__m512; 2],
 ) {
-    const MAX: usize = super::fast::BLOCK_ROWS;
-    let (n, groups) = (inputs.n.min(MAX), inputs.groups);
-    let mut acc = [_mm512_setzero_ps(); MAX];
-    let mut offsets = [0f32; MAX];
-    let x = inputs.x.as_ptr();
+    let mut t0 = 0;
+    while t0 < inputs.n {
+        match inputs.n - t0 {
+            1 => chunk::<R, 1>(steps, inputs, t0, out, &mut codes),
+            2 => chunk::<R, 2>(steps, inputs, t0, out, &mut codes),
+            3 => chunk::<R, 3>(steps, inputs, t0, out, &mut codes),
+            _ => chunk::<R, CHUNK>(steps, inputs, t0, out, &mut codes),
+        }
+        t0 += CHUNK;
+    }
+}
+
+/// Input rows one chunk keeps sums of in registers: R x CHUNK of them, with the R rows' two
+/// decoded vectors and two inputs, within AVX-512's 32 registers.
+const CHUNK: usize = 4;
+
+/// Input rows t0..t0 + T against the R weight rows.
+#[inline(always)]
+unsafe fn chunk<const R: usize, const T: usize>(
+    steps: &[Option<Steps>; R],
+    inputs: &Inputs,
+    t0: usize,
+    out: &mut [f32],
+    codes: &mut impl FnMut(usize, usize) -> [__m512; 2],
+) {
+    let (n, groups) = (inputs.n, inputs.groups);
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let x = inputs.x.as_ptr().add(t0 * groups * GROUP);
     for g in 0..groups {
-        let q = codes(g);
-        let (a, b) = affine(format, scales, g);
-        let w0 = _mm512_mul_ps(q[0], _mm512_set1_ps(a[0]));
-        let w1 = _mm512_mul_ps(q[1], _mm512_set1_ps(a[1]));
-        for t in 0..n {
+        let mut w = [[_mm512_setzero_ps(); 2]; R];
+        for r in 0..R {
+            w[r] = codes(r, g);
+            // w = a q + b.
+            match steps[r] {
+                None => {}
+                Some(Steps {
+                    a, per_half: true, ..
+                }) => {
+                    w[r][0] = _mm512_mul_ps(w[r][0], _mm512_set1_ps(*a.get_unchecked(2 * g)));
+                    w[r][1] = _mm512_mul_ps(w[r][1], _mm512_set1_ps(*a.get_unchecked(2 * g + 1)));
+                }
+                Some(Steps { a, b: None, .. }) => {
+                    let a = _mm512_set1_ps(*a.get_unchecked(g));
+                    w[r] = w[r].map(|q| _mm512_mul_ps(q, a));
+                }
+                Some(Steps { a, b: Some(b), .. }) => {
+                    let (a, b) = (
+                        _mm512_set1_ps(*a.get_unchecked(g)),
+                        _mm512_set1_ps(*b.get_unchecked(g)),
+                    );
+                    w[r] = w[r].map(|q| _mm512_fmadd_ps(q, a, b));
+                }
+            }
+        }
+        for t in 0..T {
             let p = x.add((t * groups + g) * GROUP);
-            let s = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), acc[t]);
-            acc[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.add(16)), s);
-            let sums = inputs.sums.get_unchecked(2 * (t * groups + g)..);
-            offsets[t] += b[0] * sums[0] + b[1] * sums[1];
+            let (x0, x1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+            for (acc, w) in acc.iter_mut().zip(&w) {
+                acc[t] = _mm512_fmadd_ps(w[1], x1, _mm512_fmadd_ps(w[0], x0, acc[t]));
+            }
         }
     }
-    for t in 0..n {
-        out[t] += _mm512_reduce_add_ps(acc[t]) + offsets[t];
+    for r in 0..R {
+        for t in 0..T {
+            out[r * n + t0 + t] += _mm512_reduce_add_ps(acc[r][t]);
+        }
     }
 }
 

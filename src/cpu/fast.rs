@@ -6,15 +6,9 @@
 //! not d + 1.
 
 #[cfg(target_arch = "x86_64")]
-use super::simd::{Inputs, Isa};
+use super::simd::{Inputs, Isa, Scratch};
 use super::{Heads, KvRows, Math};
 
-/// Without x86-64's register kernels there are no prepared inputs, nor instruction sets.
-#[cfg(not(target_arch = "x86_64"))]
-enum Inputs {}
-#[cfg(not(target_arch = "x86_64"))]
-#[derive(Clone, Copy)]
-enum Isa {}
 use crate::error::{Error, Result};
 use crate::format::{groups, Format, Layout, Packed, GROUP};
 use crate::llama::Store;
@@ -69,26 +63,46 @@ impl PackedMatrix {
         (part, r - part.row0)
     }
 
-    /// sum_k w[r, k] x[t, k] for the `n` rows of `x`, added into `out[..n]`, with the widest
-    /// vector instructions this CPU has: on x86-64 with AVX-512 or AVX2 each group is decoded in
-    /// registers (`simd.rs`, from the block's prepared inputs); elsewhere the portable loop
-    /// below (NEON on ARM, SIMD128 in wasm, where the compiler vectorizes it).
-    fn dot_row(&self, r: usize, x: &[f32], simd: Option<(Isa, &Inputs)>, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some((isa, inputs)) = simd {
-            let (part, r) = self.part(r);
-            let (data, scales) = part.row_parts(r, self.cols);
-            // SAFETY: `isa` came from `Isa::detect` on this CPU; the row's parts are whole rows
-            // of its format, and `inputs` were laid out for this matrix's width.
-            return unsafe { super::simd::dot_row(isa, part.format, data, scales, inputs, out) };
+    /// sum_k w[r, k] x[t, k] for weight rows first..first + out.len() / n and the `n` rows of
+    /// `x` (laid out for the register kernels in `inputs`), added into `out[j * n + t]`: weight
+    /// rows in fours where they share a format (simd.rs), else one by one.
+    #[cfg(target_arch = "x86_64")]
+    fn dot_rows_simd(
+        &self,
+        first: usize,
+        isa: Isa,
+        inputs: &Inputs,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) {
+        use super::simd::{dot_rows, ROWS};
+        let (n, cols) = (inputs.n, self.cols);
+        let rows = out.len() / n.max(1);
+        let mut j = 0;
+        while j < rows {
+            let (part, r) = self.part(first + j);
+            let out = &mut out[j * n..];
+            // SAFETY: `isa` came from `Isa::detect` on this CPU; the parts' rows are whole rows
+            // of their format, and `inputs` were laid out for this matrix's width.
+            unsafe {
+                if rows - j >= ROWS && part.rows - r >= ROWS {
+                    let each = std::array::from_fn(|k| part.row_parts(r + k, cols));
+                    dot_rows::<ROWS>(isa, part.format, each, inputs, scratch, out);
+                    j += ROWS;
+                } else {
+                    let one = [part.row_parts(r, cols)];
+                    dot_rows::<1>(isa, part.format, one, inputs, scratch, out);
+                    j += 1;
+                }
+            }
         }
-        let _ = simd;
-        self.dot_row_portable(r, x, out)
     }
 
     /// Each group of the row is dequantized once and multiplied into eight running sums per row
     /// of `x`, which are added up once at the end (a horizontal sum per group would cost as much
     /// as the group).
+    /// The portable product of weight row `r` with the `n` rows of `x`, added into `out[..n]`
+    /// (NEON on ARM and SIMD128 in wasm where the compiler vectorizes it).
     #[inline(always)]
     fn dot_row_portable(&self, r: usize, x: &[f32], out: &mut [f32]) {
         let cols = self.cols;
@@ -138,6 +152,7 @@ pub struct Fast {
     threads: usize,
     /// The register kernels' instruction set, where the CPU has one (x86-64, detected at run
     /// time).
+    #[cfg(target_arch = "x86_64")]
     isa: Option<Isa>,
     /// Weight bytes read by matrix products so far (data and scales), for the byte-count tests.
     weight_bytes_read: AtomicU64,
@@ -160,13 +175,11 @@ impl Fast {
                 .thread_name(|i| format!("layerskip-cpu-{i}"))
                 .build()
                 .map_err(|e| Error::Invalid(format!("cannot start {threads} threads: {e}")))?;
-            #[cfg(target_arch = "x86_64")]
-            let isa = Isa::detect();
-            #[cfg(not(target_arch = "x86_64"))]
-            let isa = None;
+
             Ok(Self {
                 threads,
-                isa,
+                #[cfg(target_arch = "x86_64")]
+                isa: Isa::detect(),
                 pool,
                 weight_bytes_read: AtomicU64::new(0),
             })
@@ -176,20 +189,15 @@ impl Fast {
             let _ = threads;
             Ok(Self {
                 threads: 1,
-                isa: None,
                 weight_bytes_read: AtomicU64::new(0),
             })
         }
     }
 
     /// A block's inputs laid out for the register kernels, where the CPU has them.
-    fn inputs(&self, x: &[f32], cols: usize) -> Option<Inputs> {
-        #[cfg(target_arch = "x86_64")]
-        if self.isa.is_some() {
-            return Some(Inputs::new(x, cols));
-        }
-        let _ = (x, cols);
-        None
+    #[cfg(target_arch = "x86_64")]
+    fn inputs(&self, x: &[f32], cols: usize) -> Option<(Isa, Inputs)> {
+        Some((self.isa?, Inputs::new(x, cols)))
     }
 
     pub fn threads(&self) -> usize {
@@ -300,11 +308,17 @@ impl Math for Fast {
             // range of weight rows and reads each of them once for every row of x.
             let rows_per_task = (MIN_WORK_PER_TASK / (w.cols * n).max(1)).clamp(1, w.rows);
             let mut by_row = vec![0f32; w.rows * n];
-            let inputs = self.inputs(xb, w.cols);
+            #[cfg(target_arch = "x86_64")]
+            let simd = self.inputs(xb, w.cols);
             self.for_chunks(&mut by_row, rows_per_task * n, |i, out| {
+                #[cfg(target_arch = "x86_64")]
+                if let Some((isa, inputs)) = &simd {
+                    let (isa, inputs) = (*isa, inputs);
+                    let mut scratch = Scratch::default();
+                    return w.dot_rows_simd(i * rows_per_task, isa, inputs, &mut scratch, out);
+                }
                 for (j, acc) in out.chunks_mut(n).enumerate() {
-                    let simd = self.isa.zip(inputs.as_ref());
-                    w.dot_row(i * rows_per_task + j, xb, simd, acc);
+                    w.dot_row_portable(i * rows_per_task + j, xb, acc);
                 }
             });
             self.weight_bytes_read.fetch_add(w.bytes, Ordering::Relaxed);
@@ -362,13 +376,13 @@ impl Math for Fast {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
     use crate::format::Layout;
 
-    /// Every format's products, on the register kernels (where the CPU has them) and on the
-    /// portable loop, against f32 products of the same dequantized weights: widths with a partial
+    /// Every format's products, on the register kernels (AVX-512 and AVX2 where the CPU has
+    /// them) and on the portable loop, against f32 products of the same dequantized weights: widths with a partial
     /// group and with partial and whole super-blocks, 1 to 64 input rows, a matrix of two runs.
     #[test]
     fn products_in_every_format_equal_dequantized_f32_products() {
@@ -391,10 +405,7 @@ mod tests {
             (seed % 2001) as f32 / 1000.0 - 1.0
         };
         let detected = Fast::new(Some(2)).unwrap().isa;
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = is_x86_feature_detected!("avx2").then_some(Isa::Avx2);
-        #[cfg(not(target_arch = "x86_64"))]
-        let avx2 = None;
+        let avx2 = Isa::detect().map(|_| Isa::Avx2);
         for isa in [detected, avx2, None] {
             let mut fast = Fast::new(Some(2)).unwrap();
             fast.isa = isa;

@@ -1,18 +1,16 @@
 //! The fast backend's weight-row products in vector registers on x86-64 (AVX-512 where the CPU
 //! has it, else AVX2 with FMA and F16C; detected at run time). Weights are never widened to f32
-//! copies: each 32-element group is decoded in registers to its codes as f32 (or its floats), and
-//! a group's values are w_i = a q_i + b (a and b per half group, for q6_k's 16-element scales),
-//! so
-//!
-//!     sum_i w_i x_i = sum_i (a q_i) x_i + b0 S0 + b1 S1,
-//!
-//! where S0, S1 are the input's half-group sums, computed once per product ([`Inputs`]), and
-//! a q_i is formed once per group for all input rows. Products accumulate in f32 vector
-//! registers per input row and are added up once per weight row, so the arithmetic is f32
-//! throughout (no 8-bit activations, unlike llama.cpp): results differ from the plain loop by
-//! rounding order only.
+//! copies in memory: each 32-element group is decoded in registers to its codes q as f32 (or its
+//! floats), and a group's weights are w = a q + b (one FMA per 16 lanes), with a and b per group
+//! (per half group in q6_k, whose scales cover 16 elements). A row's a and b are decoded from
+//! its scales once, vectorized where the layout allows ([`Scratch`]), so the group loop only
+//! decodes codes, applies them and multiplies. Several weight rows go together so each input
+//! load serves all of them, and each input row's sums stay in registers until the end. The
+//! arithmetic is f32 throughout (no 8-bit activations, unlike llama.cpp): the weights are exactly
+//! the plain loop's dequantized values, and results differ from it by summation order only.
 
-use crate::format::{half_to_f32, k_scale_min, Format, GROUP, SUPER_GROUPS};
+use crate::format::{k_scale_min, Format, GROUP, SUPER_GROUPS};
+use std::arch::x86_64::*;
 
 /// The vector instructions a product runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,13 +22,15 @@ pub enum Isa {
 impl Isa {
     /// The widest this CPU has, if any.
     pub fn detect() -> Option<Isa> {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-            return Some(Isa::Avx512);
-        }
         let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c");
-        avx2.then_some(Isa::Avx2)
+        let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+        match (avx2, avx512) {
+            (true, true) => Some(Isa::Avx512),
+            (true, false) => Some(Isa::Avx2),
+            _ => None,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -42,12 +42,11 @@ impl Isa {
 }
 
 /// The inputs of a product, laid out for the kernels: `n` rows of `groups` x 32 values (zeros
-/// past the matrix width, so no group is partial) and each group's two half sums.
+/// past the matrix width, so no group is partial).
 pub struct Inputs {
     pub n: usize,
     pub groups: usize,
     pub x: Vec<f32>,
-    pub sums: Vec<f32>,
 }
 
 impl Inputs {
@@ -58,73 +57,165 @@ impl Inputs {
         for (src, dst) in x.chunks(cols.max(1)).zip(padded.chunks_mut(groups * GROUP)) {
             dst[..src.len()].copy_from_slice(src);
         }
-        let sums = padded
-            .chunks(GROUP / 2)
-            .map(|half| half.iter().sum())
-            .collect();
         Inputs {
             n,
             groups,
             x: padded,
-            sums,
         }
     }
 }
 
-/// Group `g`'s values as w = a q + b per half, for the codes q the kernels decode (q6_k's
-/// already less 32): ([a0, a1], [b0, b1]).
-#[inline(always)]
-pub fn affine(format: Format, scales: &[u16], g: usize) -> ([f32; 2], [f32; 2]) {
-    match format {
-        Format::F32 | Format::F16 | Format::Bf16 => ([1.0; 2], [0.0; 2]),
-        Format::Q8 => ([half_to_f32(scales[g]); 2], [0.0; 2]),
-        Format::Q4 => {
-            let d = half_to_f32(scales[g]);
-            ([d; 2], [-8.0 * d; 2])
+/// One weight row's decoded scales: w = a q + b per group, or (`per_half`, q6_k) a per half
+/// group and no b.
+#[derive(Clone, Copy)]
+pub struct Steps<'a> {
+    pub a: &'a [f32],
+    pub b: Option<&'a [f32]>,
+    pub per_half: bool,
+}
+
+/// Weight rows' a and b, decoded once per row into buffers a task reuses.
+#[derive(Default)]
+pub struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    groups: usize,
+}
+
+impl Scratch {
+    /// Decodes rows of `groups` groups in `format` from their `scales` (nothing for float
+    /// formats).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn decode(&mut self, format: Format, scales: &[&[u16]], groups: usize) {
+        if !format.quantized() {
+            return;
         }
-        Format::Q4_1 => (
-            [half_to_f32(scales[2 * g]); 2],
-            [half_to_f32(scales[2 * g + 1]); 2],
-        ),
-        Format::Q4K | Format::Q5K => {
-            let sb = &scales[g / SUPER_GROUPS * 8..][..8];
-            let (s, m) = k_scale_min(&sb[2..], g % SUPER_GROUPS);
-            (
-                [half_to_f32(sb[0]) * s as f32; 2],
-                [-half_to_f32(sb[1]) * m as f32; 2],
+        self.groups = groups;
+        self.a.resize(scales.len() * 2 * groups, 0.0);
+        self.b.resize(scales.len() * groups, 0.0);
+        for (r, scales) in scales.iter().enumerate() {
+            let a = &mut self.a[r * 2 * groups..(r + 1) * 2 * groups];
+            let b = &mut self.b[r * groups..(r + 1) * groups];
+            match format {
+                Format::Q8 | Format::Q4 => {
+                    halves_to_f32(&scales[..groups], &mut a[..groups]);
+                    if format == Format::Q4 {
+                        for (b, a) in b.iter_mut().zip(&a[..groups]) {
+                            *b = -8.0 * a;
+                        }
+                    }
+                }
+                Format::Q4_1 => {
+                    // (d, m) pairs: eight halves become four d and four m.
+                    let pairs = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+                    let mut g = 0;
+                    while g + 4 <= groups {
+                        let v = _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(2 * g) as _));
+                        let v = _mm256_permutevar8x32_ps(v, pairs);
+                        _mm_storeu_ps(a.as_mut_ptr().add(g), _mm256_castps256_ps128(v));
+                        _mm_storeu_ps(b.as_mut_ptr().add(g), _mm256_extractf128_ps(v, 1));
+                        g += 4;
+                    }
+                    for g in g..groups {
+                        a[g] = half_to_f32(scales[2 * g]);
+                        b[g] = half_to_f32(scales[2 * g + 1]);
+                    }
+                }
+                Format::Q4K | Format::Q5K => {
+                    for g in 0..groups {
+                        let sb = &scales[g / SUPER_GROUPS * 8..][..8];
+                        let (s, m) = k_scale_min(&sb[2..], g % SUPER_GROUPS);
+                        a[g] = half_to_f32(sb[0]) * s as f32;
+                        b[g] = -half_to_f32(sb[1]) * m as f32;
+                    }
+                }
+                Format::Q6K => {
+                    for g in 0..groups {
+                        let sb = &scales[g / SUPER_GROUPS * 10..][..10];
+                        let d = half_to_f32(sb[8]);
+                        let pair = sb[g % SUPER_GROUPS];
+                        a[2 * g] = pair as u8 as i8 as f32 * d;
+                        a[2 * g + 1] = (pair >> 8) as u8 as i8 as f32 * d;
+                    }
+                }
+                Format::F32 | Format::F16 | Format::Bf16 => {}
+            }
+        }
+    }
+
+    /// Row `r`'s decoded scales (`None` for float formats).
+    #[inline(always)]
+    pub(super) fn steps(&self, format: Format, r: usize) -> Option<Steps<'_>> {
+        let g = self.groups;
+        format.quantized().then(|| Steps {
+            a: &self.a[r * 2 * g..(r + 1) * 2 * g],
+            b: matches!(
+                format,
+                Format::Q4 | Format::Q4_1 | Format::Q4K | Format::Q5K
             )
-        }
-        Format::Q6K => {
-            let sb = &scales[g / SUPER_GROUPS * 10..][..10];
-            let d = half_to_f32(sb[8]);
-            let pair = sb[g % SUPER_GROUPS];
-            (
-                [
-                    pair as u8 as i8 as f32 * d,
-                    (pair >> 8) as u8 as i8 as f32 * d,
-                ],
-                [0.0; 2],
-            )
-        }
+            .then(|| &self.b[r * g..(r + 1) * g]),
+            per_half: format == Format::Q6K,
+        })
     }
 }
 
-/// sum_k w[k] x[t, k] for every input row t, added into `out[t]`, for one weight row in
-/// `format`: `data` its words, `scales` its scales.
+/// A half as f32 with F16C's conversion.
 ///
 /// # Safety
-/// The CPU must have `isa` ([`Isa::detect`]); `data` and `scales` must hold a whole row of
-/// `format` with `inputs.groups` groups, and `out` at least `inputs.n` values.
-pub unsafe fn dot_row(
+/// The CPU must have F16C.
+#[inline(always)]
+unsafe fn half_to_f32(h: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+/// Halves to f32, eight at a time.
+///
+/// # Safety
+/// The CPU must have AVX and F16C.
+#[inline(always)]
+unsafe fn halves_to_f32(halves: &[u16], out: &mut [f32]) {
+    let mut i = 0;
+    while i + 8 <= halves.len() {
+        let v = _mm256_cvtph_ps(_mm_loadu_si128(halves.as_ptr().add(i) as _));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+        i += 8;
+    }
+    for i in i..halves.len() {
+        out[i] = half_to_f32(halves[i]);
+    }
+}
+
+/// Weight rows processed together by [`dot_rows`]: their decoded groups share each input load.
+pub const ROWS: usize = 4;
+
+/// sum_k w[r, k] x[t, k] for every weight row r of `rows` (its words and scales, all in
+/// `format`) and every input row t, added into `out[r * n + t]`.
+///
+/// # Safety
+/// The CPU must have `isa` ([`Isa::detect`]); every row must be a whole row of `format` with
+/// `inputs.groups` groups, and `out` hold `rows.len() * inputs.n` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows<const R: usize>(
     isa: Isa,
     format: Format,
-    data: &[u32],
-    scales: &[u16],
+    rows: [(&[u32], &[u16]); R],
     inputs: &Inputs,
+    scratch: &mut Scratch,
     out: &mut [f32],
 ) {
+    scratch.decode(format, &rows.map(|(_, s)| s), inputs.groups);
+    let steps: [Option<Steps>; R] = std::array::from_fn(|r| scratch.steps(format, r));
+    let data = rows.map(|(d, _)| d);
     match isa {
-        Isa::Avx2 => super::avx2::dot_row(format, data, scales, inputs, out),
-        Isa::Avx512 => super::avx512::dot_row(format, data, scales, inputs, out),
+        Isa::Avx2 => {
+            for r in 0..R {
+                let out = &mut out[r * inputs.n..];
+                super::avx2::dot_row(format, data[r], steps[r], inputs, out);
+            }
+        }
+        Isa::Avx512 => super::avx512::dot_rows::<R>(format, data, steps, inputs, out),
     }
 }
