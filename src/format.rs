@@ -337,6 +337,19 @@ pub fn groups(cols: usize) -> usize {
 }
 
 impl Format {
+    /// Every format, in the order of the table in format.rs's opening comment.
+    pub const ALL: [Format; 9] = [
+        Format::F32,
+        Format::F16,
+        Format::Bf16,
+        Format::Q8,
+        Format::Q4,
+        Format::Q4_1,
+        Format::Q4K,
+        Format::Q5K,
+        Format::Q6K,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Format::F32 => "f32",

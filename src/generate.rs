@@ -570,8 +570,13 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
                 let t0 = now_ms();
                 let token = self.probed_step(last, pos, &probe).await?;
                 self.kv_valid = pos + 1;
-                if let Some(tuner) = self.tuner.as_mut().filter(|_| !frontier) {
-                    tuner.learned.timing.observe(exit, 0, now_ms() - t0);
+                if let Some(tuner) = &mut self.tuner {
+                    let ms = now_ms() - t0;
+                    // A probed step does extra work: its time would overstate a step's.
+                    if !frontier {
+                        tuner.learned.timing.observe(exit, 0, ms);
+                    }
+                    tuner.account(ms, 1, frontier);
                 }
                 if !self.emit(token, TokenKind::Bonus) {
                     return Ok(());
@@ -646,6 +651,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             };
             if let Some(tuner) = &mut self.tuner {
                 round.teach(tuner, accepted, shadow);
+                tuner.account(ms, accepted + 1, true);
             }
             // The round's inputs up to the last accepted draft went through every layer: drafts
             // below E, verification above.

@@ -12,8 +12,8 @@ use common::*;
 use layerskip::format::Format;
 use layerskip::gpu::GpuOptions;
 use layerskip::{
-    generate, Call, Device, DirFiles, Engine, Flow, GenerateOptions, Head, Input, KvFormat,
-    LoadOptions, Message, Model, Strategy,
+    generate, Device, DirFiles, Flow, GenerateOptions, KvFormat, LoadOptions, Message, Model,
+    Strategy,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -58,16 +58,6 @@ fn devices() -> Vec<(&'static str, Device)> {
         ("cpu", cpu()),
         ("cpu-reference", Device::CpuReference),
     ]
-}
-
-/// The exit head's logits at the last position after every layer.
-fn lens(model: &mut Model, ids: &[u32]) -> Vec<Vec<f32>> {
-    let layers = model.engine.config().num_hidden_layers;
-    let call = Call::new(Input::Tokens(ids), 0, 0..layers).head(Head::Lens);
-    pollster::block_on(model.engine.run(&[call]))
-        .unwrap()
-        .remove(0)
-        .logits
 }
 
 fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {

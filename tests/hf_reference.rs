@@ -44,15 +44,6 @@ fn devices() -> Vec<(&'static str, layerskip::Device)> {
     ]
 }
 
-fn lens(model: &mut Model, ids: &[u32]) -> Vec<Vec<f32>> {
-    let layers = model.engine.config().num_hidden_layers;
-    let call = Call::new(Input::Tokens(ids), 0, 0..layers).head(Head::Lens);
-    pollster::block_on(model.engine.run(&[call]))
-        .unwrap()
-        .remove(0)
-        .logits
-}
-
 /// Checks the logit lens at the last position of every prompt; returns the worst error per layer.
 fn check_logits(name: &str, model: &mut Model, reference: &Reference) -> Vec<f32> {
     check_logits_within(name, model, reference, TOLERANCE)

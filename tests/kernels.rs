@@ -13,17 +13,7 @@ use layerskip::gpu::tensor::Matrix;
 use layerskip::gpu::{GpuContext, GpuOptions};
 use layerskip::{Format, KvFormat};
 
-const FORMATS: [Format; 9] = [
-    Format::F32,
-    Format::F16,
-    Format::Bf16,
-    Format::Q8,
-    Format::Q4,
-    Format::Q4_1,
-    Format::Q4K,
-    Format::Q5K,
-    Format::Q6K,
-];
+const FORMATS: [Format; 9] = Format::ALL;
 
 fn run(
     ctx: &GpuContext,

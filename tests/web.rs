@@ -173,6 +173,14 @@ async fn call(object: &JsValue, method: &str, args: &[JsValue]) -> Result<JsValu
         .map_err(|e| js_sys::Error::from(e).message().into())
 }
 
+/// The `tokens` of a `generate` result.
+fn result_tokens(result: &JsValue) -> Vec<u32> {
+    js_sys::Array::from(&js_sys::Reflect::get(result, &"tokens".into()).unwrap())
+        .iter()
+        .map(|t| t.as_f64().unwrap() as u32)
+        .collect()
+}
+
 fn object(json: &str) -> JsValue {
     js_sys::JSON::parse(json).unwrap()
 }
@@ -290,11 +298,7 @@ async fn auto_speculation_and_a_draft_vocabulary_keep_greedy_output() {
             let out = call(&model, "generate", &[p.text.as_str().into(), request])
                 .await
                 .unwrap();
-            let tokens: Vec<u32> =
-                js_sys::Array::from(&js_sys::Reflect::get(&out, &"tokens".into()).unwrap())
-                    .iter()
-                    .map(|t| t.as_f64().unwrap() as u32)
-                    .collect();
+            let tokens = result_tokens(&out);
             assert_eq!(tokens, p.greedy.tokens, "{name} {device}{draft_vocab}");
             let stats = js_sys::Reflect::get(&out, &"stats".into()).unwrap();
             let adaptive = js_sys::Reflect::get(&stats, &"adaptive".into()).unwrap();
@@ -338,11 +342,7 @@ async fn a_gguf_file_loads_through_the_javascript_api() {
             )
             .await
             .unwrap();
-            let tokens: Vec<u32> =
-                js_sys::Array::from(&js_sys::Reflect::get(&out, &"tokens".into()).unwrap())
-                    .iter()
-                    .map(|t| t.as_f64().unwrap() as u32)
-                    .collect();
+            let tokens = result_tokens(&out);
             assert_eq!(tokens, want, "{device} {strategy}");
         }
     }

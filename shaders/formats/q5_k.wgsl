@@ -4,8 +4,8 @@
 // row r of the bound block, as 8 vec4, dequantized. Constants: GROUPS (groups per row).
 @group(0) @binding(8) var<storage, read> w_data: array<u32>;
 #include "formats/k_scales.wgsl"
+#include "formats/nibbles.wgsl"
 
-const LOW: vec4<u32> = vec4<u32>(0u, 8u, 16u, 24u);
 const BIT: vec4<u32> = vec4<u32>(0u, 1u, 2u, 3u);
 
 fn w_group(r: u32, g: u32) -> array<vec4<f32>, 8> {

@@ -6,9 +6,9 @@
 // Constants: GROUPS (groups per row).
 @group(0) @binding(8) var<storage, read> w_data: array<u32>;
 @group(0) @binding(9) var<storage, read> w_scales: array<u32>;
+#include "formats/nibbles.wgsl"
 
 const SUPER_BLOCKS: u32 = (GROUPS + 7u) / 8u;
-const LOW: vec4<u32> = vec4<u32>(0u, 8u, 16u, 24u);
 const PAIR: vec4<u32> = vec4<u32>(0u, 2u, 4u, 6u);
 
 fn w_group(r: u32, g: u32) -> array<vec4<f32>, 8> {

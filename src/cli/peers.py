@@ -58,6 +58,7 @@ def transformers():
     import torch
     import transformers as hf
 
+    hf.logging.set_verbosity_error()
     torch.set_num_threads(threads)
     folder, name = os.path.split(os.path.abspath(path))
     model = hf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

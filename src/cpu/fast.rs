@@ -386,17 +386,6 @@ mod tests {
     /// group and with partial and whole super-blocks, 1 to 64 input rows, a matrix of two runs.
     #[test]
     fn products_in_every_format_equal_dequantized_f32_products() {
-        let formats = [
-            Format::F32,
-            Format::F16,
-            Format::Bf16,
-            Format::Q8,
-            Format::Q4,
-            Format::Q4_1,
-            Format::Q4K,
-            Format::Q5K,
-            Format::Q6K,
-        ];
         let mut seed = 1u64;
         let mut value = move || {
             seed ^= seed << 13;
@@ -409,7 +398,7 @@ mod tests {
         for isa in [detected, avx2, None] {
             let mut fast = Fast::new(Some(2)).unwrap();
             fast.isa = isa;
-            for (cols, first, second) in formats
+            for (cols, first, second) in Format::ALL
                 .iter()
                 .flat_map(|&f| [(70, f, f), (544, f, Format::Q6K), (256, Format::Q8, f)])
             {

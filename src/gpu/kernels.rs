@@ -49,6 +49,7 @@ fn source(name: &str) -> &'static str {
         "formats/scales.wgsl" => include_str!("../../shaders/formats/scales.wgsl"),
         "formats/q4_1.wgsl" => include_str!("../../shaders/formats/q4_1.wgsl"),
         "formats/k_scales.wgsl" => include_str!("../../shaders/formats/k_scales.wgsl"),
+        "formats/nibbles.wgsl" => include_str!("../../shaders/formats/nibbles.wgsl"),
         "formats/q4_k.wgsl" => include_str!("../../shaders/formats/q4_k.wgsl"),
         "formats/q5_k.wgsl" => include_str!("../../shaders/formats/q5_k.wgsl"),
         "formats/q6_k.wgsl" => include_str!("../../shaders/formats/q6_k.wgsl"),

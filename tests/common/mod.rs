@@ -119,6 +119,17 @@ pub fn load(name: &str, device: Device) -> Model {
     .unwrap()
 }
 
+/// The exit head's logits at the last position of `ids` after every layer (the logit lens).
+pub fn lens(model: &mut Model, ids: &[u32]) -> Vec<Vec<f32>> {
+    use layerskip::{Call, Engine, Head, Input};
+    let layers = model.engine.config().num_hidden_layers;
+    let call = Call::new(Input::Tokens(ids), 0, 0..layers).head(Head::Lens);
+    pollster::block_on(model.engine.run(&[call]))
+        .unwrap()
+        .remove(0)
+        .logits
+}
+
 /// How often each token occurs among `samples`, as fractions.
 pub fn empirical(samples: impl ExactSizeIterator<Item = u32>) -> HashMap<u32, f64> {
     let share = 1.0 / samples.len() as f64;
