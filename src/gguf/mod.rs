@@ -871,7 +871,6 @@ fn min_encoded_size(ty: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::MemoryFiles;
 
     /// Writes GGUF bytes.
     #[derive(Default)]
@@ -1344,10 +1343,12 @@ mod tests {
         assert_eq!(q5.tensors[0].len, 22);
     }
 
+    // pollster (blocking on the reads) is a native dependency.
+    #[cfg(not(target_arch = "wasm32"))]
     #[test]
     fn read_grows_the_prefix_until_the_header_fits() {
         let bytes = valid();
-        let mut files = MemoryFiles::default();
+        let mut files = crate::files::MemoryFiles::default();
         files.0.insert("m.gguf".into(), bytes.clone().into());
         let whole = check(&bytes).unwrap();
         for first in [1, 64, 200, 1 << 20] {
