@@ -130,7 +130,12 @@ pub async fn open(files: &impl Files, name: &str) -> Result<Checkpoint> {
         tensors.insert(hf, entry);
     }
 
-    let config = config(&gguf, name, tokens, &tensors, rope_freqs, files).await?;
+    let mut config = config(&gguf, name, tokens, &tensors, rope_freqs, files).await?;
+    // What `info` shows as the dtype: the file's tensor types.
+    let mut types: Vec<&str> = gguf.tensors.iter().map(|t| t.ggml_type.name()).collect();
+    types.sort_unstable();
+    types.dedup();
+    config.dtype = Some(format!("GGUF {}", types.join("+")));
     let held = (0..)
         .take_while(|l| tensors.contains_key(&format!("model.layers.{l}.input_layernorm.weight")))
         .count();
