@@ -82,20 +82,18 @@ fn layers_held(tensors: &HashMap<String, TensorEntry>) -> Option<usize> {
 }
 
 impl Checkpoint {
-    /// A Hugging Face folder (config.json and safetensors), or else the GGUF file `files` holds.
+    /// The GGUF file `files` names ([`Files::gguf`]), or else a Hugging Face folder (config.json
+    /// and safetensors).
     pub async fn open(files: &impl Files) -> Result<Self> {
-        let config = match read_text(files, "config.json").await? {
-            Some(text) => text,
-            None => match files.gguf() {
-                Some(name) => return crate::gguf::checkpoint::open(files, &name).await,
-                None => {
-                    return Err(Error::file(
-                        "config.json",
-                        "missing (and there is no .gguf file to load instead)",
-                    ))
-                }
-            },
-        };
+        if let Some(name) = files.gguf() {
+            return crate::gguf::checkpoint::open(files, &name).await;
+        }
+        let config = read_text(files, "config.json").await?.ok_or_else(|| {
+            Error::file(
+                "config.json",
+                "missing (and there is no .gguf file to load instead)",
+            )
+        })?;
         let config = Config::from_json(&config)?;
         let generation = match read_text(files, "generation_config.json").await? {
             Some(text) => GenerationConfig::from_json(&text)?,

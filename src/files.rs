@@ -41,8 +41,8 @@ pub trait Files {
         self.read_range(name, 0, len).await.map(Some)
     }
 
-    /// The GGUF file to load when there is no config.json: the file a path named, or the one
-    /// `*.gguf` file among the files.
+    /// The GGUF file to load: the file a path named, or else, where there is no config.json,
+    /// the one `*.gguf` file among the files.
     fn gguf(&self) -> Option<String> {
         None
     }
@@ -79,9 +79,16 @@ pub fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The name among `names` ending in `.gguf`, when there is exactly one.
+/// The name among `names` ending in `.gguf`, when there is exactly one and no config.json (a
+/// Hugging Face folder that also holds a GGUF file loads as the folder).
 pub fn only_gguf<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
-    let mut found = names.filter(|n| n.to_ascii_lowercase().ends_with(".gguf"));
+    let names: Vec<&str> = names.collect();
+    if names.contains(&"config.json") {
+        return None;
+    }
+    let mut found = names
+        .into_iter()
+        .filter(|n| n.to_ascii_lowercase().ends_with(".gguf"));
     match (found.next(), found.next()) {
         (Some(name), None) => Some(name.to_string()),
         _ => None,
@@ -308,6 +315,22 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_name(&"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn the_one_gguf_file_of_a_folder_without_config_json() {
+        assert_eq!(
+            only_gguf(["a.gguf", "x.txt"].into_iter()),
+            Some("a.gguf".into())
+        );
+        assert_eq!(only_gguf(["A.GGUF"].into_iter()), Some("A.GGUF".into()));
+        assert_eq!(
+            only_gguf(["a.gguf", "b.gguf"].into_iter()),
+            None,
+            "which one?"
+        );
+        assert_eq!(only_gguf(["a.gguf", "config.json"].into_iter()), None);
+        assert_eq!(only_gguf(["config.json"].into_iter()), None);
     }
 
     #[test]

@@ -386,3 +386,29 @@ fn bad_gguf_files_are_refused_by_name() {
     .unwrap();
     assert_eq!(model.plan().weight_format, "q8");
 }
+
+/// A GGUF file named by its path loads even beside a Hugging Face folder's files; the folder
+/// itself loads as the folder; a folder holding only a GGUF file loads that file.
+#[test]
+fn a_named_gguf_file_wins_and_a_folder_stays_a_folder() {
+    let dir = std::env::temp_dir().join(format!("layerskip-gguf-beside-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture("llama32_tiny")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(gguf_fixture("tiny_spm.gguf"), dir.join("tiny_spm.gguf")).unwrap();
+    let vocab = |path: &Path| load_gguf(path, cpu(), 64).config().vocab_size;
+    assert_eq!(
+        vocab(&dir.join("tiny_spm.gguf")),
+        402,
+        "the named GGUF file"
+    );
+    assert_eq!(vocab(&dir), 397, "the Hugging Face folder");
+    let only = dir.join("only");
+    std::fs::create_dir_all(&only).unwrap();
+    std::fs::copy(gguf_fixture("tiny_spm.gguf"), only.join("model.gguf")).unwrap();
+    assert_eq!(vocab(&only), 402, "a folder holding one GGUF file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
