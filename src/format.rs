@@ -21,7 +21,8 @@
 //!   first 16 bytes (f16 d, f16 dmin, twelve bytes packing a 6-bit scale s and minimum m per
 //!   group), x = d s q - dmin m; `q6_k` keeps GGUF's sixteen signed 8-bit scales (one per 16
 //!   elements) and its f16 d, padded to 20 bytes, x = d scale (q - 32). The nibbles are regrouped
-//!   from GGUF's order at load so every format reads a group's 4-bit part with one 16-byte load.
+//!   from GGUF's order at load, so every 4-bit part decodes as q4's does (one 16-byte load per
+//!   group where the group's data is 16 bytes: q4_1, q4_k).
 //!
 //! Scales live in a second buffer, each row's padded to a whole u32 (GPU copies move multiples
 //! of 4 bytes).
