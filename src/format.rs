@@ -580,10 +580,7 @@ impl Format {
                 unpack_nibbles(words, out, |q, _| q as f32 * d + m);
             }
             Format::Q4K | Format::Q5K => {
-                let sb = &scales[g / SUPER_GROUPS * 8..][..8];
-                let (sc, m) = k_scale_min(&sb[2..], g % SUPER_GROUPS);
-                let a = half_to_f32(sb[0]) * sc as f32;
-                let b = half_to_f32(sb[1]) * m as f32;
+                let (a, b) = k_step_min(scales, g);
                 match (self, words.get(4)) {
                     (Format::Q5K, Some(&high)) => unpack_nibbles(words, out, |q, i| {
                         (q as u32 | ((high >> i) & 1) << 4) as f32 * a - b
@@ -592,19 +589,7 @@ impl Format {
                 }
             }
             Format::Q6K => {
-                let sb = &scales[g / SUPER_GROUPS * 10..][..10];
-                let d = half_to_f32(sb[8]);
-                let s = g % SUPER_GROUPS;
-                let sc = |half: usize| {
-                    let pair = sb[s];
-                    (if half == 0 {
-                        pair as u8
-                    } else {
-                        (pair >> 8) as u8
-                    }) as i8 as f32
-                        * d
-                };
-                let (lo, hi) = (sc(0), sc(1));
+                let [lo, hi] = q6k_steps(scales, g);
                 let (h0, h1) = (words[4], words[5]);
                 unpack_nibbles(words, out, |q, i| {
                     let (high, scale) = if i < 16 { (h0, lo) } else { (h1, hi) };
@@ -862,11 +847,32 @@ fn unpack_nibbles(words: &[u32], out: &mut [f32; GROUP], f: impl Fn(u8, usize) -
     }
 }
 
+/// (d s, dmin m) of group `g` of a q4_k / q5_k row's `scales`: its values are (d s) q - dmin m.
+/// The CPU's plain loop and its register kernels both decode scales here.
+#[inline(always)]
+pub fn k_step_min(scales: &[u16], g: usize) -> (f32, f32) {
+    let sb = &scales[g / SUPER_GROUPS * 8..][..8];
+    let (s, m) = k_scale_min(&sb[2..], g % SUPER_GROUPS);
+    (half_to_f32(sb[0]) * s as f32, half_to_f32(sb[1]) * m as f32)
+}
+
+/// The steps of the two halves of group `g` of a q6_k row's `scales`: d times the signed 8-bit
+/// scale of each 16 elements (its values are step (q - 32)).
+#[inline(always)]
+pub fn q6k_steps(scales: &[u16], g: usize) -> [f32; 2] {
+    let sb = &scales[g / SUPER_GROUPS * 10..][..10];
+    let (d, pair) = (half_to_f32(sb[8]), sb[g % SUPER_GROUPS]);
+    [
+        pair as u8 as i8 as f32 * d,
+        (pair >> 8) as u8 as i8 as f32 * d,
+    ]
+}
+
 /// The 6-bit scale and minimum of group `j` of a q4_k / q5_k super-block, from the twelve bytes
 /// that pack them (as six halves): groups 0..3 in the low 6 bits of bytes j and j + 4, groups
 /// 4..7 in the nibbles of bytes j + 4 with their top two bits in the top bits of bytes j - 4, j.
 #[inline(always)]
-pub fn k_scale_min(packed: &[u16], j: usize) -> (u8, u8) {
+fn k_scale_min(packed: &[u16], j: usize) -> (u8, u8) {
     let byte = |k: usize| (packed[k / 2] >> (8 * (k % 2))) as u8;
     if j < 4 {
         (byte(j) & 63, byte(j + 4) & 63)

@@ -53,13 +53,14 @@ impl Part {
 }
 
 impl PackedMatrix {
-    /// The part holding row `r`, and the row's index in it.
+    /// The index of the part holding row `r`, if the matrix has that row.
+    fn part_index(&self, r: usize) -> Option<usize> {
+        self.parts.iter().position(|p| r < p.row0 + p.rows)
+    }
+
+    /// The part holding row `r` (a row of the matrix), and the row's index in it.
     fn part(&self, r: usize) -> (&Part, usize) {
-        let part = self
-            .parts
-            .iter()
-            .find(|p| r < p.row0 + p.rows)
-            .unwrap_or(&self.parts[self.parts.len() - 1]);
+        let part = &self.parts[self.part_index(r).unwrap_or(self.parts.len() - 1)];
         (part, r - part.row0)
     }
 
@@ -259,11 +260,10 @@ impl Store for Fast {
     }
     fn write(&mut self, m: &mut PackedMatrix, row0: usize, rows: &Packed) -> Result<()> {
         let cols = m.cols;
-        let part = m
-            .parts
-            .iter_mut()
-            .find(|p| (p.row0..p.row0 + p.rows).contains(&row0))
+        let at = m
+            .part_index(row0)
             .ok_or_else(|| Error::Invalid(format!("row {row0} is past the matrix")))?;
+        let part = &mut m.parts[at];
         let (words, halves) = (rows.words(), rows.halves());
         let (dw, sh) = (part.row_words(cols), part.row_scales(cols));
         let r = row0 - part.row0;

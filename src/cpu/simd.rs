@@ -9,7 +9,7 @@
 //! arithmetic is f32 throughout (no 8-bit activations, unlike llama.cpp): the weights are exactly
 //! the plain loop's dequantized values, and results differ from it by summation order only.
 
-use crate::format::{k_scale_min, Format, GROUP, SUPER_GROUPS};
+use crate::format::{half_to_f32, k_step_min, q6k_steps, Format, GROUP};
 use std::arch::x86_64::*;
 
 /// The vector instructions a product runs on.
@@ -126,19 +126,14 @@ impl Scratch {
                 }
                 Format::Q4K | Format::Q5K => {
                     for g in 0..groups {
-                        let sb = &scales[g / SUPER_GROUPS * 8..][..8];
-                        let (s, m) = k_scale_min(&sb[2..], g % SUPER_GROUPS);
-                        a[g] = half_to_f32(sb[0]) * s as f32;
-                        b[g] = -half_to_f32(sb[1]) * m as f32;
+                        let (step, min) = k_step_min(scales, g);
+                        a[g] = step;
+                        b[g] = -min;
                     }
                 }
                 Format::Q6K => {
                     for g in 0..groups {
-                        let sb = &scales[g / SUPER_GROUPS * 10..][..10];
-                        let d = half_to_f32(sb[8]);
-                        let pair = sb[g % SUPER_GROUPS];
-                        a[2 * g] = pair as u8 as i8 as f32 * d;
-                        a[2 * g + 1] = (pair >> 8) as u8 as i8 as f32 * d;
+                        a[2 * g..2 * g + 2].copy_from_slice(&q6k_steps(scales, g));
                     }
                 }
                 Format::F32 | Format::F16 | Format::Bf16 => {}
@@ -160,15 +155,6 @@ impl Scratch {
             per_half: format == Format::Q6K,
         })
     }
-}
-
-/// A half as f32 with F16C's conversion.
-///
-/// # Safety
-/// The CPU must have F16C.
-#[inline(always)]
-unsafe fn half_to_f32(h: u16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
 }
 
 /// Halves to f32, eight at a time.
