@@ -7,10 +7,10 @@
 
 mod common;
 
-use common::{fixture, layerskip};
+use common::{fixture, fixture_copy, layerskip};
 use layerskip::{ChatTemplate, Message, Tokenizer};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The HF renderings tools/make_chat_fixtures.py wrote.
 fn expected() -> Vec<Value> {
@@ -71,7 +71,7 @@ fn templates_render_as_hugging_face_does() {
 /// named error.
 #[test]
 fn generate_chat_uses_the_template() {
-    let dir = fixture_copy("generate");
+    let dir = fixture_copy("llama2_tiny", "chat-generate");
     let run = |dir: &Path| {
         layerskip(&[
             "generate",
@@ -130,18 +130,6 @@ fn generate_chat_uses_the_template() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A copy of the llama2_tiny fixture (without a chat template) in a fresh temporary folder.
-fn fixture_copy(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("layerskip-chat-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture("llama2_tiny")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
-    dir
-}
-
 /// Gives the copy the Llama-2 chat template.
 fn add_template(dir: &Path) {
     let template = std::fs::read_to_string(fixture("chat").join("llama2.jinja")).unwrap();
@@ -157,7 +145,7 @@ fn add_template(dir: &Path) {
 /// when every turn computes its whole prompt.
 #[test]
 fn chat_command_keeps_the_conversation() {
-    let dir = fixture_copy("command");
+    let dir = fixture_copy("llama2_tiny", "chat-command");
     add_template(&dir);
     // "/rest": a mistyped command is refused, not sent to the model as a message.
     let input =

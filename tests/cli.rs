@@ -337,13 +337,7 @@ fn bench_reports_adaptive_choices() {
 /// drafts over that many ids with `--draft-vocab`, and the output is unchanged.
 #[test]
 fn vocab_stats_feed_the_draft_vocabulary() {
-    let dir = std::env::temp_dir().join(format!("layerskip-vocab-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(fixture("llama32_tiny")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
+    let dir = fixture_copy("llama32_tiny", "vocab");
     let text = dir.join("text.txt");
     std::fs::write(
         &text,

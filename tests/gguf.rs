@@ -277,13 +277,7 @@ fn smollm2() -> PathBuf {
 fn refused(name: &str, options: LoadOptions, edit: impl FnOnce(&mut Vec<u8>), expected: &[&str]) {
     let mut bytes = std::fs::read(gguf_fixture(name)).unwrap();
     edit(&mut bytes);
-    let dir = std::env::temp_dir().join(format!(
-        "layerskip-gguf-{}-{}",
-        std::process::id(),
-        expected[0].len()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir(&format!("gguf-{}", expected[0].len()));
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     let err = pollster::block_on(Model::load(
@@ -391,13 +385,7 @@ fn bad_gguf_files_are_refused_by_name() {
 /// itself loads as the folder; a folder holding only a GGUF file loads that file.
 #[test]
 fn a_named_gguf_file_wins_and_a_folder_stays_a_folder() {
-    let dir = std::env::temp_dir().join(format!("layerskip-gguf-beside-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture("llama32_tiny")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
+    let dir = fixture_copy("llama32_tiny", "gguf-beside");
     std::fs::copy(gguf_fixture("tiny_spm.gguf"), dir.join("tiny_spm.gguf")).unwrap();
     let vocab = |path: &Path| load_gguf(path, cpu(), 64).config().vocab_size;
     assert_eq!(

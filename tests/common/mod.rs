@@ -54,6 +54,24 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A fresh, empty temporary folder for `test` (named after it and this process).
+pub fn fresh_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("layerskip-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A copy of fixture `name`'s files in a fresh temporary folder for `test`.
+pub fn fixture_copy(name: &str, test: &str) -> PathBuf {
+    let dir = fresh_dir(test);
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter()
