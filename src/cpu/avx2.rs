@@ -1,6 +1,7 @@
 //! AVX2 (with FMA and F16C) kernels of the fast backend's products (see `simd.rs`): a group's 32
 //! codes decode into 4 vectors of 8 lanes.
 
+use super::fast::Sums;
 use super::simd::{Inputs, Steps};
 use crate::format::{Format, GROUP};
 use std::arch::x86_64::*;
@@ -13,7 +14,7 @@ pub unsafe fn dot_row(
     data: &[u32],
     steps: Option<Steps>,
     inputs: &Inputs,
-    out: &mut [f32],
+    out: Sums,
 ) {
     let words = format.group_words();
     let at = |g: usize| data.as_ptr().add(g * words);
@@ -83,12 +84,11 @@ pub unsafe fn dot_row(
 unsafe fn accumulate(
     steps: Option<Steps>,
     inputs: &Inputs,
-    out: &mut [f32],
+    out: Sums,
     mut codes: impl FnMut(usize) -> [__m256; 4],
 ) {
     let mut t0 = 0;
     while t0 < inputs.n {
-        let out = &mut out[t0..];
         match inputs.n - t0 {
             1 => chunk::<1>(steps, inputs, t0, out, &mut codes),
             _ => chunk::<CHUNK>(steps, inputs, t0, out, &mut codes),
@@ -107,7 +107,7 @@ unsafe fn chunk<const T: usize>(
     steps: Option<Steps>,
     inputs: &Inputs,
     t0: usize,
-    out: &mut [f32],
+    out: Sums,
     codes: &mut impl FnMut(usize) -> [__m256; 4],
 ) {
     let groups = inputs.groups;
@@ -151,12 +151,9 @@ unsafe fn chunk<const T: usize>(
             }
         }
     }
-    for t in 0..T {
-        let both = _mm256_add_ps(
-            _mm256_add_ps(acc[t][0], acc[t][1]),
-            _mm256_add_ps(acc[t][2], acc[t][3]),
-        );
-        out[t] += sum(both);
+    for (t, acc) in acc.iter().enumerate() {
+        let both = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        out.add(0, t0 + t, sum(both));
     }
 }
 

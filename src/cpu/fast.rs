@@ -64,37 +64,38 @@ impl PackedMatrix {
         (part, r - part.row0)
     }
 
-    /// sum_k w[r, k] x[t, k] for weight rows first..first + out.len() / n and the `n` rows of
-    /// `x` (laid out for the register kernels in `inputs`), added into `out[j * n + t]`: weight
-    /// rows in fours where they share a format (simd.rs), else one by one.
+    /// sum_k w[r, k] x[t, k] for weight rows first..first + rows and the `n` rows of `x` (laid
+    /// out for the register kernels in `inputs`), added into `out` from its row 0: weight rows in
+    /// fours where they share a format (simd.rs), else one by one.
+    ///
+    /// # Safety
+    /// `out` must hold rows 0..rows of this task, and `isa` be the CPU's.
     #[cfg(target_arch = "x86_64")]
-    fn dot_rows_simd(
+    unsafe fn dot_rows_simd(
         &self,
         first: usize,
+        rows: usize,
         isa: Isa,
         inputs: &Inputs,
         scratch: &mut Scratch,
-        out: &mut [f32],
+        out: Sums,
     ) {
         use super::simd::{dot_rows, ROWS};
-        let (n, cols) = (inputs.n, self.cols);
-        let rows = out.len() / n.max(1);
+        let cols = self.cols;
         let mut j = 0;
         while j < rows {
             let (part, r) = self.part(first + j);
-            let out = &mut out[j * n..];
-            // SAFETY: `isa` came from `Isa::detect` on this CPU; the parts' rows are whole rows
-            // of their format, and `inputs` were laid out for this matrix's width.
-            unsafe {
-                if rows - j >= ROWS && part.rows - r >= ROWS {
-                    let each = std::array::from_fn(|k| part.row_parts(r + k, cols));
-                    dot_rows::<ROWS>(isa, part.format, each, inputs, scratch, out);
-                    j += ROWS;
-                } else {
-                    let one = [part.row_parts(r, cols)];
-                    dot_rows::<1>(isa, part.format, one, inputs, scratch, out);
-                    j += 1;
-                }
+            let out = out.from_row(j);
+            // SAFETY: the parts' rows are whole rows of their format, and `inputs` were laid out
+            // for this matrix's width.
+            if rows - j >= ROWS && part.rows - r >= ROWS {
+                let each = std::array::from_fn(|k| part.row_parts(r + k, cols));
+                dot_rows::<ROWS>(isa, part.format, each, inputs, scratch, out);
+                j += ROWS;
+            } else {
+                let one = [part.row_parts(r, cols)];
+                dot_rows::<1>(isa, part.format, one, inputs, scratch, out);
+                j += 1;
             }
         }
     }
@@ -102,17 +103,20 @@ impl PackedMatrix {
     /// Each group of the row is dequantized once and multiplied into eight running sums per row
     /// of `x`, which are added up once at the end (a horizontal sum per group would cost as much
     /// as the group).
-    /// The portable product of weight row `r` with the `n` rows of `x`, added into `out[..n]`
-    /// (NEON on ARM and SIMD128 in wasm where the compiler vectorizes it).
+    /// The portable product of weight row `r` with the `n` rows of `x`, added into `out`'s row
+    /// 0 (NEON on ARM and SIMD128 in wasm where the compiler vectorizes it).
+    ///
+    /// # Safety
+    /// `out` must hold row 0 of this task for the `n` inputs.
     #[inline(always)]
-    fn dot_row_portable(&self, r: usize, x: &[f32], out: &mut [f32]) {
+    unsafe fn dot_row_portable(&self, r: usize, x: &[f32], n: usize, out: Sums) {
         let cols = self.cols;
         let (part, r) = self.part(r);
         let f = part.format;
         let (data, scales) = part.row_parts(r, cols);
         let size = f.group_words();
         let mut lanes = [[0f32; 8]; BLOCK_ROWS];
-        let lanes = &mut lanes[..out.len()];
+        let lanes = &mut lanes[..n];
         let mut w = [0f32; GROUP];
         for g in 0..groups(cols) {
             f.unpack_group(&data[g * size..(g + 1) * size], scales, g, &mut w);
@@ -126,8 +130,8 @@ impl PackedMatrix {
                 }
             }
         }
-        for (acc, lane) in out.iter_mut().zip(lanes.iter()) {
-            *acc += lane.iter().sum::<f32>();
+        for (t, lane) in lanes.iter().enumerate() {
+            out.add(0, t, lane.iter().sum::<f32>());
         }
     }
 }
@@ -143,11 +147,62 @@ fn multiply_add(lanes: &mut [f32; 8], w: &[f32; GROUP], x: &[f32; GROUP]) {
     }
 }
 
+/// Where a product's sums go: weight row r's sum for input row t is added at `ptr[r + t *
+/// stride]` (the product's own layout, [input row][weight row]). The tasks of a product share
+/// it, each adding only to its own weight rows.
+#[derive(Clone, Copy)]
+pub struct Sums {
+    ptr: *mut f32,
+    stride: usize,
+}
+
+// SAFETY: tasks write disjoint weight rows (see `Fast::matmul`).
+unsafe impl Send for Sums {}
+unsafe impl Sync for Sums {}
+
+impl Sums {
+    /// Sums for `out`, laid out [input row][weight row] with `stride` weight rows.
+    pub fn new(out: &mut [f32], stride: usize) -> Self {
+        Sums {
+            ptr: out.as_mut_ptr(),
+            stride,
+        }
+    }
+
+    /// The same sums from weight row `r` on.
+    ///
+    /// # Safety
+    /// Row `r` must be within the output.
+    #[inline(always)]
+    pub unsafe fn from_row(self, r: usize) -> Self {
+        Sums {
+            ptr: self.ptr.add(r),
+            ..self
+        }
+    }
+
+    /// Adds `v` to weight row `r`'s sum for input `t`.
+    ///
+    /// # Safety
+    /// (r, t) must be within the output, and row `r` this task's.
+    #[inline(always)]
+    pub unsafe fn add(self, r: usize, t: usize, v: f32) {
+        *self.ptr.add(r + t * self.stride) += v;
+    }
+}
+
 /// The most rows one block multiplies at once (the CPU engine's block size).
 pub const BLOCK_ROWS: usize = 64;
 
 /// Output rows one task computes: enough work to be worth a thread's wake-up.
 const MIN_WORK_PER_TASK: usize = 1 << 16;
+
+/// A task's weight rows are a multiple of this, so the register kernels take them together
+/// however many inputs there are.
+#[cfg(target_arch = "x86_64")]
+const ROW_STEP: usize = super::simd::ROWS;
+#[cfg(not(target_arch = "x86_64"))]
+const ROW_STEP: usize = 1;
 
 pub struct Fast {
     threads: usize,
@@ -208,6 +263,18 @@ impl Fast {
     /// Weight bytes matrix products have read so far.
     pub fn weight_bytes_read(&self) -> u64 {
         self.weight_bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f(i)` for each task i in 0..tasks, spread over the threads natively.
+    fn for_tasks(&self, tasks: usize, f: impl Fn(usize) + Sync + Send) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.threads > 1 && tasks > 1 {
+            use rayon::prelude::*;
+            self.pool
+                .install(|| (0..tasks).into_par_iter().for_each(&f));
+            return;
+        }
+        (0..tasks).for_each(f)
     }
 
     /// Runs `f` on each chunk of `out` (chunks of `chunk` items, the chunk's index passed along),
@@ -302,31 +369,38 @@ impl Math for Fast {
         let n_all = x.len() / w.cols;
         let mut y = vec![0f32; n_all * w.rows];
         // Blocks of up to BLOCK_ROWS rows of x; each reads every weight row once.
-        for (b, xb) in x.chunks(BLOCK_ROWS * w.cols).enumerate() {
+        for (xb, yb) in x
+            .chunks(BLOCK_ROWS * w.cols)
+            .zip(y.chunks_mut(BLOCK_ROWS * w.rows))
+        {
             let n = xb.len() / w.cols;
-            // Row-major [weight row][x row] while computing, so each task owns a contiguous
-            // range of weight rows and reads each of them once for every row of x.
-            let rows_per_task = (MIN_WORK_PER_TASK / (w.cols * n).max(1)).clamp(1, w.rows);
-            let mut by_row = vec![0f32; w.rows * n];
+            // Each task owns a contiguous range of weight rows and reads each of them once for
+            // every row of x, adding into its own entries of y.
+            let rows_per_task = (MIN_WORK_PER_TASK / (w.cols * n).max(1))
+                .max(1)
+                .next_multiple_of(ROW_STEP)
+                .min(w.rows);
+            let out = Sums::new(yb, w.rows);
             #[cfg(target_arch = "x86_64")]
             let simd = self.inputs(xb, w.cols);
-            self.for_chunks(&mut by_row, rows_per_task * n, |i, out| {
-                #[cfg(target_arch = "x86_64")]
-                if let Some((isa, inputs)) = &simd {
-                    let (isa, inputs) = (*isa, inputs);
-                    let mut scratch = Scratch::default();
-                    return w.dot_rows_simd(i * rows_per_task, isa, inputs, &mut scratch, out);
-                }
-                for (j, acc) in out.chunks_mut(n).enumerate() {
-                    w.dot_row_portable(i * rows_per_task + j, xb, acc);
+            self.for_tasks(w.rows.div_ceil(rows_per_task), |i| {
+                let first = i * rows_per_task;
+                let rows = rows_per_task.min(w.rows - first);
+                // SAFETY: the task's rows first..first + rows are within y's w.rows columns, and
+                // no other task's.
+                unsafe {
+                    let out = out.from_row(first);
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some((isa, inputs)) = &simd {
+                        let mut scratch = Scratch::default();
+                        return w.dot_rows_simd(first, rows, *isa, inputs, &mut scratch, out);
+                    }
+                    for j in 0..rows {
+                        w.dot_row_portable(first + j, xb, n, out.from_row(j));
+                    }
                 }
             });
             self.weight_bytes_read.fetch_add(w.bytes, Ordering::Relaxed);
-            for (r, accs) in by_row.chunks(n).enumerate() {
-                for (t, &v) in accs.iter().enumerate() {
-                    y[(b * BLOCK_ROWS + t) * w.rows + r] = v;
-                }
-            }
         }
         y
     }
@@ -361,15 +435,15 @@ impl Math for Fast {
                 let pair = i * per_task / hd + j;
                 let (t, head) = (pair / nh, pair % nh);
                 let qh = &q[(t * nh + head) * hd..][..hd];
-                super::reference::attend(
-                    qh,
-                    k_cache,
-                    v_cache,
-                    pos0 + t + 1,
-                    head / (nh / nkv),
-                    nkv,
-                    o,
-                );
+                let (keys, kvh) = (pos0 + t + 1, head / (nh / nkv));
+                #[cfg(target_arch = "x86_64")]
+                if self.isa.is_some() && super::simd::fits(hd, k_cache, v_cache, keys, nkv) {
+                    // SAFETY: `isa` came from `Isa::detect` (AVX2, FMA and F16C at least) and
+                    // `fits` checked the head size and the caches' length.
+                    unsafe { super::simd::attend(qh, k_cache, v_cache, keys, kvh, nkv, o) };
+                    continue;
+                }
+                super::reference::attend(qh, k_cache, v_cache, keys, kvh, nkv, o);
             }
         });
         out
@@ -378,8 +452,9 @@ impl Math for Fast {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
+    use super::super::{Heads, KvRows};
     use super::*;
-    use crate::format::Layout;
+    use crate::format::{KvFormat, Layout};
 
     /// Every format's products, on the register kernels (AVX-512 and AVX2 where the CPU has
     /// them) and on the portable loop, against f32 products of the same dequantized weights: widths with a partial
@@ -428,6 +503,51 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Attention on the register kernels against the reference's, for both cache formats, with
+    /// grouped-query heads, a block of queries over earlier positions, and a head size that is
+    /// not a multiple of 8 (which falls back to the reference).
+    #[test]
+    fn attention_equals_the_reference() {
+        use super::super::reference;
+        let mut seed = 7u64;
+        let mut value = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 2001) as f32 / 500.0 - 2.0
+        };
+        let fast = Fast::new(Some(2)).unwrap();
+        for (dim, format) in [
+            (64, KvFormat::F16),
+            (64, KvFormat::F32),
+            (24, KvFormat::F16),
+            (20, KvFormat::F32),
+        ] {
+            let heads = Heads {
+                query: 6,
+                kv: 2,
+                dim,
+            };
+            let (context, pos0, n) = (40, 30, 5);
+            let kv_dim = heads.kv * dim;
+            let mut k = KvRows::new(format, context * kv_dim);
+            let mut v = KvRows::new(format, context * kv_dim);
+            let keys: Vec<f32> = (0..(pos0 + n) * kv_dim).map(|_| value()).collect();
+            let values: Vec<f32> = (0..(pos0 + n) * kv_dim).map(|_| value()).collect();
+            k.store(0, &keys);
+            v.store(0, &values);
+            let q: Vec<f32> = (0..n * heads.query * dim).map(|_| value()).collect();
+            let got = fast.attention(&q, &k, &v, pos0, heads);
+            let want = reference::attention(&q, &k, &v, pos0, heads);
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-5, "head size {dim}, {format:?}: {err}");
         }
     }
 }

@@ -77,6 +77,14 @@ impl KvRows {
         }
     }
 
+    /// Elements held (positions x kv heads x head size, all of the context).
+    pub fn elements(&self) -> usize {
+        match self {
+            KvRows::F32(v) => v.len(),
+            KvRows::F16(v) => v.len(),
+        }
+    }
+
     /// Elements `at..at + buf.len()` as f32: a view of an f32 cache, or `buf` filled.
     #[inline]
     pub fn read<'a>(&'a self, at: usize, buf: &'a mut [f32]) -> &'a [f32] {

@@ -9,6 +9,8 @@
 //! arithmetic is f32 throughout (no 8-bit activations, unlike llama.cpp): the weights are exactly
 //! the plain loop's dequantized values, and results differ from it by summation order only.
 
+use super::fast::Sums;
+use super::KvRows;
 use crate::format::{half_to_f32, k_step_min, q6k_steps, Format, GROUP};
 use std::arch::x86_64::*;
 
@@ -74,15 +76,23 @@ pub struct Steps<'a> {
     pub per_half: bool,
 }
 
-/// Weight rows' a and b, decoded once per row into buffers a task reuses.
+/// A task's buffers, reused from one set of weight rows to the next: the rows' decoded scales,
+/// and their decoded weights when a block has enough inputs to decode them once (avx512.rs).
 #[derive(Default)]
 pub struct Scratch {
+    scales: Scales,
+    panel: Vec<f32>,
+}
+
+/// Weight rows' a and b, decoded once per row.
+#[derive(Default)]
+struct Scales {
     a: Vec<f32>,
     b: Vec<f32>,
     groups: usize,
 }
 
-impl Scratch {
+impl Scales {
     /// Decodes rows of `groups` groups in `format` from their `scales` (nothing for float
     /// formats).
     ///
@@ -178,11 +188,11 @@ unsafe fn halves_to_f32(halves: &[u16], out: &mut [f32]) {
 pub const ROWS: usize = 4;
 
 /// sum_k w[r, k] x[t, k] for every weight row r of `rows` (its words and scales, all in
-/// `format`) and every input row t, added into `out[r * n + t]`.
+/// `format`) and every input row t, added into `out`.
 ///
 /// # Safety
 /// The CPU must have `isa` ([`Isa::detect`]); every row must be a whole row of `format` with
-/// `inputs.groups` groups, and `out` hold `rows.len() * inputs.n` values.
+/// `inputs.groups` groups, and `out` hold `rows.len()` weight rows of `inputs.n` inputs.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_rows<const R: usize>(
     isa: Isa,
@@ -190,18 +200,124 @@ pub unsafe fn dot_rows<const R: usize>(
     rows: [(&[u32], &[u16]); R],
     inputs: &Inputs,
     scratch: &mut Scratch,
-    out: &mut [f32],
+    out: Sums,
 ) {
-    scratch.decode(format, &rows.map(|(_, s)| s), inputs.groups);
-    let steps: [Option<Steps>; R] = std::array::from_fn(|r| scratch.steps(format, r));
+    let Scratch { scales, panel } = scratch;
+    scales.decode(format, &rows.map(|(_, s)| s), inputs.groups);
+    let steps: [Option<Steps>; R] = std::array::from_fn(|r| scales.steps(format, r));
     let data = rows.map(|(d, _)| d);
     match isa {
         Isa::Avx2 => {
             for r in 0..R {
-                let out = &mut out[r * inputs.n..];
-                super::avx2::dot_row(format, data[r], steps[r], inputs, out);
+                super::avx2::dot_row(format, data[r], steps[r], inputs, out.from_row(r));
             }
         }
-        Isa::Avx512 => super::avx512::dot_rows::<R>(format, data, steps, inputs, out),
+        Isa::Avx512 => super::avx512::dot_rows::<R>(format, data, steps, inputs, panel, out),
     }
+}
+
+/// One query head `q` over the first `keys` positions of kv head `kvh` of the caches (as
+/// `reference::attend`, which is its oracle), eight lanes at a time: scores by FMA over the
+/// head, the softmax in f32, and the weighted values summed eight dimensions at a time over the
+/// keys. Halves are widened by F16C.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `q.len()` (the head size) must be a multiple of 8, equal
+/// `out.len()`, and both caches hold the `keys` positions (`fits`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend(
+    q: &[f32],
+    k_cache: &KvRows,
+    v_cache: &KvRows,
+    keys: usize,
+    kvh: usize,
+    nkv: usize,
+    out: &mut [f32],
+) {
+    let at = |j| (j * nkv + kvh) * q.len();
+    match (k_cache, v_cache) {
+        (KvRows::F16(k), KvRows::F16(v)) => {
+            attend_with(q, k.as_slice(), v.as_slice(), keys, at, out)
+        }
+        (KvRows::F32(k), KvRows::F32(v)) => {
+            attend_with(q, k.as_slice(), v.as_slice(), keys, at, out)
+        }
+        _ => super::reference::attend(q, k_cache, v_cache, keys, kvh, nkv, out),
+    }
+}
+
+/// Whether [`attend`] may run on these caches: heads of whole 8-lane vectors, and `keys`
+/// positions of `nkv` kv heads within both caches.
+pub fn fits(hd: usize, k_cache: &KvRows, v_cache: &KvRows, keys: usize, nkv: usize) -> bool {
+    let need = keys * nkv * hd;
+    hd.is_multiple_of(8) && k_cache.elements() >= need && v_cache.elements() >= need
+}
+
+/// Eight cached values as f32 (written without closures, which would not inherit the caller's
+/// target features and so would not be inlined).
+trait Lanes {
+    unsafe fn lanes(self, at: usize) -> __m256;
+}
+
+impl Lanes for &[u16] {
+    #[inline(always)]
+    unsafe fn lanes(self, at: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(self.as_ptr().add(at) as _))
+    }
+}
+
+impl Lanes for &[f32] {
+    #[inline(always)]
+    unsafe fn lanes(self, at: usize) -> __m256 {
+        _mm256_loadu_ps(self.as_ptr().add(at))
+    }
+}
+
+#[inline(always)]
+unsafe fn attend_with(
+    q: &[f32],
+    k: impl Lanes + Copy,
+    v: impl Lanes + Copy,
+    keys: usize,
+    at: impl Fn(usize) -> usize,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores = vec![0f32; keys];
+    let mut max = f32::NEG_INFINITY;
+    for (j, score) in scores.iter_mut().enumerate() {
+        let row = at(j);
+        let mut sum = _mm256_setzero_ps();
+        let mut c = 0;
+        while c < hd {
+            sum = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(c)), k.lanes(row + c), sum);
+            c += 8;
+        }
+        *score = horizontal_sum(sum) * scale;
+        max = max.max(*score);
+    }
+    let mut total = 0.0;
+    for s in &mut scores {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    let norm = _mm256_set1_ps(1.0 / total);
+    let mut c = 0;
+    while c < hd {
+        let mut sum = _mm256_setzero_ps();
+        for (j, &p) in scores.iter().enumerate() {
+            sum = _mm256_fmadd_ps(_mm256_set1_ps(p), v.lanes(at(j) + c), sum);
+        }
+        let o = out.as_mut_ptr().add(c);
+        _mm256_storeu_ps(o, _mm256_fmadd_ps(sum, norm, _mm256_loadu_ps(o)));
+        c += 8;
+    }
+}
+
+#[inline(always)]
+unsafe fn horizontal_sum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
