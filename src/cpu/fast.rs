@@ -456,18 +456,22 @@ mod tests {
     use super::*;
     use crate::format::{KvFormat, Layout};
 
+    /// Pseudo-random values in [-range, range] (xorshift from `seed`), in steps of range/1000.
+    fn values(mut seed: u64, range: f32) -> impl FnMut() -> f32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed % 2001) as f32 / 1000.0 - 1.0) * range
+        }
+    }
+
     /// Every format's products, on the register kernels (AVX-512 and AVX2 where the CPU has
     /// them) and on the portable loop, against f32 products of the same dequantized weights: widths with a partial
     /// group and with partial and whole super-blocks, 1 to 64 input rows, a matrix of two runs.
     #[test]
     fn products_in_every_format_equal_dequantized_f32_products() {
-        let mut seed = 1u64;
-        let mut value = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % 2001) as f32 / 1000.0 - 1.0
-        };
+        let mut value = values(1, 1.0);
         let detected = Fast::new(Some(2)).unwrap().isa;
         let avx2 = Isa::detect().map(|_| Isa::Avx2);
         for isa in [detected, avx2, None] {
@@ -512,13 +516,7 @@ mod tests {
     #[test]
     fn attention_equals_the_reference() {
         use super::super::reference;
-        let mut seed = 7u64;
-        let mut value = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % 2001) as f32 / 500.0 - 2.0
-        };
+        let mut value = values(7, 2.0);
         let fast = Fast::new(Some(2)).unwrap();
         for (dim, format) in [
             (64, KvFormat::F16),
