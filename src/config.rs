@@ -393,7 +393,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Rotary inverse frequencies, one per pair of dimensions, as transformers computes them.
+    /// Rotary inverse frequencies, one per pair of dimensions, as transformers computes them
+    /// (each backend turns them into angles with [`rope_cos_sin`]).
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let dim = self.head_dim as f64;
         (0..self.head_dim / 2)
@@ -471,6 +472,12 @@ impl GenerationConfig {
             },
         })
     }
+}
+
+/// cos and sin of the rotary angle, with the angle rounded to f32 as transformers computes it.
+pub fn rope_cos_sin(pos: usize, inv_freq: f32) -> (f32, f32) {
+    let angle = (pos as f32 * inv_freq) as f64;
+    (angle.cos() as f32, angle.sin() as f32)
 }
 
 #[cfg(test)]

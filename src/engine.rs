@@ -8,7 +8,59 @@
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::format::{KvFormat, Quantization};
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
+
+/// The backend a model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    #[default]
+    Gpu,
+    Cpu,
+    CpuReference,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Gpu => "gpu",
+            Backend::Cpu => "cpu",
+            Backend::CpuReference => "cpu-reference",
+        })
+    }
+}
+
+/// What every engine is built with, whatever the device: the part of the load options an engine
+/// reads (the device choice and the draft vocabulary are resolved before it is built).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineOptions {
+    /// KV cache positions (capped by the model's max_position_embeddings).
+    pub max_context: usize,
+    /// Quantize f32/f16/bf16 weights to this format while loading.
+    pub quantize: Option<Quantization>,
+    pub kv_cache: KvFormat,
+    /// Host bytes the loader may hold at once.
+    pub staging_bytes: usize,
+}
+
+/// What a step of the forward pass computes: how GPU time (`bench --profile`) and the bytes a
+/// decode step reads are broken down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Embed,
+    Norm,
+    Qkv,
+    Rope,
+    Attention,
+    O,
+    GateUp,
+    Down,
+    Head,
+    Argmax,
+}
 
 /// Where a call's rows come from.
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +151,44 @@ impl<'a> Call<'a> {
     }
 }
 
+/// One step of a call as every backend carries it out: the call's layers in order, with the exit
+/// head applied after a layer where the call asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Decoder layer `l` (from 0) over the call's rows.
+    Layer(usize),
+    /// The full exit head on the last row, its logits kept: the logit lens after this layer.
+    Lens,
+    /// A pick for every row (a shadow exit), with the draft head when `draft`.
+    Shadow { draft: bool },
+}
+
+impl Call<'_> {
+    /// The call's stages in order (after its input is embedded or read from the exit cache,
+    /// before the rows are saved and the head picks).
+    pub fn stages(&self) -> impl Iterator<Item = Stage> + '_ {
+        self.layers.clone().flat_map(move |l| {
+            let after = match self.head {
+                Head::Lens => Some(Stage::Lens),
+                _ if self.shadow.contains(&(l + 1)) => Some(Stage::Shadow {
+                    draft: self.shadow_draft_vocab,
+                }),
+                _ => None,
+            };
+            std::iter::once(Stage::Layer(l)).chain(after)
+        })
+    }
+
+    /// Rows the head picks for after the last layer, out of the last `rows` rows of the call.
+    pub fn head_rows(&self, rows: usize) -> usize {
+        match self.head {
+            Head::Last => 1,
+            Head::All => rows,
+            Head::None | Head::Lens => 0,
+        }
+    }
+}
+
 /// A greedy pick: the argmax token and the softmax normaliser sum(exp(logit - max)).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pick {
@@ -129,7 +219,7 @@ pub struct Counters {
     pub dispatches: u64,
 }
 
-/// A model that runs layer ranges. Implemented by [`crate::gpu::GpuModel`] and [`crate::cpu::CpuModel`].
+/// A model that runs layer ranges. Implemented by the GPU model and the CPU model.
 #[allow(async_fn_in_trait)]
 pub trait Engine {
     fn config(&self) -> &Config;
@@ -139,7 +229,7 @@ pub trait Engine {
     fn max_rows(&self) -> usize;
     fn counters(&self) -> Counters;
     /// Which backend this is (reported in the stats).
-    fn backend(&self) -> crate::model::Backend;
+    fn backend(&self) -> Backend;
     /// The draft vocabulary's token ids (increasing), when a reduced draft head was loaded.
     fn draft_vocab(&self) -> Option<&[u32]>;
     /// Runs the calls in order as one unit of work (one GPU submission); one output per call.

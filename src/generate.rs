@@ -212,7 +212,7 @@ pub enum Flow {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
     /// Where the model ran.
-    pub backend: crate::model::Backend,
+    pub backend: crate::engine::Backend,
     pub strategy: StrategyKind,
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV entries were kept from the previous generation, not computed again.

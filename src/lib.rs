@@ -10,6 +10,8 @@ pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod eval;
+#[cfg(target_arch = "wasm32")]
+pub mod event_loop;
 pub mod files;
 pub mod format;
 pub mod generate;
@@ -31,7 +33,7 @@ pub mod wasm;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::Config;
-pub use engine::{Call, Engine, Head, Input, Output, Pick};
+pub use engine::{Backend, Call, Engine, EngineOptions, Head, Input, Output, Pick};
 pub use error::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::DirFiles;
@@ -42,7 +44,8 @@ pub use generate::{
     TokenKind,
 };
 pub use model::{
-    AnyEngine, Completion, Device, DeviceInfo, LoadOptions, Model, ModelInfo, Streamed,
+    AnyEngine, Completion, Device, DeviceInfo, LensExit, LoadOptions, LogitLens, Model, ModelInfo,
+    Streamed,
 };
 pub use penalty::Penalties;
 pub use request::GenerateRequest;

@@ -4,12 +4,11 @@ use crate::chat::{self, ChatTemplate, Message};
 use crate::checkpoint::{read_text, Checkpoint, Progress};
 use crate::config::Config;
 use crate::cpu::{CpuModel, Fast, Reference};
-use crate::engine::{Call, Counters, Engine, Head, Input, Output};
+use crate::engine::{Backend, Call, Counters, Engine, EngineOptions, Head, Input, OpKind, Output};
 use crate::error::{Error, Result};
 use crate::files::{Files, MAX_JSON_BYTES, MAX_TOKENIZER_BYTES};
 use crate::format::{KvFormat, Quantization};
 use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
-use crate::gpu::kernels::OpKind;
 use crate::gpu::{GpuContext, GpuModel, GpuOptions};
 use crate::llama::{LoadReport, DEFAULT_STAGING_BYTES};
 use crate::plan::MemoryPlan;
@@ -41,26 +40,6 @@ impl Default for Device {
             gpu: GpuOptions::default(),
             threads: None,
         }
-    }
-}
-
-/// The backend a model runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backend {
-    #[default]
-    Gpu,
-    Cpu,
-    CpuReference,
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Backend::Gpu => "gpu",
-            Backend::Cpu => "cpu",
-            Backend::CpuReference => "cpu-reference",
-        })
     }
 }
 
@@ -110,6 +89,16 @@ impl LoadOptions {
         Self {
             device,
             ..Self::default()
+        }
+    }
+
+    /// What the engine is built with.
+    pub fn engine(&self) -> EngineOptions {
+        EngineOptions {
+            max_context: self.max_context,
+            quantize: self.quantize,
+            kv_cache: self.kv_cache,
+            staging_bytes: self.staging_bytes,
         }
     }
 }
@@ -391,6 +380,39 @@ impl Model {
         Ok((ids, out.remove(0).logits))
     }
 
+    /// The logit lens as every front end returns it: every logit per layer, or (`top`) the `top`
+    /// largest with their token text.
+    pub async fn lens(&mut self, prompt: &str, top: Option<usize>) -> Result<LogitLens> {
+        let (prompt_tokens, rows) = self.logit_lens(prompt).await?;
+        let exits = rows
+            .into_iter()
+            .enumerate()
+            .map(|(l, logits)| match top {
+                None => LensExit {
+                    layer: l + 1,
+                    logits: Some(logits),
+                    top: None,
+                },
+                Some(k) => LensExit {
+                    layer: l + 1,
+                    logits: None,
+                    top: Some(
+                        crate::sampler::top_k(&logits, k)
+                            .into_iter()
+                            .map(|(id, logit)| {
+                                (id as u32, logit, self.tokenizer.token_text(id as u32))
+                            })
+                            .collect(),
+                    ),
+                },
+            })
+            .collect();
+        Ok(LogitLens {
+            prompt_tokens,
+            exits,
+        })
+    }
+
     pub fn plan(&self) -> &MemoryPlan {
         each!(&self.engine, m => m.plan())
     }
@@ -569,19 +591,20 @@ impl Model {
             Some(n) => Some(vocab::load(files, &tokenizer_json, n, &checkpoint).await?),
         };
         let draft = draft.as_deref();
+        let engine = options.engine();
         let engine = match (ctx, &options.device) {
             (Some(ctx), _) => AnyEngine::Gpu(Box::new(
-                GpuModel::load(ctx, &checkpoint, files, options, draft, progress).await?,
+                GpuModel::load(ctx, &checkpoint, files, &engine, draft, progress).await?,
             )),
             (None, Device::CpuReference) => AnyEngine::CpuReference(Box::new(
-                CpuModel::load(Reference, &checkpoint, files, options, draft, progress).await?,
+                CpuModel::load(Reference, &checkpoint, files, &engine, draft, progress).await?,
             )),
             (None, _) => AnyEngine::Cpu(Box::new(
                 CpuModel::load(
                     Fast::new(threads)?,
                     &checkpoint,
                     files,
-                    options,
+                    &engine,
                     draft,
                     progress,
                 )
@@ -613,13 +636,31 @@ pub struct Streamed<'a> {
     pub text: &'a str,
 }
 
-/// The result of [`Model::complete`].
-#[derive(Debug, Clone)]
+/// The result of [`Model::complete`], as every front end returns it (`generate --json`, the
+/// browser's `generate`).
+#[derive(Debug, Clone, Serialize)]
 pub struct Completion {
     pub prompt_tokens: Vec<u32>,
     pub tokens: Vec<u32>,
     pub text: String,
     pub stats: Stats,
+}
+
+/// The logit lens at the last prompt position (see [`Model::lens`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct LogitLens {
+    pub prompt_tokens: Vec<u32>,
+    pub exits: Vec<LensExit>,
+}
+
+/// One exit layer of the lens (from 1): its logits, or its top tokens as [id, logit, text].
+#[derive(Debug, Clone, Serialize)]
+pub struct LensExit {
+    pub layer: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top: Option<Vec<(u32, f32, String)>>,
 }
 
 /// Finds stop strings in streamed text, releasing only text that cannot be the start of one.

@@ -8,23 +8,17 @@ use common::*;
 use layerskip::cpu;
 use layerskip::format::{f16_to_f32, f32_to_f16};
 use layerskip::format::{Layout, Packed};
-use layerskip::gpu::kernels::{Access, Defines, Grid, KernelRunner, Shader};
+use layerskip::gpu::context::MatvecShape;
+use layerskip::gpu::kernels::{Kernel, KernelRunner};
+use layerskip::gpu::ops::{self, Attention, Product, Split, Variant};
 use layerskip::gpu::tensor::Matrix;
 use layerskip::gpu::{GpuContext, GpuOptions};
 use layerskip::{Format, KvFormat};
 
 const FORMATS: [Format; 9] = Format::ALL;
 
-fn run(
-    ctx: &GpuContext,
-    shader: Shader,
-    defines: &Defines,
-    step: [u32; 5],
-    buffers: &[(Access, &[u8])],
-    grid: Grid,
-) -> Vec<Vec<u8>> {
-    pollster::block_on(KernelRunner::new(ctx).run(shader, defines, step, buffers, None, grid))
-        .unwrap()
+fn run(ctx: &GpuContext, kernel: &Kernel, step: [u32; 5], buffers: &[&[u8]]) -> Vec<Vec<u8>> {
+    pollster::block_on(KernelRunner::new(ctx).run(kernel, step, buffers)).unwrap()
 }
 
 /// A matrix of `values` (rows x cols) in `format` on the GPU, with its packed bytes.
@@ -38,40 +32,34 @@ fn matrix(ctx: &GpuContext, format: Format, values: &[f32], cols: usize) -> (Mat
 /// The kernels a product can run on: mat-vec with subgroup sums (where the adapter has them),
 /// mat-vec with workgroup-memory sums, and the tiled kernel; each with the token counts it is used
 /// for, across its edges (the 4-token pass, the 32-token tile).
-fn product_kernels(ctx: &GpuContext) -> Vec<(&'static str, Shader, Defines, Grid, Vec<usize>)> {
-    let matvec = |subgroups: bool| {
-        let d = Defines::new().u32("WG", 256).u32("RPW", 4);
-        match subgroups {
-            true => d.flag("SUBGROUPS"),
-            false => d,
-        }
+fn product_kernels(ctx: &GpuContext) -> Vec<(&'static str, Product, Vec<usize>)> {
+    let matvec = |subgroups: bool| Product::Matvec {
+        workgroup_size: 256,
+        shape: MatvecShape {
+            rows_per_workgroup: 4,
+            subgroups,
+        },
     };
-    let grid = Grid::Rows { rows: 0, per: 4 };
-    let mut kernels = vec![(
-        "matvec",
-        Shader::Matvec,
-        matvec(false),
-        grid,
-        vec![1, 3, 4, 5, 8],
-    )];
+    let mut kernels = vec![("matvec", matvec(false), vec![1, 3, 4, 5, 8])];
     if ctx.tuning.matvec(8).subgroups || ctx.tuning.subgroups {
-        kernels.push((
-            "matvec+subgroups",
-            Shader::Matvec,
-            matvec(true),
-            grid,
-            vec![1, 3, 4, 5, 8],
-        ));
+        kernels.push(("matvec+subgroups", matvec(true), vec![1, 3, 4, 5, 8]));
     }
-    kernels.push((
-        "gemm",
-        Shader::Gemm,
-        Defines::new(),
-        Grid::Tiles { rows: 0 },
-        vec![1, 3, 31, 32, 33, 128, 130],
-    ));
+    kernels.push(("gemm", Product::Gemm, vec![1, 3, 31, 32, 33, 128, 130]));
     kernels
 }
+
+const PLAIN: Variant = Variant {
+    swiglu: false,
+    accumulate: false,
+};
+const ACCUMULATE: Variant = Variant {
+    swiglu: false,
+    accumulate: true,
+};
+const SWIGLU: Variant = Variant {
+    swiglu: true,
+    accumulate: false,
+};
 
 /// y (t x n) after a product of `w` (rows x k) with x in `variant`, starting from y0.
 fn expected_product(
@@ -80,26 +68,22 @@ fn expected_product(
     k: usize,
     n: usize,
     y0: &[f32],
-    variant: Option<&str>,
+    variant: Variant,
 ) -> Vec<f32> {
     let rows = w.len() / k;
-    let input: Vec<f32> = match variant {
-        Some("SWIGLU") => x
+    let input: Vec<f32> = match variant.swiglu {
+        true => x
             .chunks(2 * k)
             .flat_map(|row| cpu::swiglu(&row[..k], &row[k..]))
             .collect(),
-        _ => x.to_vec(),
+        false => x.to_vec(),
     };
     let product = cpu::matmul(&input, w, k);
     let mut expected = y0.to_vec();
     for (t, out) in expected.chunks_mut(n).enumerate() {
         for r in 0..rows {
             let v = product[t * rows + r];
-            out[r] = if variant == Some("ACCUMULATE") {
-                out[r] + v
-            } else {
-                v
-            };
+            out[r] = if variant.accumulate { out[r] + v } else { v };
         }
     }
     expected
@@ -122,29 +106,18 @@ fn products_in_every_format_and_kernel() {
         let w = rng.values(rows * k);
         let (m, packed) = matrix(&ctx, format, &w, k);
         let dequantized = format.unpack(&packed, rows, k);
-        for (name, shader, defines, grid, counts) in product_kernels(&ctx) {
-            for variant in [None, Some("ACCUMULATE"), Some("SWIGLU")] {
+        for (name, product, counts) in product_kernels(&ctx) {
+            for variant in [PLAIN, ACCUMULATE, SWIGLU] {
                 for &t in &counts {
-                    let width = if variant == Some("SWIGLU") { 2 * k } else { k };
+                    let width = if variant.swiglu { 2 * k } else { k };
                     let x = rng.values(t * width);
                     let y0 = rng.values(t * n);
-                    let mut d = defines.clone().u32("K", k).u32("N", n);
-                    if let Some(v) = variant {
-                        d = d.flag(v);
-                    }
-                    if k % 4 == 0 {
-                        d = d.flag("X_VEC4");
-                    }
-                    let out = pollster::block_on(runner.run(
-                        shader,
-                        &d,
+                    let out = pollster::block_on(runner.run_matrix(
+                        |b| ops::product(product, variant, k, n, b),
                         [t as u32, 0, 0, 0, 0],
-                        &[
-                            (Access::Read, &f32_bytes(&x)),
-                            (Access::Write, &f32_bytes(&y0)),
-                        ],
-                        Some((&m, &packed)),
-                        grid,
+                        &[&f32_bytes(&x), &f32_bytes(&y0)],
+                        &m,
+                        &packed,
                     ))
                     .unwrap();
                     let expected = expected_product(&x, &dequantized, k, n, &y0, variant);
@@ -177,27 +150,22 @@ fn products_over_row_blocks() {
         let (m, packed) = matrix(&ctx, format, &w, k);
         assert!(m.blocks.len() >= 3, "{format:?}: {} blocks", m.blocks.len());
         let dequantized = format.unpack(&packed, rows, k);
-        for (name, shader, defines, grid, _) in product_kernels(&ctx) {
+        for (name, product, _) in product_kernels(&ctx) {
             for t in [1, 5, 33]
                 .into_iter()
-                .filter(|&t| t <= 8 || shader == Shader::Gemm)
+                .filter(|&t| t <= 8 || product == Product::Gemm)
             {
                 let x = rng.values(t * k);
                 let y0 = rng.values(t * n);
-                let d = defines.clone().u32("K", k).u32("N", n).flag("ACCUMULATE");
-                let out = pollster::block_on(runner.run(
-                    shader,
-                    &d,
+                let out = pollster::block_on(runner.run_matrix(
+                    |b| ops::product(product, ACCUMULATE, k, n, b),
                     [t as u32, 0, 0, 0, 0],
-                    &[
-                        (Access::Read, &f32_bytes(&x)),
-                        (Access::Write, &f32_bytes(&y0)),
-                    ],
-                    Some((&m, &packed)),
-                    grid,
+                    &[&f32_bytes(&x), &f32_bytes(&y0)],
+                    &m,
+                    &packed,
                 ))
                 .unwrap();
-                let expected = expected_product(&x, &dequantized, k, n, &y0, Some("ACCUMULATE"));
+                let expected = expected_product(&x, &dequantized, k, n, &y0, ACCUMULATE);
                 let err = max_abs_diff(&floats(&out[1]), &expected);
                 assert!(
                     err < 1e-4,
@@ -225,16 +193,12 @@ fn embed_gathers_rows_of_every_format_and_block() {
         assert!(m.blocks.len() > 1, "{format:?}: split into blocks");
         let dequantized = format.unpack(&packed, rows, h);
         let x0 = rng.values(5 * h);
-        let out = pollster::block_on(runner.run(
-            Shader::Embed,
-            &Defines::new().u32("H", h),
+        let out = pollster::block_on(runner.run_matrix(
+            |b| ops::embed(h, b),
             [5, 0, 0, 1, 0],
-            &[
-                (Access::Read, &u32_bytes(&tokens)),
-                (Access::Write, &f32_bytes(&x0)),
-            ],
-            Some((&m, &packed)),
-            Grid::Threads(h.div_ceil(32) as u32),
+            &[&u32_bytes(&tokens), &f32_bytes(&x0)],
+            &m,
+            &packed,
         ))
         .unwrap();
         let got = floats(&out[1]);
@@ -258,15 +222,13 @@ fn rmsnorm_reads_rows_from_row0() {
     let weight = rng.values(h);
     let out = run(
         &ctx,
-        Shader::RmsNorm,
-        &Defines::new().u32("H", h).f32("EPS", 1e-5),
+        &ops::rms_norm(h, 1e-5),
         [t as u32, 0, row0 as u32, 0, 0],
         &[
-            (Access::Read, &f32_bytes(&x)),
-            (Access::Read, &f32_bytes(&weight)),
-            (Access::Write, &f32_bytes(&vec![0.0; t * h])),
+            &f32_bytes(&x),
+            &f32_bytes(&weight),
+            &f32_bytes(&vec![0.0; t * h]),
         ],
-        Grid::PerToken(1),
     );
     let expected = cpu::rms_norm(&x[row0 * h..(row0 + t) * h], &weight, 1e-5);
     let err = max_abs_diff(&floats(&out[2]), &expected);
@@ -295,10 +257,12 @@ fn kv_values(bytes: &[u8], format: KvFormat) -> Vec<f32> {
     }
 }
 
-fn kv_defines(defines: Defines, format: KvFormat) -> Defines {
-    match format {
-        KvFormat::F16 => defines.flag("KV_F16"),
-        KvFormat::F32 => defines,
+fn shape(head_dim: usize, query_heads: usize, kv_heads: usize, kv: KvFormat) -> Attention {
+    Attention {
+        head_dim,
+        query_heads,
+        kv_heads,
+        kv,
     }
 }
 
@@ -318,7 +282,7 @@ fn rope_rotates_queries_and_fills_the_kv_cache() {
     let table: Vec<f32> = (0..capacity)
         .flat_map(|p| {
             inv_freq.iter().flat_map(move |&f| {
-                let (c, s) = cpu::rope_cos_sin(p, f);
+                let (c, s) = layerskip::config::rope_cos_sin(p, f);
                 [c, s]
             })
         })
@@ -331,23 +295,14 @@ fn rope_rotates_queries_and_fills_the_kv_cache() {
             .collect();
         let out = run(
             &ctx,
-            Shader::Rope,
-            &kv_defines(
-                Defines::new()
-                    .u32("HD", hd)
-                    .u32("NH", nh)
-                    .u32("NKV", nkv)
-                    .u32("QKV", qkv_dim),
-                format,
-            ),
+            &ops::rope(&shape(hd, nh, nkv, format)),
             [t as u32, pos0 as u32, 0, 0, 0],
             &[
-                (Access::Write, &f32_bytes(&qkv)),
-                (Access::Read, &f32_bytes(&table)),
-                (Access::Write, &kv_bytes(&cache0, format)),
-                (Access::Write, &kv_bytes(&cache0, format)),
+                &f32_bytes(&qkv),
+                &f32_bytes(&table),
+                &kv_bytes(&cache0, format),
+                &kv_bytes(&cache0, format),
             ],
-            Grid::Threads(((nh + nkv) * hd / 2) as u32),
         );
         let (got_qkv, got_k, got_v) = (
             floats(&out[0]),
@@ -413,24 +368,14 @@ fn attention_over_several_tiles_with_gqa_and_mqa() {
                 .collect();
             let out = run(
                 &ctx,
-                Shader::Attention,
-                &kv_defines(
-                    Defines::new()
-                        .u32("HD", hd)
-                        .u32("NH", nh)
-                        .u32("NKV", nkv)
-                        .u32("QKV", qkv_dim)
-                        .u32("DPT", hd.div_ceil(64)),
-                    format,
-                ),
+                &ops::attention(&shape(hd, nh, nkv, format)),
                 [t as u32, pos0 as u32, 0, 0, 0],
                 &[
-                    (Access::Read, &f32_bytes(&qkv)),
-                    (Access::Read, &kv_bytes(&k_cache, format)),
-                    (Access::Read, &kv_bytes(&v_cache, format)),
-                    (Access::Write, &f32_bytes(&vec![0.0; t * nh * hd])),
+                    &f32_bytes(&qkv),
+                    &kv_bytes(&k_cache, format),
+                    &kv_bytes(&v_cache, format),
+                    &f32_bytes(&vec![0.0; t * nh * hd]),
                 ],
-                Grid::PerToken(nh as u32),
             );
             let q: Vec<f32> = qkv
                 .chunks(qkv_dim)
@@ -467,14 +412,9 @@ fn argmax_picks_the_first_maximum_and_the_normaliser() {
     logits[v + 7] = 5.0;
     let out = run(
         &ctx,
-        Shader::Argmax,
-        &Defines::new().u32("V", v),
+        &ops::argmax(v, false),
         [t as u32, 0, 0, 0, out0 as u32],
-        &[
-            (Access::Read, &f32_bytes(&logits)),
-            (Access::Write, &u32_bytes(&[0; 12])),
-        ],
-        Grid::PerToken(1),
+        &[&f32_bytes(&logits), &u32_bytes(&[0; 12])],
     );
     let picks = words(&out[1]);
     assert_eq!(&picks[..4], &[0, 0, 0, 0], "rows before out0 untouched");
@@ -529,49 +469,25 @@ fn split_attention_matches_at_every_range_boundary() {
                 .iter()
                 .map(|&v| format.round(v))
                 .collect();
-            let defines = kv_defines(
-                Defines::new()
-                    .u32("HD", hd)
-                    .u32("NH", nh)
-                    .u32("NKV", nkv)
-                    .u32("QKV", qkv_dim)
-                    .u32("DPT", hd.div_ceil(64))
-                    .u32("CHUNK", chunk)
-                    .u32("SPLITS", splits),
-                format,
-            );
+            let a = shape(hd, nh, nkv, format);
+            let split = Split { chunk, splits };
             let step = [t as u32, pos0 as u32, 0, 0, 0];
             let parts = pollster::block_on(runner.run(
-                Shader::Attention,
-                &defines.clone().flag("SPLIT"),
+                &ops::attention_split(&a, split),
                 step,
                 &[
-                    (Access::Read, &f32_bytes(&qkv)),
-                    (Access::Read, &kv_bytes(&k_cache, format)),
-                    (Access::Read, &kv_bytes(&v_cache, format)),
-                    (
-                        Access::Write,
-                        &f32_bytes(&vec![0.0; t * nh * splits * (hd + 2)]),
-                    ),
+                    &f32_bytes(&qkv),
+                    &kv_bytes(&k_cache, format),
+                    &kv_bytes(&v_cache, format),
+                    &f32_bytes(&vec![0.0; t * nh * splits * (hd + 2)]),
                 ],
-                None,
-                Grid::Splits {
-                    heads: nh as u32,
-                    chunk: chunk as u32,
-                },
             ))
             .unwrap()
             .remove(3);
             let out = pollster::block_on(runner.run(
-                Shader::AttentionMerge,
-                &defines,
+                &ops::attention_merge(&a, split),
                 step,
-                &[
-                    (Access::Read, &parts),
-                    (Access::Write, &f32_bytes(&vec![0.0; t * nh * hd])),
-                ],
-                None,
-                Grid::PerToken(nh as u32),
+                &[&parts, &f32_bytes(&vec![0.0; t * nh * hd])],
             ))
             .unwrap();
             let q: Vec<f32> = qkv

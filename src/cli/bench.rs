@@ -668,7 +668,7 @@ fn traffic(
         }
         times = model.take_profile();
     }
-    let name = |kind: Option<layerskip::gpu::kernels::OpKind>| match kind {
+    let name = |kind: Option<layerskip::engine::OpKind>| match kind {
         Some(k) => serde_json::to_value(k)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))

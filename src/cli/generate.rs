@@ -61,13 +61,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         pollster::block_on(model.generate(&args.prompt, &args.request, on_token))?
     };
     if args.json {
-        let out = json!({
-            "prompt_tokens": completion.prompt_tokens,
-            "tokens": completion.tokens,
-            "text": completion.text,
-            "stats": completion.stats,
-        });
-        println!("{out}");
+        println!("{}", json!(completion));
         return Ok(());
     }
     println!();

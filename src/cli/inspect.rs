@@ -30,19 +30,12 @@ pub struct LogitsArgs {
 
 pub fn logits(args: LogitsArgs) -> Result<()> {
     let mut model = load(&args.model)?;
-    let (prompt, exits) = pollster::block_on(model.logit_lens(&args.prompt))?;
     if args.json {
-        let exits: Vec<_> = exits
-            .iter()
-            .enumerate()
-            .map(|(l, logits)| match args.top {
-                Some(k) => json!({"layer": l + 1, "top": top(logits, k)}),
-                None => json!({"layer": l + 1, "logits": logits}),
-            })
-            .collect();
-        println!("{}", json!({"prompt_tokens": prompt, "exits": exits}));
+        let lens = pollster::block_on(model.lens(&args.prompt, args.top))?;
+        println!("{}", json!(lens));
         return Ok(());
     }
+    let (prompt, exits) = pollster::block_on(model.logit_lens(&args.prompt))?;
     let k = args.top.unwrap_or(5);
     println!(
         "logit lens at the last prompt position ({} tokens), top {k} per exit layer:",

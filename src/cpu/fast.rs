@@ -361,8 +361,8 @@ impl Math for Fast {
         None
     }
 
-    fn backend(&self) -> crate::model::Backend {
-        crate::model::Backend::Cpu
+    fn backend(&self) -> crate::engine::Backend {
+        crate::engine::Backend::Cpu
     }
 
     fn matmul(&self, x: &[f32], w: &PackedMatrix) -> Vec<f32> {

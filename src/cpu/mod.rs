@@ -13,24 +13,23 @@ pub mod reference;
 pub mod simd;
 
 pub use fast::Fast;
-pub use reference::{
-    attention, matmul, pick, rms_norm, rope, rope_cos_sin, swiglu, Heads, Reference,
-};
+pub use reference::{attention, matmul, pick, rms_norm, rope, swiglu, Heads, Reference};
 
 use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
-use crate::engine::{Call, Counters, Engine, Head, Input, Output, Pick};
+use crate::engine::{
+    Backend, Call, Counters, Engine, EngineOptions, Head, Input, Output, Pick, Stage,
+};
 use crate::error::{Error, Result};
 use crate::files::Files;
 use crate::format::{f32_to_f16, half_to_f32, Format, KvFormat};
 use crate::llama::{LoadReport, Store, Weights};
-use crate::model::LoadOptions;
 
 /// A CPU matrix backend: how weights are held and multiplied.
 pub trait Math: Store<Vector = Vec<f32>> {
     /// What `info` calls it.
     fn name(&self) -> String;
-    fn backend(&self) -> crate::model::Backend;
+    fn backend(&self) -> Backend;
     /// The format weights are held in whatever they were loaded from (the reference's f32).
     fn stored_as(&self) -> Option<Format>;
     /// y[t, r] = sum_k x[t, k] W[r, k] for every row t of `x`.
@@ -123,7 +122,7 @@ impl<M: Math> CpuModel<M> {
         mut math: M,
         checkpoint: &Checkpoint,
         files: &impl Files,
-        options: &LoadOptions,
+        options: &EngineOptions,
         draft_ids: Option<&[u32]>,
         progress: impl FnMut(Progress),
     ) -> Result<Self> {
@@ -312,7 +311,7 @@ impl<M: Math> Engine for CpuModel<M> {
             dispatches: 0,
         }
     }
-    fn backend(&self) -> crate::model::Backend {
+    fn backend(&self) -> Backend {
         self.math.backend()
     }
     fn draft_vocab(&self) -> Option<&[u32]> {
@@ -322,7 +321,7 @@ impl<M: Math> Engine for CpuModel<M> {
     async fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
         // In a browser, a turn of the event loop between passes lets an abort or a Stop in.
         #[cfg(target_arch = "wasm32")]
-        crate::wasm::event_loop::yield_now().await;
+        crate::event_loop::yield_now().await;
         let outputs = self.run_calls(calls)?;
         crate::engine::check_finite(calls, &outputs)?;
         Ok(outputs)
@@ -373,13 +372,11 @@ impl<M: Math> CpuModel<M> {
             self.x = x;
             let mut lens = vec![];
             let mut shadow = vec![];
-            for l in call.layers.clone() {
-                self.layer(l, call.pos0);
-                if call.head == Head::Lens {
-                    lens.extend(self.exit_head(self.last_row(), false).0);
-                }
-                if call.shadow.contains(&(l + 1)) {
-                    shadow.push(self.exit_head(&self.x, call.shadow_draft_vocab).1);
+            for stage in call.stages() {
+                match stage {
+                    Stage::Layer(l) => self.layer(l, call.pos0),
+                    Stage::Lens => lens.extend(self.exit_head(self.last_row(), false).0),
+                    Stage::Shadow { draft } => shadow.push(self.exit_head(&self.x, draft).1),
                 }
             }
             if let Some(row) = call.save {

@@ -3,6 +3,7 @@
 //! `--device cpu-reference`.
 
 use super::{KvRows, Math};
+use crate::config::rope_cos_sin;
 use crate::engine::Pick;
 use crate::error::Result;
 use crate::format::{Format, Layout, Packed};
@@ -51,8 +52,8 @@ impl Math for Reference {
     fn stored_as(&self) -> Option<Format> {
         Some(Format::F32)
     }
-    fn backend(&self) -> crate::model::Backend {
-        crate::model::Backend::CpuReference
+    fn backend(&self) -> crate::engine::Backend {
+        crate::engine::Backend::CpuReference
     }
     fn matmul(&self, x: &[f32], w: &Dense) -> Vec<f32> {
         matmul(x, &w.values, w.cols)
@@ -88,12 +89,6 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
             row.iter().zip(weight).map(move |(v, w)| v * inv * w)
         })
         .collect()
-}
-
-/// cos and sin of the rotary angle, with the angle rounded to f32 as transformers computes it.
-pub fn rope_cos_sin(pos: usize, inv_freq: f32) -> (f32, f32) {
-    let angle = (pos as f32 * inv_freq) as f64;
-    (angle.cos() as f32, angle.sin() as f32)
 }
 
 fn rotate(head: &mut [f32], pos: usize, inv_freq: &[f32]) {

@@ -1,10 +1,13 @@
-//! WGSL kernels: a small preprocessor for variants (`#include "file"`, `#include NAME` for a file
-//! chosen by a define, `#ifdef`/`#ifndef`/`#else`/`#endif`, constants injected as a header), a
-//! pipeline cache keyed by (shader, defines, bindings), and `Op`, one recorded dispatch over
-//! buffers allocated once. Weight matrices bring their own bindings and shader include from
-//! their format (`tensor.rs`), so kernels read weights through `w_group` whatever the format.
+//! WGSL kernels: a small preprocessor for variants (`#include "file"`, `#include WEIGHTS` for the
+//! weight format's reader, `#ifdef FLAG`/`#ifndef`/`#else`/`#endif` over typed [`Flag`]s,
+//! constants injected as a header), a pipeline cache keyed by (shader, defines, binding slots),
+//! and `Op`, one recorded dispatch over buffers allocated once. Which kernel an op runs, with
+//! what defines, buffers and grid, is written once per op in `ops.rs`. Weight matrices bring
+//! their own bindings and include from their format (`tensor.rs`), so kernels read weights
+//! through `w_group` whatever the format.
 
 use super::tensor::{Block, Matrix};
+use crate::engine::OpKind;
 use crate::format::Packed;
 use std::collections::HashMap;
 
@@ -38,81 +41,120 @@ impl Shader {
     }
 }
 
+include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
+
 fn source(name: &str) -> &'static str {
-    match name {
-        "common.wgsl" => include_str!("../../shaders/common.wgsl"),
-        "formats/f32.wgsl" => include_str!("../../shaders/formats/f32.wgsl"),
-        "formats/f16.wgsl" => include_str!("../../shaders/formats/f16.wgsl"),
-        "formats/bf16.wgsl" => include_str!("../../shaders/formats/bf16.wgsl"),
-        "formats/q8.wgsl" => include_str!("../../shaders/formats/q8.wgsl"),
-        "formats/q4.wgsl" => include_str!("../../shaders/formats/q4.wgsl"),
-        "formats/scales.wgsl" => include_str!("../../shaders/formats/scales.wgsl"),
-        "formats/q4_1.wgsl" => include_str!("../../shaders/formats/q4_1.wgsl"),
-        "formats/k_scales.wgsl" => include_str!("../../shaders/formats/k_scales.wgsl"),
-        "formats/nibbles.wgsl" => include_str!("../../shaders/formats/nibbles.wgsl"),
-        "formats/q4_k.wgsl" => include_str!("../../shaders/formats/q4_k.wgsl"),
-        "formats/q5_k.wgsl" => include_str!("../../shaders/formats/q5_k.wgsl"),
-        "formats/q6_k.wgsl" => include_str!("../../shaders/formats/q6_k.wgsl"),
-        "reduce.wgsl" => include_str!("../../shaders/reduce.wgsl"),
-        "inputs.wgsl" => include_str!("../../shaders/inputs.wgsl"),
-        "embed.wgsl" => include_str!("../../shaders/embed.wgsl"),
-        "rmsnorm.wgsl" => include_str!("../../shaders/rmsnorm.wgsl"),
-        "matvec.wgsl" => include_str!("../../shaders/matvec.wgsl"),
-        "gemm.wgsl" => include_str!("../../shaders/gemm.wgsl"),
-        "rope.wgsl" => include_str!("../../shaders/rope.wgsl"),
-        "attention.wgsl" => include_str!("../../shaders/attention.wgsl"),
-        "attention_merge.wgsl" => include_str!("../../shaders/attention_merge.wgsl"),
-        "argmax.wgsl" => include_str!("../../shaders/argmax.wgsl"),
-        other => panic!("no shader named {other}"),
+    SHADERS
+        .iter()
+        .find(|(file, _)| *file == name)
+        .map(|(_, text)| *text)
+        .unwrap_or_else(|| panic!("no shader named {name}"))
+}
+
+/// A switch in the shaders (`#ifdef NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flag {
+    /// Products add into their output (a residual) instead of storing.
+    Accumulate,
+    /// Products read silu(gate) * up from [gate | up] input rows.
+    Swiglu,
+    /// Products load inputs 16 bytes at a time (K is a multiple of 4).
+    XVec4,
+    /// Mat-vec row sums by subgroup operations.
+    Subgroups,
+    /// The KV cache holds f16 pairs.
+    KvF16,
+    /// Attention over one range of keys, into partial results.
+    Split,
+    /// Argmax maps row indices to token ids (the draft head).
+    MapIds,
+}
+
+impl Flag {
+    pub const ALL: [Flag; 7] = [
+        Flag::Accumulate,
+        Flag::Swiglu,
+        Flag::XVec4,
+        Flag::Subgroups,
+        Flag::KvF16,
+        Flag::Split,
+        Flag::MapIds,
+    ];
+
+    /// The name the shaders test with `#ifdef`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flag::Accumulate => "ACCUMULATE",
+            Flag::Swiglu => "SWIGLU",
+            Flag::XVec4 => "X_VEC4",
+            Flag::Subgroups => "SUBGROUPS",
+            Flag::KvF16 => "KV_F16",
+            Flag::Split => "SPLIT",
+            Flag::MapIds => "MAP_IDS",
+        }
+    }
+
+    fn named(name: &str) -> Option<Flag> {
+        Flag::ALL.into_iter().find(|f| f.name() == name)
     }
 }
 
-/// Compile-time parameters of one kernel variant.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Defines(Vec<(&'static str, Define)>);
+/// Compile-time parameters of one kernel variant: flags, constants injected as a header, and the
+/// weight format's include. Part of the pipeline key, so it compares and hashes exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Defines {
+    flags: Vec<Flag>,
+    constants: Vec<(&'static str, Constant)>,
+    /// The file `#include WEIGHTS` includes.
+    weights: Option<&'static str>,
+}
 
-#[derive(Debug, Clone, PartialEq)]
-enum Define {
-    Flag,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Constant {
     U32(u32),
-    F32(f32),
-    /// A file for `#include NAME`.
-    File(&'static str),
+    /// An f32 by its bits, so that keys compare exactly.
+    F32(u32),
 }
 
 impl Defines {
     pub fn new() -> Self {
         Self::default()
     }
-    pub fn flag(mut self, name: &'static str) -> Self {
-        self.0.push((name, Define::Flag));
+    pub fn flag(mut self, flag: Flag) -> Self {
+        if !self.flags.contains(&flag) {
+            self.flags.push(flag);
+        }
         self
+    }
+    /// The flag when `on`.
+    pub fn flag_if(self, flag: Flag, on: bool) -> Self {
+        match on {
+            true => self.flag(flag),
+            false => self,
+        }
     }
     pub fn u32(mut self, name: &'static str, value: usize) -> Self {
         let value = u32::try_from(value).expect("shader constant exceeds u32");
-        self.0.push((name, Define::U32(value)));
+        self.constants.push((name, Constant::U32(value)));
         self
     }
     pub fn f32(mut self, name: &'static str, value: f32) -> Self {
-        self.0.push((name, Define::F32(value)));
+        self.constants.push((name, Constant::F32(value.to_bits())));
         self
     }
-    /// Makes `#include NAME` include `file`.
-    pub fn file(mut self, name: &'static str, file: &'static str) -> Self {
-        self.0.push((name, Define::File(file)));
+    /// Makes `#include WEIGHTS` include `file` (a weight format's reader).
+    pub fn weights(mut self, file: &'static str) -> Self {
+        self.weights = Some(file);
         self
     }
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|(n, _)| *n == name)
+    /// Whether `#ifdef name` holds. A name that is no [`Flag`] is a mistake in a shader.
+    fn has(&self, file: &str, name: &str) -> bool {
+        let flag = Flag::named(name)
+            .unwrap_or_else(|| panic!("{file}: #ifdef {name} names no kernel flag"));
+        self.flags.contains(&flag)
     }
-    fn file_of(&self, name: &str) -> Option<&'static str> {
-        self.0.iter().find_map(|(n, d)| match d {
-            Define::File(f) if *n == name => Some(*f),
-            _ => None,
-        })
-    }
-    fn key(&self) -> String {
-        self.0.iter().map(|(n, d)| format!("{n}={d:?};")).collect()
+    fn constant(&self, name: &str) -> bool {
+        self.constants.iter().any(|(n, _)| *n == name)
     }
 }
 
@@ -122,14 +164,16 @@ pub const WORKGROUP: u32 = 64;
 /// Expands one shader for a set of defines. `WG` is [`WORKGROUP`] unless the defines set it.
 pub fn preprocess(shader: Shader, defines: &Defines) -> String {
     let mut out = String::new();
-    if !defines.has("WG") {
+    if !defines.constant("WG") {
         out.push_str(&format!("const WG: u32 = {WORKGROUP}u;\n"));
     }
-    for (name, value) in &defines.0 {
+    for (name, value) in &defines.constants {
         match value {
-            Define::Flag | Define::File(_) => {}
-            Define::U32(v) => out.push_str(&format!("const {name}: u32 = {v}u;\n")),
-            Define::F32(v) => out.push_str(&format!("const {name}: f32 = {v:e}f;\n")),
+            Constant::U32(v) => out.push_str(&format!("const {name}: u32 = {v}u;\n")),
+            Constant::F32(bits) => out.push_str(&format!(
+                "const {name}: f32 = {:e}f;\n",
+                f32::from_bits(*bits)
+            )),
         }
     }
     expand(shader.name(), defines, &mut out);
@@ -143,9 +187,9 @@ fn expand(file: &str, defines: &Defines, out: &mut String) {
     for line in source(file).lines() {
         let trimmed = line.trim();
         if let Some(name) = trimmed.strip_prefix("#ifdef ") {
-            stack.push((defines.has(name.trim()), !active(&stack)));
+            stack.push((defines.has(file, name.trim()), !active(&stack)));
         } else if let Some(name) = trimmed.strip_prefix("#ifndef ") {
-            stack.push((!defines.has(name.trim()), !active(&stack)));
+            stack.push((!defines.has(file, name.trim()), !active(&stack)));
         } else if trimmed == "#else" {
             let top = stack
                 .last_mut()
@@ -159,11 +203,12 @@ fn expand(file: &str, defines: &Defines, out: &mut String) {
             continue;
         } else if let Some(name) = trimmed.strip_prefix("#include ") {
             let name = name.trim();
-            let file = match name.strip_prefix('"') {
-                Some(quoted) => quoted.trim_end_matches('"'),
-                None => defines
-                    .file_of(name)
-                    .unwrap_or_else(|| panic!("{file}: #include {name} names no file define")),
+            let file = match (name.strip_prefix('"'), name) {
+                (Some(quoted), _) => quoted.trim_end_matches('"'),
+                (None, "WEIGHTS") => defines
+                    .weights
+                    .unwrap_or_else(|| panic!("{file}: #include WEIGHTS without a weight format")),
+                (None, other) => panic!("{file}: #include {other} is neither a file nor WEIGHTS"),
             };
             expand(file, defines, out);
         } else {
@@ -215,34 +260,6 @@ impl Grid {
             Grid::Threads(items) => fold((tokens * items).div_ceil(WORKGROUP)),
         }
     }
-
-    /// The same grid over a block of `rows` weight rows (a matrix split into row blocks).
-    pub fn for_rows(self, rows: usize) -> Grid {
-        match self {
-            Grid::Rows { per, .. } => Grid::Rows {
-                rows: rows as u32,
-                per,
-            },
-            Grid::Tiles { .. } => Grid::Tiles { rows: rows as u32 },
-            other => other,
-        }
-    }
-}
-
-/// What a dispatch computes, for the GPU time profile (`bench --profile`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OpKind {
-    Embed,
-    Norm,
-    Qkv,
-    Rope,
-    Attention,
-    O,
-    GateUp,
-    Down,
-    Head,
-    Argmax,
 }
 
 /// One dispatch: a pipeline, its buffers, and how big a grid to launch.
@@ -291,11 +308,30 @@ pub const STEP_STRIDE: u64 = 256;
 /// Bytes of `struct Step` in common.wgsl.
 pub const STEP_SIZE: u64 = 32;
 
+/// One kernel variant: the shader, its defines, how each buffer it binds from 1 up is accessed
+/// (in binding order; a weight block's buffers come on top), and the grid it dispatches. Built by
+/// the constructors in `ops.rs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kernel {
+    pub shader: Shader,
+    pub defines: Defines,
+    pub buffers: Vec<Access>,
+    pub grid: Grid,
+}
+
+/// What makes two pipelines the same: the shader, its defines and its binding slots.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    shader: Shader,
+    defines: Defines,
+    slots: Vec<(u32, Access)>,
+}
+
 /// Builds ops, compiling each distinct kernel variant once.
 pub struct Kernels {
     device: wgpu::Device,
     layouts: HashMap<Vec<(u32, Access)>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
-    pipelines: HashMap<String, wgpu::ComputePipeline>,
+    pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
 }
 
 impl Kernels {
@@ -350,22 +386,28 @@ impl Kernels {
         })
     }
 
-    /// An op running `shader` with `defines` over `buffers` (bound from 1 up) and, for kernels
-    /// that read a weight matrix, one of its blocks (bound where its format's include expects),
-    /// with the step parameters in `step` at binding 0.
+    /// An op running `kernel` over `buffers` (bound from 1 up, one per access the kernel
+    /// declares) and, for kernels that read a weight matrix, one of its blocks (bound where its
+    /// format's include expects), with the step parameters in `step` at binding 0.
     pub fn op(
         &mut self,
-        shader: Shader,
-        defines: &Defines,
+        kernel: &Kernel,
         step: &wgpu::Buffer,
-        buffers: &[(Access, &wgpu::Buffer)],
+        buffers: &[&wgpu::Buffer],
         weights: Option<&Block>,
-        grid: Grid,
     ) -> Op {
-        let mut bound: Vec<(u32, Access, &wgpu::Buffer)> = buffers
+        debug_assert_eq!(
+            buffers.len(),
+            kernel.buffers.len(),
+            "{:?}: buffers bound vs declared",
+            kernel.shader
+        );
+        let mut bound: Vec<(u32, Access, &wgpu::Buffer)> = kernel
+            .buffers
             .iter()
+            .zip(buffers)
             .enumerate()
-            .map(|(i, &(access, buffer))| (i as u32 + 1, access, buffer))
+            .map(|(i, (&access, &buffer))| (i as u32 + 1, access, buffer))
             .collect();
         if let Some(block) = weights {
             bound.extend(
@@ -376,16 +418,21 @@ impl Kernels {
             );
         }
         let slots: Vec<(u32, Access)> = bound.iter().map(|&(b, a, _)| (b, a)).collect();
-        let key = format!("{}|{}|{slots:?}", shader.name(), defines.key());
         let (bgl, pl) = self.layout(&slots).clone();
+        let key = PipelineKey {
+            shader: kernel.shader,
+            defines: kernel.defines.clone(),
+            slots,
+        };
         let device = &self.device;
+        let shader = kernel.shader;
         let pipeline = self
             .pipelines
             .entry(key)
             .or_insert_with(|| {
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(shader.name()),
-                    source: wgpu::ShaderSource::Wgsl(preprocess(shader, defines).into()),
+                    source: wgpu::ShaderSource::Wgsl(preprocess(shader, &kernel.defines).into()),
                 });
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(shader.name()),
@@ -419,7 +466,7 @@ impl Kernels {
         Op {
             pipeline,
             bind_group,
-            grid,
+            grid: kernel.grid,
             kind: None,
         }
     }
@@ -440,17 +487,42 @@ impl<'a> KernelRunner<'a> {
         }
     }
 
-    /// Runs `shader` with `step` ([n_tokens, pos0, row0, tok0, out0]) over `buffers` (bound from
-    /// 1 up) and, for kernels that read weights, a matrix of `rows` x `cols` in `format` holding
-    /// `weights` (one dispatch per row block, `grid` fitted to each).
+    /// Runs `kernel` with `step` ([n_tokens, pos0, row0, tok0, out0]) over `buffers`.
     pub async fn run(
         &mut self,
-        shader: Shader,
-        defines: &Defines,
+        kernel: &Kernel,
         step: [u32; 5],
-        buffers: &[(Access, &[u8])],
-        weights: Option<(&Matrix, &Packed)>,
-        grid: Grid,
+        buffers: &[&[u8]],
+    ) -> crate::error::Result<Vec<Vec<u8>>> {
+        self.dispatch(|_| kernel.clone(), step, buffers, None).await
+    }
+
+    /// Runs the kernel `kernel` builds for each row block of `matrix` (holding `packed`), one
+    /// dispatch per block, over `buffers`.
+    pub async fn run_matrix(
+        &mut self,
+        kernel: impl Fn(&Block) -> Kernel,
+        step: [u32; 5],
+        buffers: &[&[u8]],
+        matrix: &Matrix,
+        packed: &Packed,
+    ) -> crate::error::Result<Vec<Vec<u8>>> {
+        matrix.write_rows(&self.ctx.queue, 0, packed);
+        self.dispatch(
+            |b| kernel(b.expect("a block of the matrix")),
+            step,
+            buffers,
+            Some(matrix),
+        )
+        .await
+    }
+
+    async fn dispatch(
+        &mut self,
+        kernel: impl Fn(Option<&Block>) -> Kernel,
+        step: [u32; 5],
+        buffers: &[&[u8]],
+        matrix: Option<&Matrix>,
     ) -> crate::error::Result<Vec<Vec<u8>>> {
         let ctx = self.ctx;
         let step_buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -464,7 +536,7 @@ impl<'a> KernelRunner<'a> {
         let gpu: Vec<wgpu::Buffer> = buffers
             .iter()
             .enumerate()
-            .map(|(i, (_, bytes))| {
+            .map(|(i, bytes)| {
                 // Test buffers ignore a simulated binding limit, which is for the weights.
                 let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("binding {}", i + 1)),
@@ -478,32 +550,18 @@ impl<'a> KernelRunner<'a> {
                 b
             })
             .collect();
-        let bound: Vec<(Access, &wgpu::Buffer)> = buffers
-            .iter()
-            .zip(&gpu)
-            .map(|((a, _), b)| (*a, b))
-            .collect();
-        let mut ops = vec![];
-        match weights {
-            Some((matrix, packed)) => {
-                matrix.write_rows(&ctx.queue, 0, packed);
-                for block in &matrix.blocks {
-                    let d = matrix
-                        .defines(block, defines.clone())
-                        .u32("ROW0", block.row0)
-                        .u32("ROWS", block.rows);
-                    let grid = grid.for_rows(block.rows);
-                    ops.push(
-                        self.kernels
-                            .op(shader, &d, &step_buffer, &bound, Some(block), grid),
-                    );
-                }
-            }
-            None => ops.push(
-                self.kernels
-                    .op(shader, defines, &step_buffer, &bound, None, grid),
-            ),
-        }
+        let bound: Vec<&wgpu::Buffer> = gpu.iter().collect();
+        let ops: Vec<Op> = match matrix {
+            Some(matrix) => matrix
+                .blocks
+                .iter()
+                .map(|block| {
+                    self.kernels
+                        .op(&kernel(Some(block)), &step_buffer, &bound, Some(block))
+                })
+                .collect(),
+            None => vec![self.kernels.op(&kernel(None), &step_buffer, &bound, None)],
+        };
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
@@ -520,7 +578,7 @@ impl<'a> KernelRunner<'a> {
         let reads: Vec<(&wgpu::Buffer, u64, u64)> = gpu
             .iter()
             .zip(buffers)
-            .map(|(b, (_, bytes))| (b, 0, bytes.len() as u64))
+            .map(|(b, bytes)| (b, 0, bytes.len() as u64))
             .collect();
         ctx.read(encoder, &reads).await
     }
@@ -542,8 +600,8 @@ mod tests {
                 .u32("GROUPS", 1)
                 .u32("WG", 256)
                 .u32("RPW", 4)
-                .file("WEIGHTS", "formats/bf16.wgsl")
-                .flag("SWIGLU"),
+                .weights("formats/bf16.wgsl")
+                .flag(Flag::Swiglu),
         );
         assert!(src.starts_with("const K: u32 = 8u;\n"));
         assert!(
@@ -557,6 +615,28 @@ mod tests {
         assert!(src.contains("struct Step"), "common.wgsl included");
         let src = preprocess(Shader::RmsNorm, &Defines::new().f32("EPS", 1e-5));
         assert!(src.contains("const EPS: f32 = 1e-5f;\n"));
+    }
+
+    /// A misspelt `#ifdef` would silently compile a kernel without its variant.
+    #[test]
+    fn every_shader_switch_is_a_flag_and_every_flag_switches_something() {
+        let mut used = vec![];
+        for (file, text) in SHADERS {
+            for line in text.lines().map(str::trim) {
+                let Some(name) = line
+                    .strip_prefix("#ifdef ")
+                    .or_else(|| line.strip_prefix("#ifndef "))
+                else {
+                    continue;
+                };
+                let flag = Flag::named(name.trim())
+                    .unwrap_or_else(|| panic!("{file}: #ifdef {name} names no Flag"));
+                used.push(flag);
+            }
+        }
+        for flag in Flag::ALL {
+            assert!(used.contains(&flag), "{flag:?} is tested by no shader");
+        }
     }
 
     #[test]
@@ -586,8 +666,8 @@ mod tests {
                 .u32("GROUPS", 1)
                 .u32("WG", 256)
                 .u32("RPW", 4)
-                .file("WEIGHTS", "formats/f32.wgsl")
-                .flag("SUBGROUPS"),
+                .weights("formats/f32.wgsl")
+                .flag(Flag::Subgroups),
         );
         assert_eq!(src.matches("const WG").count(), 1, "WG once, as defined");
         assert!(src.contains("subgroupAdd"));

@@ -4,17 +4,20 @@
 //! back only token picks (8 bytes a row) or, for the logit lens, the requested logits.
 
 use super::context::GpuContext;
-use super::kernels::{Access, Defines, Grid, Kernels, Op, OpKind, Shader, STEP_STRIDE};
+use super::context::Tuning;
+use super::kernels::{Kernel, Kernels, Op, STEP_STRIDE};
 use super::kv_cache::KvCache;
-use super::tensor::Matrix;
+use super::ops;
+use super::tensor::{Block, Matrix};
 use crate::checkpoint::{Checkpoint, Progress};
-use crate::config::Config;
-use crate::engine::{self, Call, Counters, Engine, Head, Input, Output, Pick};
+use crate::config::{rope_cos_sin, Config};
+use crate::engine::{
+    self, Backend, Call, Counters, Engine, EngineOptions, Head, Input, OpKind, Output, Pick, Stage,
+};
 use crate::error::{Error, Result};
 use crate::files::Files;
-use crate::format::{groups, KvFormat, Layout, Packed};
-use crate::llama::{self, LoadReport, Store, Weights};
-use crate::model::LoadOptions;
+use crate::format::{groups, Layout, Packed};
+use crate::llama::{self, LayerWeights, LoadReport, Store, Weights};
 use crate::plan::{Blocks, MemoryPlan};
 use std::collections::BTreeMap;
 
@@ -33,8 +36,8 @@ const MAX_PICKS: usize = 256;
 /// Most key ranges split attention uses per (token, head).
 const MAX_SPLITS: usize = 32;
 
-/// A matrix product in both shapes, per row block of the matrix.
-struct Product {
+/// A matrix product by both kernels, one op per row block of the matrix.
+struct MatMul {
     matvec: Vec<Op>,
     gemm: Vec<Op>,
 }
@@ -42,11 +45,11 @@ struct Product {
 /// The reduced draft head's dispatches: its product (logits rows as wide as the draft
 /// vocabulary) and an argmax that maps indices to token ids.
 struct DraftOps {
-    head: Product,
+    head: MatMul,
     argmax: Op,
 }
 
-impl Product {
+impl MatMul {
     fn ops(&self, rows: u32) -> &[Op] {
         match rows as usize <= MATVEC_MAX_ROWS {
             true => &self.matvec,
@@ -58,15 +61,15 @@ impl Product {
 /// One decoder layer's dispatches.
 struct LayerOps {
     input_norm: Op,
-    qkv: Product,
+    qkv: MatMul,
     rope: Op,
     attention: Op,
     /// Attention split over ranges of keys, then merged.
     attention_split: [Op; 2],
-    o: Product,
+    o: MatMul,
     post_norm: Op,
-    gate_up: Product,
-    down: Product,
+    gate_up: MatMul,
+    down: MatMul,
 }
 
 /// Activation buffers, sized by the memory plan: a prompt chunk of rows (an exit-head block for
@@ -101,7 +104,7 @@ pub struct GpuModel {
     embed: Vec<Op>,
     layers: Vec<LayerOps>,
     final_norm: Op,
-    head: Product,
+    head: MatMul,
     argmax: Op,
     /// The reduced draft head, when the model has a draft vocabulary.
     draft: Option<DraftOps>,
@@ -249,7 +252,7 @@ fn rope_table(ctx: &GpuContext, config: &Config, positions: usize) -> Result<wgp
         let table: Vec<f32> = (pos0..positions.min(pos0 + BLOCK))
             .flat_map(|pos| {
                 inv_freq.iter().flat_map(move |&f| {
-                    let (c, s) = crate::cpu::rope_cos_sin(pos, f);
+                    let (c, s) = rope_cos_sin(pos, f);
                     [c, s]
                 })
             })
@@ -263,6 +266,203 @@ fn rope_table(ctx: &GpuContext, config: &Config, positions: usize) -> Result<wgp
     Ok(buffer)
 }
 
+impl Activations {
+    /// The buffers for blocks of `blocks.rows` rows (`blocks.head_rows` through the exit head),
+    /// a KV cache of `max_context` positions and split attention over `split` ranges.
+    fn new(
+        ctx: &GpuContext,
+        config: &Config,
+        blocks: Blocks,
+        max_context: usize,
+        split: ops::Split,
+    ) -> Result<Self> {
+        let (h, i, v) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
+        let act = |name: &str, floats: usize| {
+            ctx.storage(name, (floats * 4) as u64, wgpu::BufferUsages::COPY_SRC)
+        };
+        Ok(Activations {
+            step: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step"),
+                size: SLOTS as u64 * STEP_STRIDE,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            tokens: act("tokens", max_context + MAX_PICKS)?,
+            x: act("x", blocks.rows * h)?,
+            xn: act("xn", blocks.rows * h)?,
+            qkv: act("qkv", blocks.rows * (config.q_dim() + 2 * config.kv_dim()))?,
+            attn: act("attn", blocks.rows * config.q_dim())?,
+            gate_up: act("gate_up", blocks.rows * 2 * i)?,
+            logits: act("logits", blocks.head_rows * v)?,
+            picks: act("picks", MAX_PICKS * 2)?,
+            out_logits: act(
+                "out_logits",
+                (config.num_hidden_layers + blocks.head_rows) * v,
+            )?,
+            exit_cache: act("exit_cache", blocks.head_rows * h)?,
+            rope: rope_table(ctx, config, max_context)?,
+            attention_parts: act(
+                "attention_parts",
+                MATVEC_MAX_ROWS * config.num_attention_heads * split.splits * (config.head_dim + 2),
+            )?,
+        })
+    }
+}
+
+/// Builds the model's ops over its activation buffers, each from its constructor in `ops.rs`.
+struct OpBuilder<'a> {
+    kernels: Kernels,
+    buf: &'a Activations,
+    config: &'a Config,
+    attention: ops::Attention,
+    split: ops::Split,
+    tuning: Tuning,
+}
+
+impl OpBuilder<'_> {
+    fn op(
+        &mut self,
+        kind: OpKind,
+        kernel: &Kernel,
+        buffers: &[&wgpu::Buffer],
+        weights: Option<&Block>,
+    ) -> Op {
+        self.kernels
+            .op(kernel, &self.buf.step, buffers, weights)
+            .labeled(kind)
+    }
+
+    fn norm(&mut self, weight: &wgpu::Buffer) -> Op {
+        let kernel = ops::rms_norm(self.config.hidden_size, self.config.rms_norm_eps);
+        let buf = self.buf;
+        self.op(OpKind::Norm, &kernel, &[&buf.x, weight, &buf.xn], None)
+    }
+
+    /// `m` times the rows of `x` into `y`, by both kernels, one op per row block of `m`.
+    fn matmul(
+        &mut self,
+        kind: OpKind,
+        m: &Matrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        variant: ops::Variant,
+    ) -> MatMul {
+        let matvec = ops::Product::Matvec {
+            workgroup_size: self.tuning.workgroup_size,
+            shape: self.tuning.matvec(groups(m.cols)),
+        };
+        let mut by = |product: ops::Product| -> Vec<Op> {
+            m.blocks
+                .iter()
+                .map(|b| {
+                    let kernel = ops::product(product, variant, m.cols, m.rows, b);
+                    self.op(kind, &kernel, &[x, y], Some(b))
+                })
+                .collect()
+        };
+        MatMul {
+            matvec: by(matvec),
+            gemm: by(ops::Product::Gemm),
+        }
+    }
+
+    fn layer(
+        &mut self,
+        w: &LayerWeights<Matrix, wgpu::Buffer>,
+        keys: &wgpu::Buffer,
+        values: &wgpu::Buffer,
+    ) -> LayerOps {
+        let (a, split, buf) = (self.attention, self.split, self.buf);
+        let accumulate = ops::Variant {
+            accumulate: true,
+            ..ops::Variant::default()
+        };
+        LayerOps {
+            input_norm: self.norm(&w.input_norm),
+            qkv: self.matmul(OpKind::Qkv, &w.qkv, &buf.xn, &buf.qkv, Default::default()),
+            rope: self.op(
+                OpKind::Rope,
+                &ops::rope(&a),
+                &[&buf.qkv, &buf.rope, keys, values],
+                None,
+            ),
+            attention: self.op(
+                OpKind::Attention,
+                &ops::attention(&a),
+                &[&buf.qkv, keys, values, &buf.attn],
+                None,
+            ),
+            attention_split: [
+                self.op(
+                    OpKind::Attention,
+                    &ops::attention_split(&a, split),
+                    &[&buf.qkv, keys, values, &buf.attention_parts],
+                    None,
+                ),
+                self.op(
+                    OpKind::Attention,
+                    &ops::attention_merge(&a, split),
+                    &[&buf.attention_parts, &buf.attn],
+                    None,
+                ),
+            ],
+            o: self.matmul(OpKind::O, &w.o, &buf.attn, &buf.x, accumulate),
+            post_norm: self.norm(&w.post_norm),
+            gate_up: self.matmul(
+                OpKind::GateUp,
+                &w.gate_up,
+                &buf.xn,
+                &buf.gate_up,
+                Default::default(),
+            ),
+            down: self.matmul(
+                OpKind::Down,
+                &w.down,
+                &buf.gate_up,
+                &buf.x,
+                ops::Variant {
+                    swiglu: true,
+                    accumulate: true,
+                },
+            ),
+        }
+    }
+
+    /// The exit head over `m`'s rows (the full head or the draft head's).
+    fn head(&mut self, m: &Matrix) -> MatMul {
+        let buf = self.buf;
+        self.matmul(OpKind::Head, m, &buf.xn, &buf.logits, Default::default())
+    }
+
+    /// Picks over logits rows of `width`; with `ids`, row index i stands for token ids[i].
+    fn argmax(&mut self, width: usize, ids: Option<&wgpu::Buffer>) -> Op {
+        let buf = self.buf;
+        let mut bound = vec![&buf.logits, &buf.picks];
+        bound.extend(ids);
+        self.op(
+            OpKind::Argmax,
+            &ops::argmax(width, ids.is_some()),
+            &bound,
+            None,
+        )
+    }
+
+    fn embed(&mut self, m: &Matrix) -> Vec<Op> {
+        let buf = self.buf;
+        m.blocks
+            .iter()
+            .map(|b| {
+                let kernel = ops::embed(self.config.hidden_size, b);
+                self.op(OpKind::Embed, &kernel, &[&buf.tokens, &buf.x], Some(b))
+            })
+            .collect()
+    }
+}
+
 impl GpuModel {
     /// Loads a checkpoint onto the GPU. The context is capped by the model's own
     /// max_position_embeddings; the memory plan is checked against the adapter before anything
@@ -271,7 +471,7 @@ impl GpuModel {
         ctx: GpuContext,
         checkpoint: &Checkpoint,
         files: &impl Files,
-        options: &LoadOptions,
+        options: &EngineOptions,
         draft_ids: Option<&[u32]>,
         progress: impl FnMut(Progress),
     ) -> Result<Self> {
@@ -309,210 +509,27 @@ impl GpuModel {
         .await?;
         store.flush()?;
 
-        let (h, i, v) = (
-            config.hidden_size,
-            config.intermediate_size,
-            config.vocab_size,
-        );
-        let qkv_dim = config.q_dim() + 2 * config.kv_dim();
         // Split attention: ranges of at least 256 keys, and at most MAX_SPLITS of them.
-        let attention_chunk = max_context.div_ceil(MAX_SPLITS).max(256);
-        let splits = max_context.div_ceil(attention_chunk);
-        let act = |name: &str, floats: usize| {
-            ctx.storage(name, (floats * 4) as u64, wgpu::BufferUsages::COPY_SRC)
+        let chunk = max_context.div_ceil(MAX_SPLITS).max(256);
+        let split = ops::Split {
+            chunk,
+            splits: max_context.div_ceil(chunk),
         };
-        let buf = Activations {
-            step: ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("step"),
-                size: SLOTS as u64 * STEP_STRIDE,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }),
-            tokens: act("tokens", max_context + MAX_PICKS)?,
-            x: act("x", blocks.rows * h)?,
-            xn: act("xn", blocks.rows * h)?,
-            qkv: act("qkv", blocks.rows * qkv_dim)?,
-            attn: act("attn", blocks.rows * config.q_dim())?,
-            gate_up: act("gate_up", blocks.rows * 2 * i)?,
-            logits: act("logits", blocks.head_rows * v)?,
-            picks: act("picks", MAX_PICKS * 2)?,
-            out_logits: act(
-                "out_logits",
-                (config.num_hidden_layers + blocks.head_rows) * v,
-            )?,
-            exit_cache: act("exit_cache", blocks.head_rows * h)?,
-            rope: rope_table(&ctx, &config, max_context)?,
-            attention_parts: act(
-                "attention_parts",
-                MATVEC_MAX_ROWS * config.num_attention_heads * splits * (config.head_dim + 2),
-            )?,
+        let buf = Activations::new(&ctx, &config, blocks, max_context, split)?;
+        let mut b = OpBuilder {
+            kernels: Kernels::new(&ctx.device),
+            buf: &buf,
+            config: &config,
+            attention: ops::Attention::of(&config, options.kv_cache),
+            split,
+            tuning: ctx.tuning,
         };
-
-        let mut k = Kernels::new(&ctx.device);
-        let (hd, nh, nkv) = (
-            config.head_dim,
-            config.num_attention_heads,
-            config.num_key_value_heads,
-        );
-        let norm_defines = Defines::new().u32("H", h).f32("EPS", config.rms_norm_eps);
-        let mut attn_defines = Defines::new()
-            .u32("HD", hd)
-            .u32("NH", nh)
-            .u32("NKV", nkv)
-            .u32("QKV", qkv_dim);
-        if options.kv_cache == KvFormat::F16 {
-            attn_defines = attn_defines.flag("KV_F16");
-        }
-        let split_defines = attn_defines
-            .clone()
-            .u32("CHUNK", attention_chunk)
-            .u32("SPLITS", splits);
-        let tuning = ctx.tuning;
-        let norm = |k: &mut Kernels, weight: &wgpu::Buffer| {
-            k.op(
-                Shader::RmsNorm,
-                &norm_defines,
-                &buf.step,
-                &[
-                    (Access::Read, &buf.x),
-                    (Access::Read, weight),
-                    (Access::Write, &buf.xn),
-                ],
-                None,
-                Grid::PerToken(1),
-            )
-            .labeled(OpKind::Norm)
-        };
-        let product = |k: &mut Kernels,
-                       kind: OpKind,
-                       m: &Matrix,
-                       x: &wgpu::Buffer,
-                       y: &wgpu::Buffer,
-                       variant: &[&'static str]| {
-            let label = |ops: Vec<Op>| ops.into_iter().map(|op| op.labeled(kind)).collect();
-            Product {
-                matvec: label(matmul_ops(k, &buf.step, m, x, y, variant, Some(tuning))),
-                gemm: label(matmul_ops(k, &buf.step, m, x, y, variant, None)),
-            }
-        };
-        let mut layer_ops = vec![];
-        for (l, w) in weights.layers.iter().enumerate() {
-            let kv = [(Access::Read, &kv.keys[l]), (Access::Read, &kv.values[l])];
-            layer_ops.push(LayerOps {
-                input_norm: norm(&mut k, &w.input_norm),
-                qkv: product(&mut k, OpKind::Qkv, &w.qkv, &buf.xn, &buf.qkv, &[]),
-                rope: k
-                    .op(
-                        Shader::Rope,
-                        &attn_defines,
-                        &buf.step,
-                        &[
-                            (Access::Write, &buf.qkv),
-                            (Access::Read, &buf.rope),
-                            (Access::Write, kv[0].1),
-                            (Access::Write, kv[1].1),
-                        ],
-                        None,
-                        Grid::Threads(((nh + nkv) * hd / 2) as u32),
-                    )
-                    .labeled(OpKind::Rope),
-                attention: k
-                    .op(
-                        Shader::Attention,
-                        &attn_defines.clone().u32("DPT", hd.div_ceil(64)),
-                        &buf.step,
-                        &[
-                            (Access::Read, &buf.qkv),
-                            kv[0],
-                            kv[1],
-                            (Access::Write, &buf.attn),
-                        ],
-                        None,
-                        Grid::PerToken(nh as u32),
-                    )
-                    .labeled(OpKind::Attention),
-                attention_split: [
-                    k.op(
-                        Shader::Attention,
-                        &split_defines
-                            .clone()
-                            .u32("DPT", hd.div_ceil(64))
-                            .flag("SPLIT"),
-                        &buf.step,
-                        &[
-                            (Access::Read, &buf.qkv),
-                            kv[0],
-                            kv[1],
-                            (Access::Write, &buf.attention_parts),
-                        ],
-                        None,
-                        Grid::Splits {
-                            heads: nh as u32,
-                            chunk: attention_chunk as u32,
-                        },
-                    )
-                    .labeled(OpKind::Attention),
-                    k.op(
-                        Shader::AttentionMerge,
-                        &split_defines,
-                        &buf.step,
-                        &[
-                            (Access::Read, &buf.attention_parts),
-                            (Access::Write, &buf.attn),
-                        ],
-                        None,
-                        Grid::PerToken(nh as u32),
-                    )
-                    .labeled(OpKind::Attention),
-                ],
-                o: product(&mut k, OpKind::O, &w.o, &buf.attn, &buf.x, &["ACCUMULATE"]),
-                post_norm: norm(&mut k, &w.post_norm),
-                gate_up: product(
-                    &mut k,
-                    OpKind::GateUp,
-                    &w.gate_up,
-                    &buf.xn,
-                    &buf.gate_up,
-                    &[],
-                ),
-                down: product(
-                    &mut k,
-                    OpKind::Down,
-                    &w.down,
-                    &buf.gate_up,
-                    &buf.x,
-                    &["ACCUMULATE", "SWIGLU"],
-                ),
-            });
-        }
-        let final_norm = norm(&mut k, &weights.final_norm);
-        let head = product(
-            &mut k,
-            OpKind::Head,
-            weights.head(),
-            &buf.xn,
-            &buf.logits,
-            &[],
-        );
-        // Picks over logits rows of `width`; with `ids`, row index i stands for token ids[i].
-        let argmax_op = |k: &mut Kernels, width: usize, ids: Option<&wgpu::Buffer>| {
-            let mut defines = Defines::new().u32("V", width);
-            let mut bound = vec![(Access::Read, &buf.logits), (Access::Write, &buf.picks)];
-            if let Some(ids) = ids {
-                defines = defines.flag("MAP_IDS");
-                bound.push((Access::Read, ids));
-            }
-            k.op(
-                Shader::Argmax,
-                &defines,
-                &buf.step,
-                &bound,
-                None,
-                Grid::PerToken(1),
-            )
-            .labeled(OpKind::Argmax)
-        };
-        let argmax = argmax_op(&mut k, v, None);
+        let layers = (weights.layers.iter().enumerate())
+            .map(|(l, w)| b.layer(w, &kv.keys[l], &kv.values[l]))
+            .collect();
+        let final_norm = b.norm(&weights.final_norm);
+        let head = b.head(weights.head());
+        let argmax = b.argmax(config.vocab_size, None);
         let draft = match &weights.draft_head {
             None => None,
             Some(d) => {
@@ -523,35 +540,14 @@ impl GpuModel {
                 )?;
                 ctx.queue
                     .write_buffer(&ids, 0, bytemuck::cast_slice(&d.ids));
-                let argmax = argmax_op(&mut k, d.ids.len(), Some(&ids));
                 // The bind group keeps `ids` alive.
                 Some(DraftOps {
-                    head: product(&mut k, OpKind::Head, &d.matrix, &buf.xn, &buf.logits, &[]),
-                    argmax,
+                    head: b.head(&d.matrix),
+                    argmax: b.argmax(d.ids.len(), Some(&ids)),
                 })
             }
         };
-        let embed_ops = weights
-            .embed
-            .blocks
-            .iter()
-            .map(|b| {
-                k.op(
-                    Shader::Embed,
-                    &weights
-                        .embed
-                        .defines(b, Defines::new())
-                        .u32("H", h)
-                        .u32("ROW0", b.row0)
-                        .u32("ROWS", b.rows),
-                    &buf.step,
-                    &[(Access::Read, &buf.tokens), (Access::Write, &buf.x)],
-                    Some(b),
-                    Grid::Threads(groups(h) as u32),
-                )
-                .labeled(OpKind::Embed)
-            })
-            .collect();
+        let embed = b.embed(&weights.embed);
         ctx.check()?;
         Ok(Self {
             ctx,
@@ -562,13 +558,13 @@ impl GpuModel {
             report,
             kv,
             buf,
-            embed: embed_ops,
-            layers: layer_ops,
+            embed,
+            layers,
             final_norm,
             head,
             argmax,
             draft,
-            attention_chunk,
+            attention_chunk: chunk,
             blocks,
             counters: Counters::default(),
             profile: None,
@@ -746,17 +742,16 @@ impl GpuModel {
         }
     }
 
-    /// Embeds and runs one block of rows through `layers`; for the logit lens, also applies the
-    /// exit head to the last row after each layer and copies its logits out; for shadow exit
-    /// layers, picks a token for every row after each of them (into `picks` from `*next_pick`).
+    /// Embeds and runs one block of rows through the call's stages: layers, and the exit head
+    /// where the call asks for it (the logit lens: the last row's logits copied out after each
+    /// layer; shadow exits: a pick for every row).
     fn record_block(
         &self,
         rec: &mut Recording,
         step: Step,
         embed: bool,
         call: &Call<'_>,
-        logit_rows: &mut usize,
-        next_pick: &mut usize,
+        at: &mut Cursor,
     ) -> Result<()> {
         let slot = rec.slot(step)?;
         let max_dim = self.max_dim();
@@ -764,125 +759,208 @@ impl GpuModel {
         if embed {
             ops.extend(&self.embed);
         }
-        if call.head != Head::Lens {
-            for l in call.layers.clone() {
-                ops.extend(self.layer_ops(l, step));
-                if !call.shadow.contains(&(l + 1)) {
-                    continue;
-                }
-                let rows = step.n_tokens as usize;
-                if *next_pick + rows > MAX_PICKS {
-                    return Err(Error::Invalid(format!(
-                        "more than {MAX_PICKS} picks in one run"
-                    )));
-                }
-                rec.pass(&ops, slot, step, max_dim);
-                ops.clear();
-                let head_step = Step {
-                    n_tokens: step.n_tokens,
-                    out0: *next_pick as u32,
-                    ..Step::default()
-                };
-                let head_slot = rec.slot(head_step)?;
-                let head = self.head_ops(step.n_tokens, call.shadow_draft_vocab, true);
-                rec.pass(&head, head_slot, head_step, max_dim);
-                *next_pick += rows;
-            }
-            rec.pass(&ops, slot, step, max_dim);
-            return Ok(());
-        }
-        let head_step = Step {
+        let lens_step = Step {
             n_tokens: 1,
             row0: step.n_tokens - 1,
             ..step
         };
-        let head_slot = rec.slot(head_step)?;
+        let lens_slot = match call.head {
+            Head::Lens => {
+                self.check_logit_rows(at.logit_rows + call.layers.len())?;
+                rec.slot(lens_step)?
+            }
+            _ => 0,
+        };
         let row_bytes = (self.config.vocab_size * 4) as u64;
-        self.check_logit_rows(*logit_rows + call.layers.len())?;
-        for l in call.layers.clone() {
-            ops.extend(self.layer_ops(l, step));
-            rec.pass(&ops, slot, step, max_dim);
-            ops.clear();
-            rec.pass(
-                &self.head_ops(1, false, false),
-                head_slot,
-                head_step,
-                max_dim,
-            );
-            rec.encoder.copy_buffer_to_buffer(
-                &self.buf.logits,
-                0,
-                &self.buf.out_logits,
-                *logit_rows as u64 * row_bytes,
-                row_bytes,
-            );
-            *logit_rows += 1;
+        for stage in call.stages() {
+            match stage {
+                Stage::Layer(l) => ops.extend(self.layer_ops(l, step)),
+                Stage::Lens => {
+                    rec.pass(&ops, slot, step, max_dim);
+                    ops.clear();
+                    let head = self.head_ops(1, false, false);
+                    rec.pass(&head, lens_slot, lens_step, max_dim);
+                    rec.encoder.copy_buffer_to_buffer(
+                        &self.buf.logits,
+                        0,
+                        &self.buf.out_logits,
+                        at.logit_rows as u64 * row_bytes,
+                        row_bytes,
+                    );
+                    at.logit_rows += 1;
+                }
+                Stage::Shadow { draft } => {
+                    rec.pass(&ops, slot, step, max_dim);
+                    ops.clear();
+                    let head_step = Step {
+                        n_tokens: step.n_tokens,
+                        out0: at.take_picks(step.n_tokens as usize)? as u32,
+                        ..Step::default()
+                    };
+                    let head_slot = rec.slot(head_step)?;
+                    let head = self.head_ops(step.n_tokens, draft, true);
+                    rec.pass(&head, head_slot, head_step, max_dim);
+                }
+            }
         }
+        rec.pass(&ops, slot, step, max_dim);
         Ok(())
+    }
+
+    /// Records one call: its input, its blocks of rows, the rows saved to the exit cache, and
+    /// the exit head on the rows it picks for.
+    fn record_call(
+        &self,
+        rec: &mut Recording,
+        call: &Call<'_>,
+        at: &mut Cursor,
+    ) -> Result<Landing> {
+        let row_bytes = (self.config.hidden_size * 4) as u64;
+        let n = engine::rows(call);
+        let (rows0, shadow0) = (at.logit_rows, at.picks);
+        match call.input {
+            Input::Tokens(ids) => {
+                if at.tokens + ids.len() > self.max_context + MAX_PICKS {
+                    return Err(Error::Invalid("too many tokens in one run".into()));
+                }
+                self.ctx.queue.write_buffer(
+                    &self.buf.tokens,
+                    (at.tokens * 4) as u64,
+                    bytemuck::cast_slice(ids),
+                );
+                let rows = self.blocks.rows;
+                let chunks = ids.len().div_ceil(rows);
+                for c in 0..chunks {
+                    let step = Step {
+                        n_tokens: rows.min(ids.len() - c * rows) as u32,
+                        pos0: (call.pos0 + c * rows) as u32,
+                        tok0: (at.tokens + c * rows) as u32,
+                        ..Step::default()
+                    };
+                    // Only the last chunk is looked at by a logit lens.
+                    let chunk_call = Call {
+                        head: if c + 1 == chunks {
+                            call.head
+                        } else {
+                            Head::None
+                        },
+                        ..call.clone()
+                    };
+                    self.record_block(rec, step, true, &chunk_call, at)?;
+                }
+                at.tokens += ids.len();
+            }
+            Input::PreviousPick => {
+                let from = at.last_pick.ok_or_else(|| {
+                    Error::Invalid("PreviousPick needs a previous call with a head".into())
+                })?;
+                rec.encoder.copy_buffer_to_buffer(
+                    &self.buf.picks,
+                    from as u64 * 8,
+                    &self.buf.tokens,
+                    at.tokens as u64 * 4,
+                    4,
+                );
+                let step = Step {
+                    n_tokens: 1,
+                    pos0: call.pos0 as u32,
+                    tok0: at.tokens as u32,
+                    ..Step::default()
+                };
+                self.record_block(rec, step, true, call, at)?;
+                at.tokens += 1;
+            }
+            Input::ExitCache { rows } => {
+                rec.encoder.copy_buffer_to_buffer(
+                    &self.buf.exit_cache,
+                    0,
+                    &self.buf.x,
+                    0,
+                    rows as u64 * row_bytes,
+                );
+                let step = Step {
+                    n_tokens: rows as u32,
+                    pos0: call.pos0 as u32,
+                    ..Step::default()
+                };
+                self.record_block(rec, step, false, call, at)?;
+            }
+        }
+        // After the last chunk, x holds the final rows of the call.
+        let tail = (n - 1) % self.blocks.rows + 1;
+        if let Some(row) = call.save {
+            rec.encoder.copy_buffer_to_buffer(
+                &self.buf.x,
+                0,
+                &self.buf.exit_cache,
+                row as u64 * row_bytes,
+                tail as u64 * row_bytes,
+            );
+        }
+        let head_rows = call.head_rows(tail);
+        let picks = at.picks;
+        if head_rows > 0 {
+            let head_step = Step {
+                n_tokens: head_rows as u32,
+                row0: (tail - head_rows) as u32,
+                out0: at.take_picks(head_rows)? as u32,
+                ..Step::default()
+            };
+            let slot = rec.slot(head_step)?;
+            let ops = self.head_ops(head_rows as u32, call.draft_vocab, true);
+            rec.pass(&ops, slot, head_step, self.max_dim());
+            at.last_pick = Some(at.picks - 1);
+            if call.logits {
+                // Rows of `width` logits, packed after the earlier calls' full-width rows.
+                self.check_logit_rows(at.logit_rows + head_rows)?;
+                let width = self.head_width(call.draft_vocab) as u64;
+                let vocab_bytes = (self.config.vocab_size * 4) as u64;
+                rec.encoder.copy_buffer_to_buffer(
+                    &self.buf.logits,
+                    0,
+                    &self.buf.out_logits,
+                    at.logit_rows as u64 * vocab_bytes,
+                    head_rows as u64 * width * 4,
+                );
+                at.logit_rows += head_rows;
+            }
+        }
+        Ok(Landing {
+            shadow: shadow0,
+            shadow_rows: if call.shadow.is_empty() { 0 } else { n },
+            picks,
+            head_rows,
+            logits: rows0,
+            logit_rows: at.logit_rows - rows0,
+            logit_width: match call.head {
+                Head::Lens => self.config.vocab_size,
+                _ => self.head_width(call.draft_vocab),
+            },
+        })
     }
 }
 
-/// The dispatches of one matrix product, one per row block of the matrix: the mat-vec kernel
-/// shaped by `tuning`, or (`None`) the tiled kernel.
-fn matmul_ops(
-    k: &mut Kernels,
-    step: &wgpu::Buffer,
-    m: &Matrix,
-    x: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    variant: &[&'static str],
-    tuning: Option<super::context::Tuning>,
-) -> Vec<Op> {
-    m.blocks
-        .iter()
-        .map(|b| {
-            let mut d = m
-                .defines(b, Defines::new())
-                .u32("K", m.cols)
-                .u32("ROWS", b.rows)
-                .u32("ROW0", b.row0)
-                .u32("N", m.rows);
-            for flag in variant {
-                d = d.flag(flag);
-            }
-            if m.cols.is_multiple_of(4) {
-                d = d.flag("X_VEC4");
-            }
-            let (shader, grid) = match tuning {
-                Some(t) => {
-                    let shape = t.matvec(groups(m.cols));
-                    d = d
-                        .u32("WG", t.workgroup_size as usize)
-                        .u32("RPW", shape.rows_per_workgroup as usize);
-                    if shape.subgroups {
-                        d = d.flag("SUBGROUPS");
-                    }
-                    let per = shape.rows_per_workgroup;
-                    (
-                        Shader::Matvec,
-                        Grid::Rows {
-                            rows: b.rows as u32,
-                            per,
-                        },
-                    )
-                }
-                None => (
-                    Shader::Gemm,
-                    Grid::Tiles {
-                        rows: b.rows as u32,
-                    },
-                ),
-            };
-            k.op(
-                shader,
-                &d,
-                step,
-                &[(Access::Read, x), (Access::Write, y)],
-                Some(b),
-                grid,
-            )
-        })
-        .collect()
+/// How far one run has filled its buffers: token ids written, picks taken, logits rows copied
+/// out, and the pick a `PreviousPick` embeds.
+#[derive(Default)]
+struct Cursor {
+    tokens: usize,
+    picks: usize,
+    logit_rows: usize,
+    last_pick: Option<usize>,
+}
+
+impl Cursor {
+    /// Takes `n` pick slots; the first one's index.
+    fn take_picks(&mut self, n: usize) -> Result<usize> {
+        if self.picks + n > MAX_PICKS {
+            return Err(Error::Invalid(format!(
+                "more than {MAX_PICKS} picks in one run"
+            )));
+        }
+        self.picks += n;
+        Ok(self.picks - n)
+    }
 }
 
 /// Where one call's results land in the picks and logits buffers.
@@ -911,8 +989,8 @@ impl Engine for GpuModel {
     fn counters(&self) -> Counters {
         self.counters
     }
-    fn backend(&self) -> crate::model::Backend {
-        crate::model::Backend::Gpu
+    fn backend(&self) -> Backend {
+        Backend::Gpu
     }
     fn draft_vocab(&self) -> Option<&[u32]> {
         self.weights.draft_head.as_ref().map(|d| d.ids.as_slice())
@@ -928,8 +1006,10 @@ impl Engine for GpuModel {
 impl GpuModel {
     async fn run_calls(&mut self, calls: &[Call<'_>]) -> Result<Vec<Output>> {
         self.ctx.check()?;
-        let h = self.config.hidden_size;
-        let row_bytes = (h * 4) as u64;
+        // Validate everything before recording anything, so a bad request leaves no trace.
+        for call in calls {
+            engine::validate(call, &self.config, self.max_context, self.blocks.head_rows)?;
+        }
         let mut rec = Recording {
             encoder: self.ctx.device.create_command_encoder(&Default::default()),
             steps: vec![],
@@ -943,154 +1023,11 @@ impl GpuModel {
                 kinds: vec![],
             }),
         };
-        let mut results: Vec<Landing> = vec![];
-        let (mut tok, mut picks, mut logit_rows) = (0usize, 0usize, 0usize);
-        let mut last_pick: Option<usize> = None;
-        // Validate everything before recording anything, so a bad request leaves no trace.
-        for call in calls {
-            engine::validate(call, &self.config, self.max_context, self.blocks.head_rows)?;
-        }
-        for call in calls {
-            let n = engine::rows(call);
-            let rows0 = logit_rows;
-            let shadow0 = picks;
-            match call.input {
-                Input::Tokens(ids) => {
-                    if tok + ids.len() > self.max_context + MAX_PICKS {
-                        return Err(Error::Invalid("too many tokens in one run".into()));
-                    }
-                    self.ctx.queue.write_buffer(
-                        &self.buf.tokens,
-                        (tok * 4) as u64,
-                        bytemuck::cast_slice(ids),
-                    );
-                    let rows = self.blocks.rows;
-                    let chunks = ids.len().div_ceil(rows);
-                    for c in 0..chunks {
-                        let len = rows.min(ids.len() - c * rows);
-                        let step = Step {
-                            n_tokens: len as u32,
-                            pos0: (call.pos0 + c * rows) as u32,
-                            tok0: (tok + c * rows) as u32,
-                            ..Step::default()
-                        };
-                        // Only the last chunk is looked at by a logit lens.
-                        let chunk_call = Call {
-                            head: if c + 1 == chunks {
-                                call.head
-                            } else {
-                                Head::None
-                            },
-                            ..call.clone()
-                        };
-                        self.record_block(
-                            &mut rec,
-                            step,
-                            true,
-                            &chunk_call,
-                            &mut logit_rows,
-                            &mut picks,
-                        )?;
-                    }
-                    tok += ids.len();
-                }
-                Input::PreviousPick => {
-                    let from = last_pick.ok_or_else(|| {
-                        Error::Invalid("PreviousPick needs a previous call with a head".into())
-                    })?;
-                    rec.encoder.copy_buffer_to_buffer(
-                        &self.buf.picks,
-                        from as u64 * 8,
-                        &self.buf.tokens,
-                        tok as u64 * 4,
-                        4,
-                    );
-                    let step = Step {
-                        n_tokens: 1,
-                        pos0: call.pos0 as u32,
-                        tok0: tok as u32,
-                        ..Step::default()
-                    };
-                    self.record_block(&mut rec, step, true, call, &mut logit_rows, &mut picks)?;
-                    tok += 1;
-                }
-                Input::ExitCache { rows } => {
-                    rec.encoder.copy_buffer_to_buffer(
-                        &self.buf.exit_cache,
-                        0,
-                        &self.buf.x,
-                        0,
-                        rows as u64 * row_bytes,
-                    );
-                    let step = Step {
-                        n_tokens: rows as u32,
-                        pos0: call.pos0 as u32,
-                        ..Step::default()
-                    };
-                    self.record_block(&mut rec, step, false, call, &mut logit_rows, &mut picks)?;
-                }
-            }
-            // After the last chunk, x holds the final rows of the call.
-            let tail = (n - 1) % self.blocks.rows + 1;
-            if let Some(row) = call.save {
-                rec.encoder.copy_buffer_to_buffer(
-                    &self.buf.x,
-                    0,
-                    &self.buf.exit_cache,
-                    row as u64 * row_bytes,
-                    tail as u64 * row_bytes,
-                );
-            }
-            let head_rows = match call.head {
-                Head::Last => 1,
-                Head::All => tail,
-                Head::None | Head::Lens => 0,
-            };
-            if head_rows > 0 {
-                if picks + head_rows > MAX_PICKS {
-                    return Err(Error::Invalid(format!(
-                        "more than {MAX_PICKS} picks in one run"
-                    )));
-                }
-                let head_step = Step {
-                    n_tokens: head_rows as u32,
-                    row0: (tail - head_rows) as u32,
-                    out0: picks as u32,
-                    ..Step::default()
-                };
-                let slot = rec.slot(head_step)?;
-                let ops = self.head_ops(head_rows as u32, call.draft_vocab, true);
-                rec.pass(&ops, slot, head_step, self.max_dim());
-                last_pick = Some(picks + head_rows - 1);
-                if call.logits {
-                    // Rows of `width` logits, packed after the earlier calls' full-width rows.
-                    self.check_logit_rows(logit_rows + head_rows)?;
-                    let width = self.head_width(call.draft_vocab) as u64;
-                    let vocab_bytes = (self.config.vocab_size * 4) as u64;
-                    rec.encoder.copy_buffer_to_buffer(
-                        &self.buf.logits,
-                        0,
-                        &self.buf.out_logits,
-                        logit_rows as u64 * vocab_bytes,
-                        head_rows as u64 * width * 4,
-                    );
-                    logit_rows += head_rows;
-                }
-            }
-            results.push(Landing {
-                shadow: shadow0,
-                shadow_rows: if call.shadow.is_empty() { 0 } else { n },
-                picks,
-                head_rows,
-                logits: rows0,
-                logit_rows: logit_rows - rows0,
-                logit_width: match call.head {
-                    Head::Lens => self.config.vocab_size,
-                    _ => self.head_width(call.draft_vocab),
-                },
-            });
-            picks += head_rows;
-        }
+        let mut at = Cursor::default();
+        let landings = calls
+            .iter()
+            .map(|call| self.record_call(&mut rec, call, &mut at))
+            .collect::<Result<Vec<Landing>>>()?;
 
         let mut bytes = vec![0u8; rec.steps.len() * STEP_STRIDE as usize];
         for (i, s) in rec.steps.iter().enumerate() {
@@ -1100,7 +1037,39 @@ impl GpuModel {
         self.ctx.queue.write_buffer(&self.buf.step, 0, &bytes);
         self.counters.submits += 1;
         self.counters.dispatches += rec.dispatches;
+        let (pick_words, logit_floats) = self.submit(rec, &at).await?;
 
+        let (v, picks) = (self.config.vocab_size, &pick_words);
+        let picks = |from: usize, n: usize| -> Vec<Pick> {
+            (from..from + n)
+                .map(|i| Pick {
+                    token: picks[2 * i],
+                    sum_exp: f32::from_bits(picks[2 * i + 1]),
+                })
+                .collect()
+        };
+        Ok(landings
+            .into_iter()
+            .zip(calls)
+            .map(|(at, call)| Output {
+                picks: picks(at.picks, at.head_rows),
+                logits: (0..at.logit_rows)
+                    .map(|r| {
+                        let from = at.logits * v + r * at.logit_width;
+                        logit_floats[from..from + at.logit_width].to_vec()
+                    })
+                    .collect(),
+                shadow: (0..call.shadow.len())
+                    .map(|j| picks(at.shadow + j * at.shadow_rows, at.shadow_rows))
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Submits a recorded run and reads back what it filled: the picks (token, normaliser bits)
+    /// and the logits rows, and with profiling on, the dispatches' timestamps into the profile.
+    async fn submit(&mut self, mut rec: Recording, at: &Cursor) -> Result<(Vec<u32>, Vec<f32>)> {
+        let (picks, logit_rows) = (at.picks, at.logit_rows);
         let vocab_bytes = (self.config.vocab_size * 4) as u64;
         let mut reads = vec![];
         if picks > 0 {
@@ -1127,7 +1096,7 @@ impl GpuModel {
         if reads.is_empty() {
             self.ctx.queue.submit([rec.encoder.finish()]);
             self.ctx.check()?;
-            return Ok(calls.iter().map(|_| Output::default()).collect());
+            return Ok((vec![], vec![]));
         }
         let mut data = self.ctx.read(rec.encoder, &reads).await?;
         if let (Some(timing), Some(profile)) = (&rec.timing, &mut self.profile) {
@@ -1148,44 +1117,20 @@ impl GpuModel {
         let words = |bytes: &[u8]| -> Vec<u32> {
             bytes
                 .chunks_exact(4)
-                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect()
         };
-        let pick_words = if picks > 0 { words(&data[0]) } else { vec![] };
-        let logit_floats: Vec<f32> = if logit_rows > 0 {
-            words(&data[usize::from(picks > 0)])
+        let pick_words = match picks > 0 {
+            true => words(&data[0]),
+            false => vec![],
+        };
+        let logit_floats = match logit_rows > 0 {
+            true => words(&data[usize::from(picks > 0)])
                 .into_iter()
                 .map(f32::from_bits)
-                .collect()
-        } else {
-            vec![]
+                .collect(),
+            false => vec![],
         };
-        let v = self.config.vocab_size;
-        Ok(results
-            .into_iter()
-            .zip(calls)
-            .map(|(at, call)| {
-                let picks = |from: usize, n: usize| -> Vec<Pick> {
-                    (from..from + n)
-                        .map(|i| Pick {
-                            token: pick_words[2 * i],
-                            sum_exp: f32::from_bits(pick_words[2 * i + 1]),
-                        })
-                        .collect()
-                };
-                Output {
-                    picks: picks(at.picks, at.head_rows),
-                    logits: (0..at.logit_rows)
-                        .map(|r| {
-                            let from = at.logits * v + r * at.logit_width;
-                            logit_floats[from..from + at.logit_width].to_vec()
-                        })
-                        .collect(),
-                    shadow: (0..call.shadow.len())
-                        .map(|j| picks(at.shadow + j * at.shadow_rows, at.shadow_rows))
-                        .collect(),
-                }
-            })
-            .collect())
+        Ok((pick_words, logit_floats))
     }
 }

@@ -8,9 +8,8 @@
 //! the WebGPU default of 128 MiB per binding.
 
 use super::context::GpuContext;
-use super::kernels::Defines;
 use crate::error::{Error, Result};
-use crate::format::{groups, Format, Layout, Packed};
+use crate::format::{Format, Layout, Packed};
 
 /// Bindings a format's buffers take in every kernel that reads weights (shaders/formats/*.wgsl).
 pub const DATA_BINDING: u32 = 8;
@@ -124,13 +123,5 @@ impl Matrix {
 
     pub fn bytes(&self) -> u64 {
         self.bytes
-    }
-
-    /// The defines every kernel reading `block` of this matrix needs: the block's format include
-    /// and the groups per row.
-    pub fn defines(&self, block: &Block, defines: Defines) -> Defines {
-        defines
-            .file("WEIGHTS", block.format.shader_include())
-            .u32("GROUPS", groups(self.cols))
     }
 }

@@ -2,7 +2,6 @@
 //! Every method returns a Promise that rejects with an Error carrying our message; a panic
 //! (there should be none) rejects the promises in flight instead of leaving them pending.
 
-pub mod event_loop;
 mod files;
 pub mod guard;
 
@@ -12,7 +11,6 @@ use crate::gpu::GpuOptions;
 use crate::model::{Device, LoadOptions, Model};
 use crate::openai::{Endpoint, OpenAiRequest, Reply};
 use crate::request::GenerateRequest;
-use crate::sampler::top_k;
 use files::BlobFiles;
 use guard::{error, guarded};
 use serde::Deserialize;
@@ -81,11 +79,15 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 export interface Stats {
+  backend: "gpu" | "cpu" | "cpu-reference";
   strategy: "autoregressive" | "early-exit" | "self-speculative"; prompt_tokens: number;
   /** Prompt tokens whose KV entries were kept from the previous generation. */
   cached_prompt_tokens: number; generated_tokens: number;
   elapsed_ms: number; tokens_per_second: number; time_to_first_token_ms: number; time_per_output_token_ms: number;
   rounds: number; drafted: number; accepted: number; acceptance_rate: number;
+  /** Self-speculative rounds: their wall time (draft_ms and verify_ms where those are separate
+   *  submits), their submits in all and per round (1 for greedy rounds). */
+  round_ms: number; round_submits: number; submits_per_round: number;
   draft_ms: number; verify_ms: number; submits: number; dispatches: number;
   submits_per_token: number; dispatches_per_token: number;
   stop_reason: "max_new_tokens" | "eos" | "stop_string" | "cancelled";
@@ -460,12 +462,7 @@ impl LayerSkip {
                 })
                 .await
                 .map_err(error)?;
-            to_js(&json!({
-                "prompt_tokens": completion.prompt_tokens,
-                "tokens": completion.tokens,
-                "text": completion.text,
-                "stats": completion.stats,
-            }))
+            to_js(&json!(completion))
         })
     }
 
@@ -480,20 +477,11 @@ impl LayerSkip {
         guarded(async move {
             let model = model?;
             let mut model = model.try_borrow_mut().map_err(|_| busy())?;
-            let (ids, exits) = model.logit_lens(&prompt).await.map_err(error)?;
-            let k = top.unwrap_or(5);
-            let exits: Vec<_> = exits
-                .iter()
-                .enumerate()
-                .map(|(l, logits)| {
-                    let top: Vec<_> = top_k(logits, k)
-                        .into_iter()
-                        .map(|(i, logit)| json!([i, logit, model.tokenizer.token_text(i as u32)]))
-                        .collect();
-                    json!({"layer": l + 1, "top": top})
-                })
-                .collect();
-            to_js(&json!({"prompt_tokens": ids, "exits": exits}))
+            let lens = model
+                .lens(&prompt, Some(top.unwrap_or(5)))
+                .await
+                .map_err(error)?;
+            to_js(&json!(lens))
         })
     }
 
