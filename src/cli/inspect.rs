@@ -2,7 +2,6 @@
 
 use super::{load, ModelArgs};
 use clap::Args;
-use layerskip::sampler::top_k as top;
 use layerskip::{DeviceInfo, Result};
 use serde_json::json;
 
@@ -35,23 +34,17 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
         println!("{}", json!(lens));
         return Ok(());
     }
-    let (prompt, exits) = pollster::block_on(model.logit_lens(&args.prompt))?;
     let k = args.top.unwrap_or(5);
+    let lens = pollster::block_on(model.lens(&args.prompt, Some(k)))?;
     println!(
         "logit lens at the last prompt position ({} tokens), top {k} per exit layer:",
-        prompt.len()
+        lens.prompt_tokens.len()
     );
-    for (l, logits) in exits.iter().enumerate() {
-        let cells: Vec<String> = top(logits, k)
-            .into_iter()
-            .map(|(id, logit)| {
-                format!(
-                    "{:>12} {logit:7.3}",
-                    format!("{:?}", model.tokenizer.token_text(id as u32))
-                )
-            })
+    for exit in &lens.exits {
+        let cells: Vec<String> = (exit.top.iter().flatten())
+            .map(|(_, logit, text)| format!("{:>12} {logit:7.3}", format!("{text:?}")))
             .collect();
-        println!("layer {:>3}: {}", l + 1, cells.join(" | "));
+        println!("layer {:>3}: {}", exit.layer, cells.join(" | "));
     }
     Ok(())
 }

@@ -494,7 +494,8 @@ impl<'a> KernelRunner<'a> {
         step: [u32; 5],
         buffers: &[&[u8]],
     ) -> crate::error::Result<Vec<Vec<u8>>> {
-        self.dispatch(|_| kernel.clone(), step, buffers, None).await
+        self.dispatch(vec![(kernel.clone(), None)], step, buffers)
+            .await
     }
 
     /// Runs the kernel `kernel` builds for each row block of `matrix` (holding `packed`), one
@@ -508,21 +509,19 @@ impl<'a> KernelRunner<'a> {
         packed: &Packed,
     ) -> crate::error::Result<Vec<Vec<u8>>> {
         matrix.write_rows(&self.ctx.queue, 0, packed);
-        self.dispatch(
-            |b| kernel(b.expect("a block of the matrix")),
-            step,
-            buffers,
-            Some(matrix),
-        )
-        .await
+        let kernels = (matrix.blocks.iter())
+            .map(|b| (kernel(b), Some(b)))
+            .collect();
+        self.dispatch(kernels, step, buffers).await
     }
 
+    /// One dispatch per kernel (with the weight block it reads, if any), in order, over fresh
+    /// copies of `buffers`; their contents afterwards.
     async fn dispatch(
         &mut self,
-        kernel: impl Fn(Option<&Block>) -> Kernel,
+        kernels: Vec<(Kernel, Option<&Block>)>,
         step: [u32; 5],
         buffers: &[&[u8]],
-        matrix: Option<&Matrix>,
     ) -> crate::error::Result<Vec<Vec<u8>>> {
         let ctx = self.ctx;
         let step_buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -551,17 +550,10 @@ impl<'a> KernelRunner<'a> {
             })
             .collect();
         let bound: Vec<&wgpu::Buffer> = gpu.iter().collect();
-        let ops: Vec<Op> = match matrix {
-            Some(matrix) => matrix
-                .blocks
-                .iter()
-                .map(|block| {
-                    self.kernels
-                        .op(&kernel(Some(block)), &step_buffer, &bound, Some(block))
-                })
-                .collect(),
-            None => vec![self.kernels.op(&kernel(None), &step_buffer, &bound, None)],
-        };
+        let ops: Vec<Op> = kernels
+            .iter()
+            .map(|(kernel, block)| self.kernels.op(kernel, &step_buffer, &bound, *block))
+            .collect();
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
