@@ -86,7 +86,15 @@ impl Checkpoint {
     /// and safetensors).
     pub async fn open(files: &impl Files) -> Result<Self> {
         if let Some(name) = files.gguf() {
-            return crate::gguf::checkpoint::open(files, &name).await;
+            let gguf = crate::gguf::checkpoint::open(files, &name).await?;
+            return Ok(Self {
+                config: gguf.config,
+                eos_token_ids: gguf.eos_token_ids,
+                default_exit_layer: None,
+                tensors: gguf.tensors,
+                files: vec![name],
+                gguf: Some(gguf.extras),
+            });
         }
         let config = read_text(files, "config.json").await?.ok_or_else(|| {
             Error::file(
@@ -396,7 +404,7 @@ impl Checkpoint {
         let dtype = FloatType::of_tensor(entry.dtype).ok_or_else(|| Error::TensorDtype {
             name: name.to_string(),
             dtype: entry.dtype.to_string(),
-            expected: "F32, F16 or BF16",
+            expected: "F32, F16 or BF16".into(),
         })?;
         Ok((entry, dtype))
     }
@@ -411,7 +419,7 @@ impl Checkpoint {
                 return Err(Error::TensorDtype {
                     name: name.to_string(),
                     dtype: ggml.name().to_string(),
-                    expected: "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K or Q6_K",
+                    expected: Format::ggml_names(),
                 });
             }
             let head_dim = self
@@ -430,7 +438,7 @@ impl Checkpoint {
             let dtype = FloatType::of_tensor(entry.dtype).ok_or_else(|| Error::TensorDtype {
                 name: name.to_string(),
                 dtype: entry.dtype.to_string(),
-                expected: "F32, F16 or BF16",
+                expected: "F32, F16 or BF16".into(),
             })?;
             return Ok(Source::Float { entry, dtype, cols });
         };
@@ -447,7 +455,7 @@ impl Checkpoint {
             return Err(Error::TensorDtype {
                 name: name.to_string(),
                 dtype: entry.dtype.to_string(),
-                expected,
+                expected: expected.into(),
             });
         }
         let scale = scale_name(name);
@@ -465,7 +473,7 @@ impl Checkpoint {
             return Err(Error::TensorDtype {
                 name: scale,
                 dtype: scales.dtype.to_string(),
-                expected: "F16 (quantization scales)",
+                expected: "F16 (quantization scales)".into(),
             });
         }
         Ok(Source::Quantized {

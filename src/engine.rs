@@ -45,6 +45,20 @@ pub struct EngineOptions {
     pub staging_bytes: usize,
 }
 
+/// Positions the KV cache holds unless asked otherwise (capped by the model's own maximum).
+pub const DEFAULT_MAX_CONTEXT: usize = 2048;
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            max_context: DEFAULT_MAX_CONTEXT,
+            quantize: None,
+            kv_cache: KvFormat::default(),
+            staging_bytes: crate::llama::DEFAULT_STAGING_BYTES,
+        }
+    }
+}
+
 /// What a step of the forward pass computes: how GPU time (`bench --profile`) and the bytes a
 /// decode step reads are broken down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

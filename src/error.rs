@@ -36,7 +36,7 @@ pub enum Error {
     TensorDtype {
         name: String,
         dtype: String,
-        expected: &'static str,
+        expected: String,
     },
 
     #[error("{file}: {why}")]

@@ -402,6 +402,21 @@ impl Format {
         })
     }
 
+    /// The GGUF types a runtime format reads, by llama.cpp's names ("F32, F16, ... or BF16"),
+    /// for errors.
+    pub fn ggml_names() -> String {
+        let names: Vec<&str> = (0..=u8::MAX as u32)
+            .filter_map(GgmlType::from_u32)
+            .filter(|&t| Format::of_ggml(t).is_some())
+            .map(GgmlType::name)
+            .collect();
+        match names.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    }
+
     /// Data bytes of one group.
     pub fn group_bytes(self) -> usize {
         match self {
@@ -1068,6 +1083,14 @@ pub fn scale_name(weight: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_list_the_gguf_types_the_runtime_reads() {
+        assert_eq!(
+            Format::ggml_names(),
+            "F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K or BF16"
+        );
+    }
 
     #[test]
     fn half_conversions_round_trip_and_round_to_nearest_even() {

@@ -7,10 +7,9 @@ use crate::cpu::{CpuModel, Fast, Reference};
 use crate::engine::{Backend, Call, Counters, Engine, EngineOptions, Head, Input, OpKind, Output};
 use crate::error::{Error, Result};
 use crate::files::{Files, MAX_JSON_BYTES, MAX_TOKENIZER_BYTES};
-use crate::format::{KvFormat, Quantization};
 use crate::generate::{generate, Flow, GenerateOptions, Generation, Stats, StopReason, TokenKind};
 use crate::gpu::{GpuContext, GpuModel, GpuOptions};
-use crate::llama::{LoadReport, DEFAULT_STAGING_BYTES};
+use crate::llama::LoadReport;
 use crate::plan::MemoryPlan;
 use crate::request::GenerateRequest;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -52,36 +51,15 @@ fn is_software(info: &wgpu::AdapterInfo) -> bool {
             .any(|s| name.contains(s))
 }
 
-/// Positions the KV cache holds unless asked otherwise (capped by the model's own maximum).
-pub const DEFAULT_MAX_CONTEXT: usize = 2048;
-
 /// How to load a model: where, with what context, in which weight and KV formats.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     pub device: Device,
-    /// KV cache positions (capped by the model's max_position_embeddings).
-    pub max_context: usize,
-    /// Quantize f32/f16/bf16 weights to this format while loading.
-    pub quantize: Option<Quantization>,
-    pub kv_cache: KvFormat,
-    /// Host bytes the loader may hold at once.
-    pub staging_bytes: usize,
+    /// Context, weight and KV formats, loader memory: what the engine is built with.
+    pub engine: EngineOptions,
     /// Draft with a reduced exit head over this many of the most frequent token ids
     /// (`token_frequencies.json` next to the model, else BPE merge order; see `vocab.rs`).
     pub draft_vocab: Option<usize>,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            device: Device::default(),
-            max_context: DEFAULT_MAX_CONTEXT,
-            quantize: None,
-            kv_cache: KvFormat::default(),
-            staging_bytes: DEFAULT_STAGING_BYTES,
-            draft_vocab: None,
-        }
-    }
 }
 
 impl LoadOptions {
@@ -89,16 +67,6 @@ impl LoadOptions {
         Self {
             device,
             ..Self::default()
-        }
-    }
-
-    /// What the engine is built with.
-    pub fn engine(&self) -> EngineOptions {
-        EngineOptions {
-            max_context: self.max_context,
-            quantize: self.quantize,
-            kv_cache: self.kv_cache,
-            staging_bytes: self.staging_bytes,
         }
     }
 }
@@ -591,7 +559,7 @@ impl Model {
             Some(n) => Some(vocab::load(files, &tokenizer_json, n, &checkpoint).await?),
         };
         let draft = draft.as_deref();
-        let engine = options.engine();
+        let engine = options.engine;
         let engine = match (ctx, &options.device) {
             (Some(ctx), _) => AnyEngine::Gpu(Box::new(
                 GpuModel::load(ctx, &checkpoint, files, &engine, draft, progress).await?,

@@ -8,16 +8,14 @@ mod common;
 
 use common::*;
 use layerskip::gpu::GpuOptions;
-use layerskip::{Call, Device, DirFiles, Engine, Head, Input, KvFormat, LoadOptions, Model};
+use layerskip::{Call, Device, DirFiles, Engine, Head, Input, KvFormat, Model};
 
 const TEXT: &str = "def add(a, b):\n    return a + b\n\nclass Point:\n    x = 1\n";
 const WINDOW: usize = 6;
 
 fn load(device: Device) -> Model {
-    let options = LoadOptions {
-        kv_cache: KvFormat::F32,
-        ..options(device, 64)
-    };
+    let mut options = options(device, 64);
+    options.engine.kv_cache = KvFormat::F32;
     pollster::block_on(Model::load(
         &DirFiles::new(fixture("llama32_tiny")).unwrap(),
         &options,

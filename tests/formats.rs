@@ -60,11 +60,10 @@ fn lens(model: &mut Model, ids: &[u32]) -> Vec<Vec<f32>> {
 
 /// Exact f32 KV, so differences come from the weights alone.
 fn opts(device: Device, quantize: Option<Quantization>) -> LoadOptions {
-    LoadOptions {
-        quantize,
-        kv_cache: KvFormat::F32,
-        ..options(device, 128)
-    }
+    let mut options = options(device, 128);
+    options.engine.quantize = quantize;
+    options.engine.kv_cache = KvFormat::F32;
+    options
 }
 
 #[test]
@@ -153,10 +152,8 @@ fn streamed_loading_stays_within_the_staging_budget() {
         );
         for device in devices() {
             for quantize in [None, Some(Quantization::Q4)] {
-                let options = LoadOptions {
-                    staging_bytes: BUDGET,
-                    ..opts(device.clone(), quantize)
-                };
+                let mut options = opts(device.clone(), quantize);
+                options.engine.staging_bytes = BUDGET;
                 let model = load(&files, &options);
                 let peak = model.load_report().peak_staging_bytes;
                 println!("{name} {device:?} {quantize:?}: peak staging {peak} bytes of {total}");

@@ -44,10 +44,8 @@ fn f32s(v: &Value) -> Vec<f32> {
 
 /// A GGUF file on `device` with an f32 KV cache (the exact baseline) of `context` positions.
 fn load_gguf(path: &Path, device: Device, context: usize) -> Model {
-    let options = LoadOptions {
-        kv_cache: KvFormat::F32,
-        ..options(device, context)
-    };
+    let mut options = options(device, context);
+    options.engine.kv_cache = KvFormat::F32;
     pollster::block_on(Model::load(&DirFiles::new(path).unwrap(), &options, |_| {}))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -359,22 +357,18 @@ fn bad_gguf_files_are_refused_by_name() {
             "non-finite scale",
         ],
     );
+    let mut quantizing = cpu_options;
+    quantizing.engine.quantize = Some(layerskip::Quantization::Q8);
     refused(
         "tiny_mixed.gguf",
-        LoadOptions {
-            quantize: Some(layerskip::Quantization::Q8),
-            ..cpu_options.clone()
-        },
+        quantizing.clone(),
         |_| {},
         &["already quantized", "Q4_K"],
     );
     // An F16 file quantizes while loading, as a Hugging Face folder does.
     let model = pollster::block_on(Model::load(
         &DirFiles::new(gguf_fixture("tiny_spm.gguf")).unwrap(),
-        &LoadOptions {
-            quantize: Some(layerskip::Quantization::Q8),
-            ..cpu_options
-        },
+        &quantizing,
         |_| {},
     ))
     .unwrap();

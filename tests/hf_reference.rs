@@ -9,8 +9,7 @@ use common::reference::Reference;
 use common::*;
 use layerskip::gpu::GpuOptions;
 use layerskip::{
-    generate, Call, DirFiles, Engine, Flow, GenerateOptions, Head, Input, KvFormat, LoadOptions,
-    Model, Strategy,
+    generate, Call, DirFiles, Engine, Flow, GenerateOptions, Head, Input, KvFormat, Model, Strategy,
 };
 
 /// Largest tolerated |logit - HF logit|. Both fixtures compute in f32 (the bf16 one from bf16
@@ -24,10 +23,8 @@ fn load(name: &str, device: layerskip::Device) -> Model {
 }
 
 fn load_kv(name: &str, device: layerskip::Device, kv_cache: KvFormat) -> Model {
-    let options = LoadOptions {
-        kv_cache,
-        ..options(device, 128)
-    };
+    let mut options = options(device, 128);
+    options.engine.kv_cache = kv_cache;
     pollster::block_on(Model::load(
         &DirFiles::new(fixture(name)).unwrap(),
         &options,
@@ -260,10 +257,8 @@ fn long_contexts_split_attention_over_the_keys() {
             files.0.insert(file, std::borrow::Cow::Owned(bytes));
         }
         let load_long = |device| {
-            let options = LoadOptions {
-                kv_cache: KvFormat::F32,
-                ..options(device, 400)
-            };
+            let mut options = options(device, 400);
+            options.engine.kv_cache = KvFormat::F32;
             pollster::block_on(Model::load(&files, &options, |_| {})).unwrap()
         };
         let mut gpu = load_long(layerskip::Device::Gpu(GpuOptions::default()));

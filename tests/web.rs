@@ -65,11 +65,9 @@ async fn load(files: &MemoryFiles, device: Device) -> Model {
 }
 
 async fn load_kv(files: &MemoryFiles, device: Device, kv_cache: KvFormat) -> Model {
-    let options = LoadOptions {
-        max_context: 128,
-        kv_cache,
-        ..LoadOptions::on(device)
-    };
+    let mut options = LoadOptions::on(device);
+    options.engine.max_context = 128;
+    options.engine.kv_cache = kv_cache;
     Model::load(files, &options, |_| {})
         .await
         .expect("fixture loads on WebGPU")

@@ -13,10 +13,12 @@ mod vocab_stats;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use layerskip::checkpoint::Progress;
+use layerskip::engine::DEFAULT_MAX_CONTEXT;
 use layerskip::gpu::context::parse_backend;
 use layerskip::gpu::GpuOptions;
-use layerskip::model::DEFAULT_MAX_CONTEXT;
-use layerskip::{DirFiles, Error, KvFormat, LoadOptions, Model, Quantization, Result};
+use layerskip::{
+    DirFiles, EngineOptions, Error, KvFormat, LoadOptions, Model, Quantization, Result,
+};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -137,11 +139,13 @@ impl ModelArgs {
         };
         Ok(LoadOptions {
             device,
-            max_context: self.max_context,
-            quantize: self.quantize,
-            kv_cache: self.kv_cache,
+            engine: EngineOptions {
+                max_context: self.max_context,
+                quantize: self.quantize,
+                kv_cache: self.kv_cache,
+                ..EngineOptions::default()
+            },
             draft_vocab: self.draft_vocab,
-            ..LoadOptions::default()
         })
     }
 }

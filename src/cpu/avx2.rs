@@ -1,50 +1,47 @@
 //! AVX2 (with FMA and F16C) kernels of the fast backend's products (see `simd.rs`): a group's 32
 //! codes decode into 4 vectors of 8 lanes.
 
-use super::fast::Sums;
-use super::simd::{Inputs, Steps};
-use crate::format::{Format, GROUP};
+use super::operands::{Codes, Inputs, Steps, Sums};
+use crate::format::GROUP;
 use std::arch::x86_64::*;
 
-/// sum_k w[k] x[t, k] for one weight row (`data`, and its decoded `steps`) and every input row
-/// t, added into `out[t]`.
+/// sum_k w[k] x[t, k] for one weight row (`data`: groups of `words` words holding `codes`,
+/// and its decoded `steps`) and every input row t, added into `out[t]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_row(
-    format: Format,
+    codes: Codes,
+    words: usize,
     data: &[u32],
     steps: Option<Steps>,
     inputs: &Inputs,
     out: Sums,
 ) {
-    let words = format.group_words();
     let at = |g: usize| data.as_ptr().add(g * words);
     let bytes = |g: usize| at(g) as *const u8;
     let word = |g: usize, w: usize| _mm256_set1_epi32(*at(g).add(w) as i32);
-    match format {
-        Format::F32 => accumulate(steps, inputs, out, |g| {
+    match codes {
+        Codes::F32 => accumulate(steps, inputs, out, |g| {
             let p = bytes(g) as *const f32;
             [0, 8, 16, 24].map(|k| _mm256_loadu_ps(p.add(k)))
         }),
-        Format::F16 => accumulate(steps, inputs, out, |g| {
+        Codes::F16 => accumulate(steps, inputs, out, |g| {
             let p = bytes(g);
             [0, 16, 32, 48].map(|k| _mm256_cvtph_ps(_mm_loadu_si128(p.add(k) as _)))
         }),
-        Format::Bf16 => accumulate(steps, inputs, out, |g| {
+        Codes::Bf16 => accumulate(steps, inputs, out, |g| {
             let p = bytes(g);
             [0, 16, 32, 48].map(|k| {
                 let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(k) as _));
                 _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
             })
         }),
-        Format::Q8 => accumulate(steps, inputs, out, |g| {
+        Codes::I8 => accumulate(steps, inputs, out, |g| {
             let p = bytes(g);
             [0, 8, 16, 24]
                 .map(|k| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(k) as _))))
         }),
-        Format::Q4 => accumulate(steps, inputs, out, |g| floats(nibbles(bytes(g)))),
-        Format::Q4_1 => accumulate(steps, inputs, out, |g| floats(nibbles(bytes(g)))),
-        Format::Q4K => accumulate(steps, inputs, out, |g| floats(nibbles(bytes(g)))),
-        Format::Q5K => accumulate(steps, inputs, out, |g| {
+        Codes::U4 => accumulate(steps, inputs, out, |g| floats(nibbles(bytes(g)))),
+        Codes::U5 => accumulate(steps, inputs, out, |g| {
             // The fifth bits: bit i of the group's fifth word for element i.
             let high = word(g, 4);
             let mut q = nibbles(bytes(g));
@@ -55,7 +52,7 @@ pub unsafe fn dot_row(
             }
             floats(q)
         }),
-        Format::Q6K => accumulate(steps, inputs, out, |g| {
+        Codes::I6 => accumulate(steps, inputs, out, |g| {
             // 2-bit high parts: bits 2i..2i+1 of word 4 for element i, of word 5 for 16 + i.
             let mut q = nibbles(bytes(g));
             for (k, v) in q.iter_mut().enumerate() {

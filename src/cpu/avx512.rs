@@ -2,54 +2,51 @@
 //! into 2 vectors of 16 lanes, one per half group, and several weight rows go together so each
 //! input load serves all of them.
 
-use super::fast::Sums;
-use super::simd::{Inputs, Steps};
-use crate::format::{Format, GROUP};
+use super::operands::{Codes, Inputs, Steps, Sums};
+use crate::format::GROUP;
 use std::arch::x86_64::*;
 
-/// sum_k w[r, k] x[t, k] for the weight rows `rows` (their words, and their decoded `steps`)
-/// and every input row t, added into `out[r * n + t]`.
+/// sum_k w[r, k] x[t, k] for the weight rows `rows` (groups of `words` words holding `codes`,
+/// and their decoded `steps`) and every input row t, added into `out[r * n + t]`.
 #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
 pub unsafe fn dot_rows<const R: usize>(
-    format: Format,
+    codes: Codes,
+    words: usize,
     rows: [&[u32]; R],
     steps: [Option<Steps>; R],
     inputs: &Inputs,
     panel: &mut Vec<f32>,
     out: Sums,
 ) {
-    let words = format.group_words();
     let at = |r: usize, g: usize| rows[r].as_ptr().add(g * words);
     let bytes = |r: usize, g: usize| at(r, g) as *const u8;
     let word = |r: usize, g: usize, w: usize| _mm512_set1_epi32(*at(r, g).add(w) as i32);
     let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    match format {
-        Format::F32 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
+    match codes {
+        Codes::F32 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
             let p = bytes(r, g) as *const f32;
             [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))]
         }),
-        Format::F16 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
+        Codes::F16 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
             let p = bytes(r, g);
             [0, 32].map(|k| _mm512_cvtph_ps(_mm256_loadu_si256(p.add(k) as _)))
         }),
-        Format::Bf16 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
+        Codes::Bf16 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
             let p = bytes(r, g);
             [0, 32].map(|k| {
                 let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(k) as _));
                 _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))
             })
         }),
-        Format::Q8 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
+        Codes::I8 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
             let p = bytes(r, g);
             [0, 16]
                 .map(|k| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(k) as _))))
         }),
-        Format::Q4 | Format::Q4_1 | Format::Q4K => {
-            accumulate::<R>(&steps, inputs, panel, out, |r, g| {
-                floats(nibbles(bytes(r, g)))
-            })
-        }
-        Format::Q5K => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
+        Codes::U4 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
+            floats(nibbles(bytes(r, g)))
+        }),
+        Codes::U5 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
             // The fifth bits: bit i of the group's fifth word for element i.
             let high = word(r, g, 4);
             let mut q = nibbles(bytes(r, g));
@@ -60,7 +57,7 @@ pub unsafe fn dot_rows<const R: usize>(
             }
             floats(q)
         }),
-        Format::Q6K => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
+        Codes::I6 => accumulate::<R>(&steps, inputs, panel, out, |r, g| {
             // 2-bit high parts: bits 2i..2i+1 of word 4 for element i, of word 5 for 16 + i.
             let mut q = nibbles(bytes(r, g));
             let shift = _mm512_slli_epi32(lanes, 1);

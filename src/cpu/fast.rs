@@ -6,7 +6,10 @@
 //! not d + 1.
 
 #[cfg(target_arch = "x86_64")]
-use super::simd::{Inputs, Isa, Scratch};
+use super::operands::Inputs;
+use super::operands::Sums;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Isa, Kernel, Scratch};
 use super::{Heads, KvRows, Math};
 
 use crate::error::{Error, Result};
@@ -66,7 +69,8 @@ impl PackedMatrix {
 
     /// sum_k w[r, k] x[t, k] for weight rows first..first + rows and the `n` rows of `x` (laid
     /// out for the register kernels in `inputs`), added into `out` from its row 0: weight rows in
-    /// fours where they share a format (simd.rs), else one by one.
+    /// fours where they share a format (simd.rs), else one by one; rows in a format without a
+    /// vector kernel through the portable loop.
     ///
     /// # Safety
     /// `out` must hold rows 0..rows of this task, and `isa` be the CPU's.
@@ -85,16 +89,22 @@ impl PackedMatrix {
         let mut j = 0;
         while j < rows {
             let (part, r) = self.part(first + j);
-            let out = out.from_row(j);
+            let out = out.at_row(j);
+            let Some(kernel) = Kernel::of(part.format) else {
+                let stride = inputs.groups * GROUP;
+                self.dot_row_portable(first + j, &inputs.x, stride, inputs.n, out);
+                j += 1;
+                continue;
+            };
             // SAFETY: the parts' rows are whole rows of their format, and `inputs` were laid out
             // for this matrix's width.
             if rows - j >= ROWS && part.rows - r >= ROWS {
                 let each = std::array::from_fn(|k| part.row_parts(r + k, cols));
-                dot_rows::<ROWS>(isa, part.format, each, inputs, scratch, out);
+                dot_rows::<ROWS>(isa, kernel, each, inputs, scratch, out);
                 j += ROWS;
             } else {
                 let one = [part.row_parts(r, cols)];
-                dot_rows::<1>(isa, part.format, one, inputs, scratch, out);
+                dot_rows::<1>(isa, kernel, one, inputs, scratch, out);
                 j += 1;
             }
         }
@@ -103,13 +113,14 @@ impl PackedMatrix {
     /// Each group of the row is dequantized once and multiplied into eight running sums per row
     /// of `x`, which are added up once at the end (a horizontal sum per group would cost as much
     /// as the group).
-    /// The portable product of weight row `r` with the `n` rows of `x`, added into `out`'s row
-    /// 0 (NEON on ARM and SIMD128 in wasm where the compiler vectorizes it).
+    /// The portable product of weight row `r` with the `n` rows of `x` (`stride` apart, at least
+    /// the matrix width), added into `out`'s row 0 (NEON on ARM and SIMD128 in wasm where the
+    /// compiler vectorizes it).
     ///
     /// # Safety
     /// `out` must hold row 0 of this task for the `n` inputs.
     #[inline(always)]
-    unsafe fn dot_row_portable(&self, r: usize, x: &[f32], n: usize, out: Sums) {
+    unsafe fn dot_row_portable(&self, r: usize, x: &[f32], stride: usize, n: usize, out: Sums) {
         let cols = self.cols;
         let (part, r) = self.part(r);
         let f = part.format;
@@ -122,7 +133,7 @@ impl PackedMatrix {
             f.unpack_group(&data[g * size..(g + 1) * size], scales, g, &mut w);
             let k0 = g * GROUP;
             for (t, lane) in lanes.iter_mut().enumerate() {
-                let xs = &x[t * cols + k0..t * cols + (k0 + GROUP).min(cols)];
+                let xs = &x[t * stride + k0..t * stride + (k0 + GROUP).min(cols)];
                 match <&[f32; GROUP]>::try_from(xs) {
                     Ok(xs) => multiply_add(lane, &w, xs),
                     // The row's last, partial group: padding weights are zero, so stop at cols.
@@ -144,50 +155,6 @@ fn multiply_add(lanes: &mut [f32; 8], w: &[f32; GROUP], x: &[f32; GROUP]) {
         for j in 0..8 {
             lanes[j] += w[8 * i + j] * x[8 * i + j];
         }
-    }
-}
-
-/// Where a product's sums go: weight row r's sum for input row t is added at `ptr[r + t *
-/// stride]` (the product's own layout, [input row][weight row]). The tasks of a product share
-/// it, each adding only to its own weight rows.
-#[derive(Clone, Copy)]
-pub struct Sums {
-    ptr: *mut f32,
-    stride: usize,
-}
-
-// SAFETY: tasks write disjoint weight rows (see `Fast::matmul`).
-unsafe impl Send for Sums {}
-unsafe impl Sync for Sums {}
-
-impl Sums {
-    /// Sums for `out`, laid out [input row][weight row] with `stride` weight rows.
-    pub fn new(out: &mut [f32], stride: usize) -> Self {
-        Sums {
-            ptr: out.as_mut_ptr(),
-            stride,
-        }
-    }
-
-    /// The same sums from weight row `r` on.
-    ///
-    /// # Safety
-    /// Row `r` must be within the output.
-    #[inline(always)]
-    pub unsafe fn from_row(self, r: usize) -> Self {
-        Sums {
-            ptr: self.ptr.add(r),
-            ..self
-        }
-    }
-
-    /// Adds `v` to weight row `r`'s sum for input `t`.
-    ///
-    /// # Safety
-    /// (r, t) must be within the output, and row `r` this task's.
-    #[inline(always)]
-    pub unsafe fn add(self, r: usize, t: usize, v: f32) {
-        *self.ptr.add(r + t * self.stride) += v;
     }
 }
 
@@ -389,14 +356,14 @@ impl Math for Fast {
                 // SAFETY: the task's rows first..first + rows are within y's w.rows columns, and
                 // no other task's.
                 unsafe {
-                    let out = out.from_row(first);
+                    let out = out.at_row(first);
                     #[cfg(target_arch = "x86_64")]
                     if let Some((isa, inputs)) = &simd {
                         let mut scratch = Scratch::default();
                         return w.dot_rows_simd(first, rows, *isa, inputs, &mut scratch, out);
                     }
                     for j in 0..rows {
-                        w.dot_row_portable(first + j, xb, n, out.from_row(j));
+                        w.dot_row_portable(first + j, xb, w.cols, n, out.at_row(j));
                     }
                 }
             });

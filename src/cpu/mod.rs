@@ -8,6 +8,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod fast;
+mod operands;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;

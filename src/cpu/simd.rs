@@ -9,9 +9,9 @@
 //! arithmetic is f32 throughout (no 8-bit activations, unlike llama.cpp): the weights are exactly
 //! the plain loop's dequantized values, and results differ from it by summation order only.
 
-use super::fast::Sums;
+use super::operands::{Codes, Inputs, Steps, Sums};
 use super::KvRows;
-use crate::format::{half_to_f32, k_step_min, q6k_steps, Format, GROUP};
+use crate::format::{half_to_f32, k_step_min, q6k_steps, Format};
 use std::arch::x86_64::*;
 
 /// The vector instructions a product runs on.
@@ -43,37 +43,60 @@ impl Isa {
     }
 }
 
-/// The inputs of a product, laid out for the kernels: `n` rows of `groups` x 32 values (zeros
-/// past the matrix width, so no group is partial).
-pub struct Inputs {
-    pub n: usize,
-    pub groups: usize,
-    pub x: Vec<f32>,
+/// How a row's scales give each group's w = a q + b ([`Steps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scaling {
+    /// Float formats: the codes are the weights.
+    None,
+    /// One half per group: a = d, no b (q8_0).
+    Step,
+    /// One half per group: a = d, b = -8 d (q4_0's codes are offset by 8).
+    Centered,
+    /// (d, m) halves per group: a = d, b = m (q4_1).
+    StepMin,
+    /// A k-quant super-block's 6-bit scales and mins: a = step, b = -min (q4_k, q5_k).
+    KStepMin,
+    /// One step per half group, no b (q6_k).
+    HalfSteps,
 }
 
-impl Inputs {
-    pub fn new(x: &[f32], cols: usize) -> Self {
-        let groups = cols.div_ceil(GROUP);
-        let n = x.len() / cols.max(1);
-        let mut padded = vec![0f32; n * groups * GROUP];
-        for (src, dst) in x.chunks(cols.max(1)).zip(padded.chunks_mut(groups * GROUP)) {
-            dst[..src.len()].copy_from_slice(src);
-        }
-        Inputs {
-            n,
-            groups,
-            x: padded,
+/// A format the vector kernels decode: its code layout and its scaling.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel {
+    format: Format,
+    codes: Codes,
+    scaling: Scaling,
+}
+
+/// The formats with a vector kernel. A format missing here still runs, through the portable
+/// loop (`fast.rs` asks [`Kernel::of`] per run of rows), so a new format needs a row here only
+/// to be fast.
+const KERNELS: [Kernel; 9] = {
+    const fn k(format: Format, codes: Codes, scaling: Scaling) -> Kernel {
+        Kernel {
+            format,
+            codes,
+            scaling,
         }
     }
-}
+    [
+        k(Format::F32, Codes::F32, Scaling::None),
+        k(Format::F16, Codes::F16, Scaling::None),
+        k(Format::Bf16, Codes::Bf16, Scaling::None),
+        k(Format::Q8, Codes::I8, Scaling::Step),
+        k(Format::Q4, Codes::U4, Scaling::Centered),
+        k(Format::Q4_1, Codes::U4, Scaling::StepMin),
+        k(Format::Q4K, Codes::U4, Scaling::KStepMin),
+        k(Format::Q5K, Codes::U5, Scaling::KStepMin),
+        k(Format::Q6K, Codes::I6, Scaling::HalfSteps),
+    ]
+};
 
-/// One weight row's decoded scales: w = a q + b per group, or (`per_half`, q6_k) a per half
-/// group and no b.
-#[derive(Clone, Copy)]
-pub struct Steps<'a> {
-    pub a: &'a [f32],
-    pub b: Option<&'a [f32]>,
-    pub per_half: bool,
+impl Kernel {
+    /// The vector kernel for `format`, if it has one.
+    pub fn of(format: Format) -> Option<Kernel> {
+        KERNELS.iter().find(|k| k.format == format).copied()
+    }
 }
 
 /// A task's buffers, reused from one set of weight rows to the next: the rows' decoded scales,
@@ -93,14 +116,14 @@ struct Scales {
 }
 
 impl Scales {
-    /// Decodes rows of `groups` groups in `format` from their `scales` (nothing for float
-    /// formats).
+    /// Decodes rows of `groups` groups from their `scales` as `scaling` reads them (nothing for
+    /// float formats).
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn decode(&mut self, format: Format, scales: &[&[u16]], groups: usize) {
-        if !format.quantized() {
+    unsafe fn decode(&mut self, scaling: Scaling, scales: &[&[u16]], groups: usize) {
+        if scaling == Scaling::None {
             return;
         }
         self.groups = groups;
@@ -109,16 +132,16 @@ impl Scales {
         for (r, scales) in scales.iter().enumerate() {
             let a = &mut self.a[r * 2 * groups..(r + 1) * 2 * groups];
             let b = &mut self.b[r * groups..(r + 1) * groups];
-            match format {
-                Format::Q8 | Format::Q4 => {
+            match scaling {
+                Scaling::Step | Scaling::Centered => {
                     halves_to_f32(&scales[..groups], &mut a[..groups]);
-                    if format == Format::Q4 {
+                    if scaling == Scaling::Centered {
                         for (b, a) in b.iter_mut().zip(&a[..groups]) {
                             *b = -8.0 * a;
                         }
                     }
                 }
-                Format::Q4_1 => {
+                Scaling::StepMin => {
                     // (d, m) pairs: eight halves become four d and four m.
                     let pairs = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
                     let mut g = 0;
@@ -134,35 +157,35 @@ impl Scales {
                         b[g] = half_to_f32(scales[2 * g + 1]);
                     }
                 }
-                Format::Q4K | Format::Q5K => {
+                Scaling::KStepMin => {
                     for g in 0..groups {
                         let (step, min) = k_step_min(scales, g);
                         a[g] = step;
                         b[g] = -min;
                     }
                 }
-                Format::Q6K => {
+                Scaling::HalfSteps => {
                     for g in 0..groups {
                         a[2 * g..2 * g + 2].copy_from_slice(&q6k_steps(scales, g));
                     }
                 }
-                Format::F32 | Format::F16 | Format::Bf16 => {}
+                Scaling::None => {}
             }
         }
     }
 
     /// Row `r`'s decoded scales (`None` for float formats).
     #[inline(always)]
-    pub(super) fn steps(&self, format: Format, r: usize) -> Option<Steps<'_>> {
+    fn steps(&self, scaling: Scaling, r: usize) -> Option<Steps<'_>> {
         let g = self.groups;
-        format.quantized().then(|| Steps {
+        (scaling != Scaling::None).then(|| Steps {
             a: &self.a[r * 2 * g..(r + 1) * 2 * g],
             b: matches!(
-                format,
-                Format::Q4 | Format::Q4_1 | Format::Q4K | Format::Q5K
+                scaling,
+                Scaling::Centered | Scaling::StepMin | Scaling::KStepMin
             )
             .then(|| &self.b[r * g..(r + 1) * g]),
-            per_half: format == Format::Q6K,
+            per_half: scaling == Scaling::HalfSteps,
         })
     }
 }
@@ -188,31 +211,32 @@ unsafe fn halves_to_f32(halves: &[u16], out: &mut [f32]) {
 pub const ROWS: usize = 4;
 
 /// sum_k w[r, k] x[t, k] for every weight row r of `rows` (its words and scales, all in
-/// `format`) and every input row t, added into `out`.
+/// `kernel`'s format) and every input row t, added into `out`.
 ///
 /// # Safety
-/// The CPU must have `isa` ([`Isa::detect`]); every row must be a whole row of `format` with
+/// The CPU must have `isa` ([`Isa::detect`]); every row must be a whole row of the format with
 /// `inputs.groups` groups, and `out` hold `rows.len()` weight rows of `inputs.n` inputs.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_rows<const R: usize>(
     isa: Isa,
-    format: Format,
+    kernel: Kernel,
     rows: [(&[u32], &[u16]); R],
     inputs: &Inputs,
     scratch: &mut Scratch,
     out: Sums,
 ) {
     let Scratch { scales, panel } = scratch;
-    scales.decode(format, &rows.map(|(_, s)| s), inputs.groups);
-    let steps: [Option<Steps>; R] = std::array::from_fn(|r| scales.steps(format, r));
+    scales.decode(kernel.scaling, &rows.map(|(_, s)| s), inputs.groups);
+    let steps: [Option<Steps>; R] = std::array::from_fn(|r| scales.steps(kernel.scaling, r));
     let data = rows.map(|(d, _)| d);
+    let (codes, words) = (kernel.codes, kernel.format.group_words());
     match isa {
         Isa::Avx2 => {
             for r in 0..R {
-                super::avx2::dot_row(format, data[r], steps[r], inputs, out.from_row(r));
+                super::avx2::dot_row(codes, words, data[r], steps[r], inputs, out.at_row(r));
             }
         }
-        Isa::Avx512 => super::avx512::dot_rows::<R>(format, data, steps, inputs, panel, out),
+        Isa::Avx512 => super::avx512::dot_rows::<R>(codes, words, data, steps, inputs, panel, out),
     }
 }
 

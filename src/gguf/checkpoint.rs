@@ -1,4 +1,4 @@
-//! A GGUF file as a [`Checkpoint`]: llama.cpp's `llama.*` metadata as the config.json it stands
+//! A GGUF file as the parts of a [`crate::checkpoint::Checkpoint`]: llama.cpp's `llama.*` metadata as the config.json it stands
 //! for, its tensors under Hugging Face's names (so the model code has one definition of Llama),
 //! and what the file carries beside the weights: the tokenizer (rebuilt as a tokenizer.json),
 //! the chat template and the special tokens' text.
@@ -9,7 +9,6 @@
 //! permutation moves whole rows.
 
 use super::{Gguf, Value};
-use crate::checkpoint::Checkpoint;
 use crate::config::{Config, RopeScaling};
 use crate::error::{Error, Result};
 use crate::files::Files;
@@ -77,9 +76,20 @@ fn hf_name(name: &str) -> Option<(String, bool)> {
     Some((format!("model.layers.{layer}.{hf}.weight"), interleaved))
 }
 
+/// What [`open`] reads from a GGUF file (`Checkpoint::open` makes it a checkpoint: the GGUF
+/// reader sits below the checkpoint, so it does not build one).
+pub struct Opened {
+    pub config: Config,
+    /// The file's EOS, EOT and EOM ids.
+    pub eos_token_ids: Vec<u32>,
+    /// By Hugging Face name.
+    pub tensors: HashMap<String, TensorEntry>,
+    pub extras: Extras,
+}
+
 /// Opens GGUF file `name`: reads and checks its header, maps its metadata to a config and its
 /// tensors to Hugging Face names, and rebuilds its tokenizer.
-pub async fn open(files: &impl Files, name: &str) -> Result<Checkpoint> {
+pub async fn open(files: &impl Files, name: &str) -> Result<Opened> {
     let gguf = super::read(files, name).await?;
     let arch = gguf.str("general.architecture")?;
     if arch != "llama" {
@@ -178,13 +188,11 @@ pub async fn open(files: &impl Files, name: &str) -> Result<Checkpoint> {
         eos_token: special.eos.unwrap_or_default(),
         interleaved,
     };
-    Ok(Checkpoint {
+    Ok(Opened {
         config,
         eos_token_ids,
-        default_exit_layer: None,
         tensors,
-        files: vec![name.to_string()],
-        gguf: Some(extras),
+        extras,
     })
 }
 

@@ -764,13 +764,9 @@ impl GpuModel {
             row0: step.n_tokens - 1,
             ..step
         };
-        let lens_slot = match call.head {
-            Head::Lens => {
-                self.check_logit_rows(at.logit_rows + call.layers.len())?;
-                rec.slot(lens_step)?
-            }
-            _ => 0,
-        };
+        // The lens head's uniforms, written at its first stage (the rows it will copy out
+        // checked then, for the whole call).
+        let mut lens_slot = None;
         let row_bytes = (self.config.vocab_size * 4) as u64;
         for stage in call.stages() {
             match stage {
@@ -778,6 +774,13 @@ impl GpuModel {
                 Stage::Lens => {
                     rec.pass(&ops, slot, step, max_dim);
                     ops.clear();
+                    let lens_slot = match lens_slot {
+                        Some(s) => s,
+                        None => {
+                            self.check_logit_rows(at.logit_rows + call.layers.len())?;
+                            *lens_slot.insert(rec.slot(lens_step)?)
+                        }
+                    };
                     let head = self.head_ops(1, false, false);
                     rec.pass(&head, lens_slot, lens_step, max_dim);
                     rec.encoder.copy_buffer_to_buffer(

@@ -5,6 +5,7 @@
 mod files;
 pub mod guard;
 
+use crate::engine::EngineOptions;
 use crate::format::{KvFormat, Quantization};
 use crate::generate::TokenKind;
 use crate::gpu::GpuOptions;
@@ -317,7 +318,7 @@ async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> 
     let parsed: JsLoadOptions = parse(&options, &["onProgress"])?;
     let on_progress = js_sys::Function::from(field(&options, "onProgress"));
     let has_progress = on_progress.is_function();
-    let defaults = LoadOptions::default();
+    let defaults = EngineOptions::default();
     let device = parsed.device.unwrap_or_default();
     let options = LoadOptions {
         device: match device {
@@ -328,11 +329,13 @@ async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> 
             JsDevice::Gpu => Device::Gpu(GpuOptions::default()),
             JsDevice::Cpu => Device::Cpu { threads: None },
         },
-        max_context: parsed.max_context.unwrap_or(defaults.max_context),
-        quantize: parsed.quantize,
-        kv_cache: parsed.kv_cache.unwrap_or(defaults.kv_cache),
+        engine: EngineOptions {
+            max_context: parsed.max_context.unwrap_or(defaults.max_context),
+            quantize: parsed.quantize,
+            kv_cache: parsed.kv_cache.unwrap_or(defaults.kv_cache),
+            ..defaults
+        },
         draft_vocab: parsed.draft_vocab,
-        ..defaults
     };
     let panics = guard::panics();
     let model = Model::load(&files, &options, |p| {

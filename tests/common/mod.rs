@@ -116,10 +116,9 @@ pub fn f16_bits(x: f32) -> u16 {
 
 /// Load options for `device` with a KV cache of `context` positions.
 pub fn options(device: Device, context: usize) -> LoadOptions {
-    LoadOptions {
-        max_context: context,
-        ..LoadOptions::on(device)
-    }
+    let mut options = LoadOptions::on(device);
+    options.engine.max_context = context;
+    options
 }
 
 /// The fast CPU backend on every core.
