@@ -110,12 +110,11 @@ impl PackedMatrix {
         }
     }
 
-    /// Each group of the row is dequantized once and multiplied into eight running sums per row
-    /// of `x`, which are added up once at the end (a horizontal sum per group would cost as much
-    /// as the group).
     /// The portable product of weight row `r` with the `n` rows of `x` (`stride` apart, at least
     /// the matrix width), added into `out`'s row 0 (NEON on ARM and SIMD128 in wasm where the
-    /// compiler vectorizes it).
+    /// compiler vectorizes it). Each group of the row is dequantized once and multiplied into
+    /// eight running sums per row of `x`, which are added up once at the end (a horizontal sum
+    /// per group would cost as much as the group).
     ///
     /// # Safety
     /// `out` must hold row 0 of this task for the `n` inputs.
