@@ -559,20 +559,27 @@ impl Model {
             Some(n) => Some(vocab::load(files, &tokenizer_json, n, &checkpoint).await?),
         };
         let draft = draft.as_deref();
-        let engine = options.engine;
         let engine = match (ctx, &options.device) {
             (Some(ctx), _) => AnyEngine::Gpu(Box::new(
-                GpuModel::load(ctx, &checkpoint, files, &engine, draft, progress).await?,
+                GpuModel::load(ctx, &checkpoint, files, &options.engine, draft, progress).await?,
             )),
             (None, Device::CpuReference) => AnyEngine::CpuReference(Box::new(
-                CpuModel::load(Reference, &checkpoint, files, &engine, draft, progress).await?,
+                CpuModel::load(
+                    Reference,
+                    &checkpoint,
+                    files,
+                    &options.engine,
+                    draft,
+                    progress,
+                )
+                .await?,
             )),
             (None, _) => AnyEngine::Cpu(Box::new(
                 CpuModel::load(
                     Fast::new(threads)?,
                     &checkpoint,
                     files,
-                    &engine,
+                    &options.engine,
                     draft,
                     progress,
                 )
@@ -613,6 +620,9 @@ pub struct Completion {
     pub text: String,
     pub stats: Stats,
 }
+
+/// Top tokens per exit layer a front end shows when not told how many.
+pub const DEFAULT_LENS_TOP: usize = 5;
 
 /// The logit lens at the last prompt position (see [`Model::lens`]).
 #[derive(Debug, Clone, Serialize)]

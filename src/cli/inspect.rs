@@ -2,6 +2,7 @@
 
 use super::{load, ModelArgs};
 use clap::Args;
+use layerskip::model::DEFAULT_LENS_TOP;
 use layerskip::{DeviceInfo, Result};
 use serde_json::json;
 
@@ -34,7 +35,7 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
         println!("{}", json!(lens));
         return Ok(());
     }
-    let k = args.top.unwrap_or(5);
+    let k = args.top.unwrap_or(DEFAULT_LENS_TOP);
     let lens = pollster::block_on(model.lens(&args.prompt, Some(k)))?;
     println!(
         "logit lens at the last prompt position ({} tokens), top {k} per exit layer:",

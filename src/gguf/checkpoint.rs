@@ -1,7 +1,7 @@
-//! A GGUF file as the parts of a [`crate::checkpoint::Checkpoint`]: llama.cpp's `llama.*` metadata as the config.json it stands
-//! for, its tensors under Hugging Face's names (so the model code has one definition of Llama),
-//! and what the file carries beside the weights: the tokenizer (rebuilt as a tokenizer.json),
-//! the chat template and the special tokens' text.
+//! A GGUF file as the parts of a [`crate::checkpoint::Checkpoint`]: llama.cpp's `llama.*`
+//! metadata as the config.json it stands for, its tensors under Hugging Face's names (so the
+//! model code has one definition of Llama), and what the file carries beside the weights: the
+//! tokenizer (rebuilt as a tokenizer.json), the chat template and the special tokens' text.
 //!
 //! llama.cpp's converter stores q_proj and k_proj with each head's rows interleaved for its
 //! rotary kernels; those tensors are marked so their rows are read back into Hugging Face's

@@ -9,7 +9,7 @@ use crate::engine::EngineOptions;
 use crate::format::{KvFormat, Quantization};
 use crate::generate::TokenKind;
 use crate::gpu::GpuOptions;
-use crate::model::{Device, LoadOptions, Model};
+use crate::model::{Device, LoadOptions, Model, DEFAULT_LENS_TOP};
 use crate::openai::{Endpoint, OpenAiRequest, Reply};
 use crate::request::GenerateRequest;
 use files::BlobFiles;
@@ -481,7 +481,7 @@ impl LayerSkip {
             let model = model?;
             let mut model = model.try_borrow_mut().map_err(|_| busy())?;
             let lens = model
-                .lens(&prompt, Some(top.unwrap_or(5)))
+                .lens(&prompt, Some(top.unwrap_or(DEFAULT_LENS_TOP)))
                 .await
                 .map_err(error)?;
             to_js(&json!(lens))
