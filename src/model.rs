@@ -559,27 +559,21 @@ impl Model {
             Some(n) => Some(vocab::load(files, &tokenizer_json, n, &checkpoint).await?),
         };
         let draft = draft.as_deref();
+        // What every engine is built with, whatever the device.
+        let build_with = &options.engine;
         let engine = match (ctx, &options.device) {
             (Some(ctx), _) => AnyEngine::Gpu(Box::new(
-                GpuModel::load(ctx, &checkpoint, files, &options.engine, draft, progress).await?,
+                GpuModel::load(ctx, &checkpoint, files, build_with, draft, progress).await?,
             )),
             (None, Device::CpuReference) => AnyEngine::CpuReference(Box::new(
-                CpuModel::load(
-                    Reference,
-                    &checkpoint,
-                    files,
-                    &options.engine,
-                    draft,
-                    progress,
-                )
-                .await?,
+                CpuModel::load(Reference, &checkpoint, files, build_with, draft, progress).await?,
             )),
             (None, _) => AnyEngine::Cpu(Box::new(
                 CpuModel::load(
                     Fast::new(threads)?,
                     &checkpoint,
                     files,
-                    &options.engine,
+                    build_with,
                     draft,
                     progress,
                 )
