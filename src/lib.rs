@@ -33,7 +33,7 @@ pub mod wasm;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::Config;
-pub use engine::{Backend, Call, Engine, EngineOptions, Head, Input, Output, Pick};
+pub use engine::{Activations, Backend, Call, Engine, EngineOptions, Head, Input, Output, Pick};
 pub use error::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::DirFiles;

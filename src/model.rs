@@ -566,11 +566,19 @@ impl Model {
                 GpuModel::load(ctx, &checkpoint, files, build_with, draft, progress).await?,
             )),
             (None, Device::CpuReference) => AnyEngine::CpuReference(Box::new(
-                CpuModel::load(Reference, &checkpoint, files, build_with, draft, progress).await?,
+                CpuModel::load(
+                    Reference::new(build_with.activations),
+                    &checkpoint,
+                    files,
+                    build_with,
+                    draft,
+                    progress,
+                )
+                .await?,
             )),
             (None, _) => AnyEngine::Cpu(Box::new(
                 CpuModel::load(
-                    Fast::new(threads)?,
+                    Fast::new(threads, build_with.activations)?,
                     &checkpoint,
                     files,
                     build_with,

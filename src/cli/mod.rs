@@ -17,7 +17,7 @@ use layerskip::engine::DEFAULT_MAX_CONTEXT;
 use layerskip::gpu::context::parse_backend;
 use layerskip::gpu::GpuOptions;
 use layerskip::{
-    DirFiles, EngineOptions, Error, KvFormat, LoadOptions, Model, Quantization, Result,
+    Activations, DirFiles, EngineOptions, Error, KvFormat, LoadOptions, Model, Quantization, Result,
 };
 use std::path::PathBuf;
 
@@ -91,6 +91,11 @@ pub struct ModelArgs {
     /// Precision of the KV cache (f16 halves its memory).
     #[arg(long, value_enum, default_value_t)]
     kv_cache: KvFormat,
+    /// How the CPU backend multiplies activations with quantized weights: q8 rounds them to 8
+    /// bits per group of 32 for integer dot products (as llama.cpp does); f32 multiplies the
+    /// exactly dequantized weights (what the GPU computes).
+    #[arg(long, value_enum, default_value_t)]
+    activations: Activations,
     /// Mat-vec workgroup size on the GPU (default: 256, or the adapter's limit). For experiments.
     #[arg(long)]
     gpu_workgroup_size: Option<u32>,
@@ -143,6 +148,7 @@ impl ModelArgs {
                 max_context: self.max_context,
                 quantize: self.quantize,
                 kv_cache: self.kv_cache,
+                activations: self.activations,
                 ..EngineOptions::default()
             },
             draft_vocab: self.draft_vocab,

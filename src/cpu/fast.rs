@@ -6,16 +6,21 @@
 //! not d + 1.
 
 #[cfg(target_arch = "x86_64")]
+use super::activations::Codes8;
+#[cfg(target_arch = "x86_64")]
 use super::operands::Inputs;
 use super::operands::Sums;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Isa, Kernel, Scratch};
 use super::{Heads, KvRows, Math};
+use crate::engine::Activations;
 
 use crate::error::{Error, Result};
 use crate::format::{groups, Format, Layout, Packed, GROUP};
 use crate::llama::Store;
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(target_arch = "wasm32"))]
+use std::sync::Arc;
 
 /// A matrix in its formats: runs of rows, each in one format, rows padded to whole groups (see
 /// `format.rs`), in u32 words as the GPU holds them.
@@ -67,9 +72,9 @@ impl PackedMatrix {
         (part, r - part.row0)
     }
 
-    /// sum_k w[r, k] x[t, k] for weight rows first..first + rows and the `n` rows of `x` (laid
-    /// out for the register kernels in `inputs`), added into `out` from its row 0: weight rows in
-    /// fours where they share a format (simd.rs), else one by one; rows in a format without a
+    /// sum_k w[r, k] x[t, k] for weight rows first..first + rows and the `n` rows of a block
+    /// (laid out for the register kernels in `ops`), added into `out` from its row 0: weight rows
+    /// in fours where they share a format (simd.rs), else one by one; rows in a format without a
     /// vector kernel through the portable loop.
     ///
     /// # Safety
@@ -80,31 +85,37 @@ impl PackedMatrix {
         first: usize,
         rows: usize,
         isa: Isa,
-        inputs: &Inputs,
+        ops: &Operands,
         scratch: &mut Scratch,
         out: Sums,
     ) {
-        use super::simd::{dot_rows, ROWS};
-        let cols = self.cols;
+        use super::simd::ROWS;
         let mut j = 0;
         while j < rows {
             let (part, r) = self.part(first + j);
             let out = out.at_row(j);
+            let rounded = ops.rounded.as_ref().filter(|_| part.format.quantized());
+            let (inputs, codes) = match rounded {
+                None => (&ops.plain, None),
+                Some(Rounded::Values(values)) => (values, None),
+                // Only where every quantized part has a VNNI kernel (`Fast::operands`).
+                Some(Rounded::Codes(codes)) => (&ops.plain, Some(codes)),
+            };
             let Some(kernel) = Kernel::of(part.format) else {
                 let stride = inputs.groups * GROUP;
                 self.dot_row_portable(first + j, &inputs.x, stride, inputs.n, out);
                 j += 1;
                 continue;
             };
-            // SAFETY: the parts' rows are whole rows of their format, and `inputs` were laid out
-            // for this matrix's width.
+            // SAFETY: the parts' rows are whole rows of their format, and the inputs were laid
+            // out for this matrix's width.
             if rows - j >= ROWS && part.rows - r >= ROWS {
-                let each = std::array::from_fn(|k| part.row_parts(r + k, cols));
-                dot_rows::<ROWS>(isa, kernel, each, inputs, scratch, out);
+                let each = std::array::from_fn(|k| part.row_parts(r + k, self.cols));
+                dot_rows::<ROWS>(isa, kernel, each, inputs, codes, scratch, out);
                 j += ROWS;
             } else {
-                let one = [part.row_parts(r, cols)];
-                dot_rows::<1>(isa, kernel, one, inputs, scratch, out);
+                let one = [part.row_parts(r, self.cols)];
+                dot_rows::<1>(isa, kernel, one, inputs, codes, scratch, out);
                 j += 1;
             }
         }
@@ -146,6 +157,45 @@ impl PackedMatrix {
     }
 }
 
+/// R weight rows against the block: on the VNNI kernels where the inputs were rounded to 8-bit
+/// `codes` and the format's codes unpack to bytes, else on the f32 kernels.
+///
+/// # Safety
+/// As `simd::dot_rows`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot_rows<const R: usize>(
+    isa: Isa,
+    kernel: Kernel,
+    rows: [(&[u32], &[u16]); R],
+    inputs: &Inputs,
+    codes: Option<&Codes8>,
+    scratch: &mut Scratch,
+    out: Sums,
+) {
+    match (codes, kernel.bytes()) {
+        (Some(codes), Some(bytes)) => {
+            super::simd::dot_rows_q8::<R>(kernel, bytes, rows, codes, scratch, out)
+        }
+        _ => super::simd::dot_rows::<R>(isa, kernel, rows, inputs, scratch, out),
+    }
+}
+
+/// A block's inputs as the register kernels read them: as they are, and (8-bit activations, for
+/// quantized weights) rounded: in f32 for the f32 kernels and the portable loop, and as codes
+/// for the VNNI kernels where the CPU has them.
+#[cfg(target_arch = "x86_64")]
+struct Operands {
+    plain: Inputs,
+    rounded: Option<Rounded>,
+}
+
+#[cfg(target_arch = "x86_64")]
+enum Rounded {
+    Values(Inputs),
+    Codes(Codes8),
+}
+
 /// lanes[j] += sum over i of w[8i + j] x[8i + j]: eight independent sums the compiler keeps in
 /// vector registers.
 #[inline(always)]
@@ -176,15 +226,42 @@ pub struct Fast {
     /// time).
     #[cfg(target_arch = "x86_64")]
     isa: Option<Isa>,
+    /// Whether 8-bit activations run on the VNNI kernels (`vnni.rs`).
+    #[cfg(target_arch = "x86_64")]
+    vnni: bool,
+    /// How activations meet quantized weights.
+    activations: Activations,
     /// Weight bytes read by matrix products so far (data and scales), for the byte-count tests.
     weight_bytes_read: AtomicU64,
     #[cfg(not(target_arch = "wasm32"))]
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+/// The threads a forward pass runs on. A pass started on one of the backend's own threads
+/// hands each product's work to threads that are still awake from the last product, instead of
+/// waking them from outside the pool each time (a decode step is some 200 products; starting
+/// each from outside cost about a tenth of the step on 2 threads). Without a pool (the
+/// reference, wasm), where it is called.
+#[derive(Clone, Default)]
+pub struct Workers {
+    #[cfg(not(target_arch = "wasm32"))]
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl Workers {
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(pool) = &self.pool {
+            return pool.install(f);
+        }
+        f()
+    }
 }
 
 impl Fast {
-    /// A backend on `threads` threads (default: every core; wasm: one).
-    pub fn new(threads: Option<usize>) -> Result<Self> {
+    /// A backend on `threads` threads (default: every core; wasm: one), multiplying quantized
+    /// weights with `activations`.
+    pub fn new(threads: Option<usize>, activations: Activations) -> Result<Self> {
         if threads == Some(0) {
             return Err(Error::Invalid("--threads must be at least 1".into()));
         }
@@ -198,11 +275,16 @@ impl Fast {
                 .build()
                 .map_err(|e| Error::Invalid(format!("cannot start {threads} threads: {e}")))?;
 
+            #[cfg(target_arch = "x86_64")]
+            let isa = Isa::detect();
             Ok(Self {
                 threads,
                 #[cfg(target_arch = "x86_64")]
-                isa: Isa::detect(),
-                pool,
+                isa,
+                #[cfg(target_arch = "x86_64")]
+                vnni: isa == Some(Isa::Avx512) && super::vnni::available(),
+                activations,
+                pool: Arc::new(pool),
                 weight_bytes_read: AtomicU64::new(0),
             })
         }
@@ -211,15 +293,34 @@ impl Fast {
             let _ = threads;
             Ok(Self {
                 threads: 1,
+                activations,
                 weight_bytes_read: AtomicU64::new(0),
             })
         }
     }
 
-    /// A block's inputs laid out for the register kernels, where the CPU has them.
+    /// A block's inputs laid out for the register kernels, where the CPU has them; rounded too
+    /// where `w` has quantized rows and activations are 8-bit.
     #[cfg(target_arch = "x86_64")]
-    fn inputs(&self, x: &[f32], cols: usize) -> Option<(Isa, Inputs)> {
-        Some((self.isa?, Inputs::new(x, cols)))
+    fn operands(&self, x: &[f32], w: &PackedMatrix) -> Option<(Isa, Operands)> {
+        let isa = self.isa?;
+        let plain = Inputs::new(x, w.cols);
+        // Codes where every quantized part has a VNNI kernel, else rounded f32 values.
+        let by_vnni = |p: &Part| Kernel::of(p.format).and_then(Kernel::bytes).is_some();
+        let rounded = self.rounds(w).then(|| {
+            let quantized = || w.parts.iter().filter(|p| p.format.quantized());
+            if self.vnni && quantized().all(by_vnni) {
+                Rounded::Codes(Codes8::new(&plain))
+            } else {
+                Rounded::Values(Inputs::new(&super::activations::rounded(x, w.cols), w.cols))
+            }
+        });
+        Some((isa, Operands { plain, rounded }))
+    }
+
+    /// Whether products with `w` round the activations to 8 bits.
+    fn rounds(&self, w: &PackedMatrix) -> bool {
+        self.activations == Activations::Q8 && w.parts.iter().any(|p| p.format.quantized())
     }
 
     pub fn threads(&self) -> usize {
@@ -312,15 +413,24 @@ impl Store for Fast {
 impl Math for Fast {
     fn name(&self) -> String {
         #[cfg(target_arch = "x86_64")]
-        let isa = self.isa.map_or("", |isa| isa.name());
+        let (isa, vnni) = (self.isa.map(|isa| isa.name()), self.vnni);
         #[cfg(not(target_arch = "x86_64"))]
-        let isa = "";
-        format!(
-            "fast, {} thread{}{}{isa}",
+        let (isa, vnni) = (None::<&str>, false);
+        let activations = match (self.activations, vnni) {
+            (Activations::F32, _) => None,
+            (Activations::Q8, true) => Some("8-bit activations (VNNI)"),
+            (Activations::Q8, false) => Some("8-bit activations"),
+        };
+        let threads = format!(
+            "{} thread{}",
             self.threads,
-            if self.threads == 1 { "" } else { "s" },
-            if isa.is_empty() { "" } else { ", " },
-        )
+            if self.threads == 1 { "" } else { "s" }
+        );
+        [Some("fast"), Some(threads.as_str()), isa, activations]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn stored_as(&self) -> Option<Format> {
@@ -329,6 +439,13 @@ impl Math for Fast {
 
     fn backend(&self) -> crate::engine::Backend {
         crate::engine::Backend::Cpu
+    }
+
+    fn workers(&self) -> Workers {
+        Workers {
+            #[cfg(not(target_arch = "wasm32"))]
+            pool: Some(self.pool.clone()),
+        }
     }
 
     fn matmul(&self, x: &[f32], w: &PackedMatrix) -> Vec<f32> {
@@ -348,7 +465,14 @@ impl Math for Fast {
                 .min(w.rows);
             let out = Sums::new(yb, w.rows);
             #[cfg(target_arch = "x86_64")]
-            let simd = self.inputs(xb, w.cols);
+            let simd = self.operands(xb, w);
+            #[cfg(target_arch = "x86_64")]
+            let portable = simd.is_none();
+            #[cfg(not(target_arch = "x86_64"))]
+            let portable = true;
+            // The portable loop's rounded inputs (8-bit activations).
+            let rounded =
+                (portable && self.rounds(w)).then(|| super::activations::rounded(xb, w.cols));
             self.for_tasks(w.rows.div_ceil(rows_per_task), |i| {
                 let first = i * rows_per_task;
                 let rows = rows_per_task.min(w.rows - first);
@@ -357,12 +481,16 @@ impl Math for Fast {
                 unsafe {
                     let out = out.at_row(first);
                     #[cfg(target_arch = "x86_64")]
-                    if let Some((isa, inputs)) = &simd {
+                    if let Some((isa, ops)) = &simd {
                         let mut scratch = Scratch::default();
-                        return w.dot_rows_simd(first, rows, *isa, inputs, &mut scratch, out);
+                        return w.dot_rows_simd(first, rows, *isa, ops, &mut scratch, out);
                     }
                     for j in 0..rows {
-                        w.dot_row_portable(first + j, xb, w.cols, n, out.at_row(j));
+                        let x = match &rounded {
+                            Some(rounded) if w.part(first + j).0.format.quantized() => rounded,
+                            _ => xb,
+                        };
+                        w.dot_row_portable(first + j, x, w.cols, n, out.at_row(j));
                     }
                 }
             });
@@ -432,45 +560,70 @@ mod tests {
         }
     }
 
-    /// Every format's products, on the register kernels (AVX-512 and AVX2 where the CPU has
-    /// them) and on the portable loop, against f32 products of the same dequantized weights: widths with a partial
-    /// group and with partial and whole super-blocks, 1 to 64 input rows, a matrix of two runs.
+    /// Every format's products, with f32 and 8-bit activations, on the register kernels
+    /// (AVX-512 with and without VNNI, and AVX2, where the CPU has them) and on the portable
+    /// loop, against the reference's products (f32 on the same dequantized weights, with the
+    /// same rounded inputs for 8-bit activations): widths with a partial group, an odd number of
+    /// groups, partial and whole super-blocks, 1 to 64 input rows, a matrix of two runs. Each
+    /// input row's products are the same bits whatever else is in its block (what makes greedy
+    /// self-speculation equal autoregression).
     #[test]
-    fn products_in_every_format_equal_dequantized_f32_products() {
+    fn products_in_every_format_equal_the_reference_in_any_block() {
+        use super::super::reference::Reference;
         let mut value = values(1, 1.0);
-        let detected = Fast::new(Some(2)).unwrap().isa;
-        let avx2 = Isa::detect().map(|_| Isa::Avx2);
-        for isa in [detected, avx2, None] {
-            let mut fast = Fast::new(Some(2)).unwrap();
-            fast.isa = isa;
-            for (cols, first, second) in Format::ALL
-                .iter()
-                .flat_map(|&f| [(70, f, f), (544, f, Format::Q6K), (256, Format::Q8, f)])
-            {
-                let rows = 9;
-                let w: Vec<f32> = (0..rows * cols).map(|_| value()).collect();
-                let layout = Layout::from_parts(cols, [(5, first), (rows - 5, second)]);
-                let mut m = fast.matrix("w", &layout).unwrap();
-                let mut dequantized = vec![];
-                for run in &layout.runs {
-                    let part = &w[run.row0 * cols..(run.row0 + run.rows) * cols];
-                    let packed = run.format.pack(part, cols).unwrap();
-                    fast.write(&mut m, run.row0, &packed).unwrap();
-                    dequantized.extend(run.format.unpack(&packed, run.rows, cols));
-                }
-                for n in [1, 3, 64] {
-                    let x: Vec<f32> = (0..n * cols).map(|_| value()).collect();
-                    let got = fast.matmul(&x, &m);
-                    let want = super::super::reference::matmul(&x, &dequantized, cols);
-                    let err = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
-                    assert!(
-                        err < 1e-4,
-                        "{first:?}+{second:?} {cols} cols, {n} rows, {isa:?}: {err}"
+        let detected = Fast::new(Some(2), Activations::F32).unwrap();
+        let avx2 = detected.isa.map(|_| Isa::Avx2);
+        let kernels = [
+            (detected.isa, detected.vnni),
+            (detected.isa, false),
+            (avx2, false),
+            (None, false),
+        ];
+        for activations in [Activations::F32, Activations::Q8] {
+            let mut reference = Reference::new(activations);
+            for (isa, vnni) in kernels {
+                let mut fast = Fast::new(Some(2), activations).unwrap();
+                (fast.isa, fast.vnni) = (isa, vnni);
+                for (cols, first, second) in Format::ALL
+                    .iter()
+                    .flat_map(|&f| [(70, f, f), (544, f, Format::Q6K), (256, Format::Q8, f)])
+                {
+                    let rows = 9;
+                    let w: Vec<f32> = (0..rows * cols).map(|_| value()).collect();
+                    let layout = Layout::from_parts(cols, [(5, first), (rows - 5, second)]);
+                    let mut m = fast.matrix("w", &layout).unwrap();
+                    let mut dense = reference.matrix("w", &layout).unwrap();
+                    for run in &layout.runs {
+                        let part = &w[run.row0 * cols..(run.row0 + run.rows) * cols];
+                        let packed = run.format.pack(part, cols).unwrap();
+                        fast.write(&mut m, run.row0, &packed).unwrap();
+                        reference.write(&mut dense, run.row0, &packed).unwrap();
+                    }
+                    let case = format!(
+                        "{first:?}+{second:?} {cols} cols, {activations:?}, {isa:?}, VNNI {vnni}"
                     );
+                    for n in [1, 3, 64] {
+                        let x: Vec<f32> = (0..n * cols).map(|_| value()).collect();
+                        let got = fast.matmul(&x, &m);
+                        let want = reference.matmul(&x, &dense);
+                        let err = got
+                            .iter()
+                            .zip(&want)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0f32, f32::max);
+                        assert!(err < 1e-4, "{case}, {n} rows: {err}");
+                        for (t, row) in x.chunks(cols).enumerate() {
+                            let alone = fast.matmul(row, &m);
+                            let within = &got[t * rows..(t + 1) * rows];
+                            assert!(
+                                alone
+                                    .iter()
+                                    .zip(within)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{case}: row {t} of {n} differs from its product alone"
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -483,7 +636,7 @@ mod tests {
     fn attention_equals_the_reference() {
         use super::super::reference;
         let mut value = values(7, 2.0);
-        let fast = Fast::new(Some(2)).unwrap();
+        let fast = Fast::new(Some(2), Activations::F32).unwrap();
         for (dim, format) in [
             (64, KvFormat::F16),
             (64, KvFormat::F32),

@@ -3,6 +3,7 @@
 //! backend (`fast.rs`) that keeps weights in their format, splits rows over threads and reads
 //! each weight row once for a whole block of positions.
 
+mod activations;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -12,8 +13,10 @@ mod operands;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
-pub use fast::Fast;
+pub use fast::{Fast, Workers};
 pub use reference::{attention, matmul, pick, rms_norm, rope, swiglu, Heads, Reference};
 
 use crate::checkpoint::{Checkpoint, Progress};
@@ -27,7 +30,7 @@ use crate::format::{f32_to_f16, half_to_f32, Format, KvFormat};
 use crate::llama::{LoadReport, Store, Weights};
 
 /// A CPU matrix backend: how weights are held and multiplied.
-pub trait Math: Store<Vector = Vec<f32>> {
+pub trait Math: Store<Vector = Vec<f32>, Matrix: Send> + Send {
     /// What `info` calls it.
     fn name(&self) -> String;
     fn backend(&self) -> Backend;
@@ -37,6 +40,10 @@ pub trait Math: Store<Vector = Vec<f32>> {
     fn matmul(&self, x: &[f32], w: &Self::Matrix) -> Vec<f32>;
     /// Row `r` of `w` in f32 (the embedding lookup).
     fn row(&self, w: &Self::Matrix, r: usize) -> Vec<f32>;
+    /// Where a whole forward pass should run (see [`Workers`]).
+    fn workers(&self) -> Workers {
+        Workers::default()
+    }
     /// Causal attention of a block's queries over the cache (see [`attention`]).
     fn attention(
         &self,
@@ -323,7 +330,7 @@ impl<M: Math> Engine for CpuModel<M> {
         // In a browser, a turn of the event loop between passes lets an abort or a Stop in.
         #[cfg(target_arch = "wasm32")]
         crate::event_loop::yield_now().await;
-        let outputs = self.run_calls(calls)?;
+        let outputs = self.math.workers().run(|| self.run_calls(calls))?;
         crate::engine::check_finite(calls, &outputs)?;
         Ok(outputs)
     }

@@ -4,9 +4,10 @@
 
 use super::{KvRows, Math};
 use crate::config::rope_cos_sin;
+use crate::engine::Activations;
 use crate::engine::Pick;
 use crate::error::Result;
-use crate::format::{Format, Layout, Packed};
+use crate::format::{Format, Layout, Packed, Run};
 use crate::llama::Store;
 
 /// A matrix as the reference keeps it: dequantized to f32, row-major, no padding.
@@ -19,8 +20,17 @@ pub struct Dense {
 }
 
 /// Weights in f32: the reference computes everything in f32 on dequantized weights, which is
-/// what every kernel is compared against.
-pub struct Reference;
+/// what every kernel is compared against; with 8-bit activations, products with quantized
+/// weights take the inputs rounded as `activations.rs` rounds them.
+pub struct Reference {
+    activations: Activations,
+}
+
+impl Reference {
+    pub fn new(activations: Activations) -> Self {
+        Reference { activations }
+    }
+}
 
 impl Store for Reference {
     type Matrix = Dense;
@@ -47,7 +57,10 @@ impl Store for Reference {
 
 impl Math for Reference {
     fn name(&self) -> String {
-        "f32 reference".into()
+        match self.activations {
+            Activations::F32 => "f32 reference".into(),
+            Activations::Q8 => "f32 reference, 8-bit activations".into(),
+        }
     }
     fn stored_as(&self) -> Option<Format> {
         Some(Format::F32)
@@ -56,7 +69,23 @@ impl Math for Reference {
         crate::engine::Backend::CpuReference
     }
     fn matmul(&self, x: &[f32], w: &Dense) -> Vec<f32> {
-        matmul(x, &w.values, w.cols)
+        let quantized = |run: &&Run| run.format.quantized();
+        if self.activations == Activations::F32 || !w.layout.runs.iter().any(|r| quantized(&r)) {
+            return matmul(x, &w.values, w.cols);
+        }
+        // Run by run: quantized rows meet the rounded inputs, float rows the inputs as they are.
+        let rounded = super::activations::rounded(x, w.cols);
+        let n = x.len() / w.cols;
+        let mut y = vec![0f32; n * w.rows];
+        for run in &w.layout.runs {
+            let x = if quantized(&run) { &rounded } else { x };
+            let rows = &w.values[run.row0 * w.cols..(run.row0 + run.rows) * w.cols];
+            let part = matmul(x, rows, w.cols);
+            for (y, part) in y.chunks_mut(w.rows).zip(part.chunks(run.rows)) {
+                y[run.row0..run.row0 + run.rows].copy_from_slice(part);
+            }
+        }
+        y
     }
     fn row(&self, w: &Dense, r: usize) -> Vec<f32> {
         w.values[r * w.cols..(r + 1) * w.cols].to_vec()

@@ -9,7 +9,9 @@
 //! arithmetic is f32 throughout (no 8-bit activations, unlike llama.cpp): the weights are exactly
 //! the plain loop's dequantized values, and results differ from it by summation order only.
 
+use super::activations::Codes8;
 use super::operands::{Codes, Inputs, Steps, Sums};
+use super::vnni::{Bytes, Unpacked};
 use super::KvRows;
 use crate::format::{half_to_f32, k_step_min, q6k_steps, Format};
 use std::arch::x86_64::*;
@@ -97,6 +99,11 @@ impl Kernel {
     pub fn of(format: Format) -> Option<Kernel> {
         KERNELS.iter().find(|k| k.format == format).copied()
     }
+
+    /// Its codes as the 8-bit activation kernels unpack them, if they can (quantized formats).
+    pub fn bytes(self) -> Option<Bytes> {
+        Bytes::of(self.codes)
+    }
 }
 
 /// A task's buffers, reused from one set of weight rows to the next: the rows' decoded scales,
@@ -105,6 +112,8 @@ impl Kernel {
 pub struct Scratch {
     scales: Scales,
     panel: Vec<f32>,
+    /// The VNNI kernels' panel (vnni.rs).
+    unpacked: Vec<Unpacked>,
 }
 
 /// Weight rows' a and b, decoded once per row.
@@ -225,7 +234,7 @@ pub unsafe fn dot_rows<const R: usize>(
     scratch: &mut Scratch,
     out: Sums,
 ) {
-    let Scratch { scales, panel } = scratch;
+    let Scratch { scales, panel, .. } = scratch;
     scales.decode(kernel.scaling, &rows.map(|(_, s)| s), inputs.groups);
     let steps: [Option<Steps>; R] = std::array::from_fn(|r| scales.steps(kernel.scaling, r));
     let data = rows.map(|(d, _)| d);
@@ -238,6 +247,29 @@ pub unsafe fn dot_rows<const R: usize>(
         }
         Isa::Avx512 => super::avx512::dot_rows::<R>(codes, words, data, steps, inputs, panel, out),
     }
+}
+
+/// As [`dot_rows`], against 8-bit activations `x` on the VNNI kernels (`vnni.rs`), for a
+/// kernel whose codes unpack to `bytes`.
+///
+/// # Safety
+/// The CPU must have what `vnni::available` checks; rows as for [`dot_rows`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows_q8<const R: usize>(
+    kernel: Kernel,
+    bytes: Bytes,
+    rows: [(&[u32], &[u16]); R],
+    x: &Codes8,
+    scratch: &mut Scratch,
+    out: Sums,
+) {
+    let Scratch {
+        scales, unpacked, ..
+    } = scratch;
+    scales.decode(kernel.scaling, &rows.map(|(_, s)| s), x.groups);
+    let steps: [Option<Steps>; R] = std::array::from_fn(|r| scales.steps(kernel.scaling, r));
+    let (words, data) = (kernel.format.group_words(), rows.map(|(d, _)| d));
+    super::vnni::dot_rows::<R>(bytes, words, data, steps, x, unpacked, out)
 }
 
 /// One query head `q` over the first `keys` positions of kv head `kvh` of the caches (as

@@ -5,7 +5,7 @@
 mod files;
 pub mod guard;
 
-use crate::engine::EngineOptions;
+use crate::engine::{Activations, EngineOptions};
 use crate::format::{KvFormat, Quantization};
 use crate::generate::TokenKind;
 use crate::gpu::GpuOptions;
@@ -46,6 +46,9 @@ export interface LoadOptions {
   quantize?: "q8" | "q4";
   /** Precision of the KV cache (default f16, half the memory of f32). */
   kvCache?: "f16" | "f32";
+  /** How the CPU backend multiplies activations with quantized weights (default "q8": rounded to
+   *  8 bits per group of 32, as llama.cpp does; "f32": exact products, as the GPU computes). */
+  activations?: "q8" | "f32";
   /** Draft with an exit head over only the N most frequent token ids (token_frequencies.json next
    *  to the model, else BPE merge order); verification keeps the full head, so output is unchanged. */
   draftVocab?: number;
@@ -157,6 +160,7 @@ struct JsLoadOptions {
     max_context: Option<usize>,
     quantize: Option<Quantization>,
     kv_cache: Option<KvFormat>,
+    activations: Option<Activations>,
     device: Option<JsDevice>,
     draft_vocab: Option<usize>,
 }
@@ -333,6 +337,7 @@ async fn load(files: BlobFiles, options: JsValue) -> Result<LayerSkip, JsValue> 
             max_context: parsed.max_context.unwrap_or(defaults.max_context),
             quantize: parsed.quantize,
             kv_cache: parsed.kv_cache.unwrap_or(defaults.kv_cache),
+            activations: parsed.activations.unwrap_or(defaults.activations),
             ..defaults
         },
         draft_vocab: parsed.draft_vocab,
