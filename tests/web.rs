@@ -325,7 +325,10 @@ async fn a_gguf_file_loads_through_the_javascript_api() {
         .map(|t| t.as_u64().unwrap() as u32)
         .collect();
     for device in ["gpu", "cpu"] {
-        let options = object(&format!(r#"{{"device": "{device}", "maxContext": 64}}"#));
+        // f32 activations: transformers' arithmetic (the CPU default rounds them to 8 bits).
+        let options = object(&format!(
+            r#"{{"device": "{device}", "maxContext": 64, "activations": "f32"}}"#
+        ));
         let promise = layerskip::wasm::LayerSkip::from_files(js_files(&files).into(), options);
         let model = JsFuture::from(promise).await.expect("a GGUF file loads");
         for strategy in ["autoregressive", "self-speculative"] {

@@ -413,24 +413,19 @@ impl Store for Fast {
 impl Math for Fast {
     fn name(&self) -> String {
         #[cfg(target_arch = "x86_64")]
-        let (isa, vnni) = (self.isa.map(|isa| isa.name()), self.vnni);
-        #[cfg(not(target_arch = "x86_64"))]
-        let (isa, vnni) = (None::<&str>, false);
-        let activations = match (self.activations, vnni) {
-            (Activations::F32, _) => None,
-            (Activations::Q8, true) => Some("8-bit activations (VNNI)"),
-            (Activations::Q8, false) => Some("8-bit activations"),
+        let isa = match (self.isa, self.vnni) {
+            (Some(isa), false) => isa.name().to_string(),
+            (Some(isa), true) => format!("{} VNNI", isa.name()),
+            (None, _) => String::new(),
         };
-        let threads = format!(
-            "{} thread{}",
+        #[cfg(not(target_arch = "x86_64"))]
+        let isa = String::new();
+        format!(
+            "fast, {} thread{}{}{isa}",
             self.threads,
-            if self.threads == 1 { "" } else { "s" }
-        );
-        [Some("fast"), Some(threads.as_str()), isa, activations]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(", ")
+            if self.threads == 1 { "" } else { "s" },
+            if isa.is_empty() { "" } else { ", " },
+        )
     }
 
     fn stored_as(&self) -> Option<Format> {

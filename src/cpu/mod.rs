@@ -109,6 +109,8 @@ impl KvRows {
 
 pub struct CpuModel<M: Math> {
     math: M,
+    /// Whether products with quantized weights round the activations to 8 bits (`info` says so).
+    rounds: bool,
     config: Config,
     weights: Weights<M::Matrix, Vec<f32>>,
     /// Keys and values per layer.
@@ -175,8 +177,12 @@ impl<M: Math> CpuModel<M> {
         )
         .await?;
         let layers = config.num_hidden_layers;
+        let quantized = layouts
+            .iter()
+            .any(|l| l.formats().iter().any(|f| f.quantized()));
         Ok(Self {
             math,
+            rounds: quantized && options.activations == crate::engine::Activations::Q8,
             inv_freq: config.rope_inv_freq(),
             weights,
             k_cache: (0..layers)
@@ -339,7 +345,11 @@ impl<M: Math> Engine for CpuModel<M> {
 impl<M: Math> CpuModel<M> {
     /// What `info` calls the backend.
     pub fn name(&self) -> String {
-        self.math.name()
+        let name = self.math.name();
+        match self.rounds {
+            true => format!("{name}, 8-bit activations"),
+            false => name,
+        }
     }
 
     /// The matrix backend (its counters, its threads).

@@ -57,10 +57,7 @@ impl Store for Reference {
 
 impl Math for Reference {
     fn name(&self) -> String {
-        match self.activations {
-            Activations::F32 => "f32 reference".into(),
-            Activations::Q8 => "f32 reference, 8-bit activations".into(),
-        }
+        "f32 reference".into()
     }
     fn stored_as(&self) -> Option<Format> {
         Some(Format::F32)
