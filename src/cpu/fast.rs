@@ -11,7 +11,7 @@ use super::activations::Codes8;
 use super::operands::Inputs;
 use super::operands::Sums;
 #[cfg(target_arch = "x86_64")]
-use super::simd::{Isa, Kernel, Scratch};
+use super::simd::{dot_run, Isa, Kernel, RowRun, Scratch};
 use super::{Heads, KvRows, Math};
 use crate::engine::Activations;
 
@@ -73,9 +73,9 @@ impl PackedMatrix {
     }
 
     /// sum_k w[r, k] x[t, k] for weight rows first..first + rows and the `n` rows of a block
-    /// (laid out for the register kernels in `ops`), added into `out` from its row 0: weight rows
-    /// in fours where they share a format (simd.rs), else one by one; rows in a format without a
-    /// vector kernel through the portable loop.
+    /// (laid out for the register kernels in `ops`), added into `out` from its row 0: each run
+    /// of rows in one part by the vector kernels (`simd::dot_run`), or row by row through the
+    /// portable loop where the format has none.
     ///
     /// # Safety
     /// `out` must hold rows 0..rows of this task, and `isa` be the CPU's.
@@ -89,10 +89,10 @@ impl PackedMatrix {
         scratch: &mut Scratch,
         out: Sums,
     ) {
-        use super::simd::ROWS;
         let mut j = 0;
         while j < rows {
             let (part, r) = self.part(first + j);
+            let count = (part.rows - r).min(rows - j);
             let out = out.at_row(j);
             let rounded = ops.rounded.as_ref().filter(|_| part.format.quantized());
             let (inputs, codes) = match rounded {
@@ -101,23 +101,27 @@ impl PackedMatrix {
                 // Only where every quantized part has a VNNI kernel (`Fast::operands`).
                 Some(Rounded::Codes(codes)) => (&ops.plain, Some(codes)),
             };
-            let Some(kernel) = Kernel::of(part.format) else {
-                let stride = inputs.groups * GROUP;
-                self.dot_row_portable(first + j, &inputs.x, stride, inputs.n, out);
-                j += 1;
-                continue;
-            };
-            // SAFETY: the parts' rows are whole rows of their format, and the inputs were laid
-            // out for this matrix's width.
-            if rows - j >= ROWS && part.rows - r >= ROWS {
-                let each = std::array::from_fn(|k| part.row_parts(r + k, self.cols));
-                dot_rows::<ROWS>(isa, kernel, each, inputs, codes, scratch, out);
-                j += ROWS;
-            } else {
-                let one = [part.row_parts(r, self.cols)];
-                dot_rows::<1>(isa, kernel, one, inputs, codes, scratch, out);
-                j += 1;
+            match Kernel::of(part.format) {
+                // SAFETY: the parts' rows are whole rows of their format, and the inputs were
+                // laid out for this matrix's width.
+                Some(kernel) => {
+                    let (dw, sh) = (part.row_words(self.cols), part.row_scales(self.cols));
+                    let run = RowRun {
+                        data: &part.data[r * dw..(r + count) * dw],
+                        scales: &part.scales[r * sh..(r + count) * sh],
+                        rows: count,
+                    };
+                    dot_run(isa, kernel, run, inputs, codes, scratch, out);
+                }
+                None => {
+                    let stride = inputs.groups * GROUP;
+                    for k in 0..count {
+                        let out = out.at_row(k);
+                        self.dot_row_portable(first + j + k, &inputs.x, stride, inputs.n, out);
+                    }
+                }
             }
+            j += count;
         }
     }
 
@@ -157,29 +161,11 @@ impl PackedMatrix {
     }
 }
 
-/// R weight rows against the block: on the VNNI kernels where the inputs were rounded to 8-bit
-/// `codes` and the format's codes unpack to bytes, else on the f32 kernels.
-///
-/// # Safety
-/// As `simd::dot_rows`.
+/// What a thread's product tasks reuse from one to the next (the vector kernels' buffers).
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn dot_rows<const R: usize>(
-    isa: Isa,
-    kernel: Kernel,
-    rows: [(&[u32], &[u16]); R],
-    inputs: &Inputs,
-    codes: Option<&Codes8>,
-    scratch: &mut Scratch,
-    out: Sums,
-) {
-    match (codes, kernel.bytes()) {
-        (Some(codes), Some(bytes)) => {
-            super::simd::dot_rows_q8::<R>(kernel, bytes, rows, codes, scratch, out)
-        }
-        _ => super::simd::dot_rows::<R>(isa, kernel, rows, inputs, scratch, out),
-    }
-}
+type TaskScratch = Scratch;
+#[cfg(not(target_arch = "x86_64"))]
+type TaskScratch = ();
 
 /// A block's inputs as the register kernels read them: as they are, and (8-bit activations, for
 /// quantized weights) rounded: in f32 for the f32 kernels and the portable loop, and as codes
@@ -332,16 +318,21 @@ impl Fast {
         self.weight_bytes_read.load(Ordering::Relaxed)
     }
 
-    /// Runs `f(i)` for each task i in 0..tasks, spread over the threads natively.
-    fn for_tasks(&self, tasks: usize, f: impl Fn(usize) + Sync + Send) {
+    /// Runs `f(state, i)` for each task i in 0..tasks, spread over the threads natively; each
+    /// thread's tasks share one `state` (buffers reused from task to task).
+    fn for_tasks<S: Default>(&self, tasks: usize, f: impl Fn(&mut S, usize) + Sync + Send) {
         #[cfg(not(target_arch = "wasm32"))]
         if self.threads > 1 && tasks > 1 {
             use rayon::prelude::*;
-            self.pool
-                .install(|| (0..tasks).into_par_iter().for_each(&f));
+            self.pool.install(|| {
+                (0..tasks)
+                    .into_par_iter()
+                    .for_each_init(S::default, |state, i| f(state, i))
+            });
             return;
         }
-        (0..tasks).for_each(f)
+        let mut state = S::default();
+        (0..tasks).for_each(|i| f(&mut state, i))
     }
 
     /// Runs `f` on each chunk of `out` (chunks of `chunk` items, the chunk's index passed along),
@@ -468,27 +459,32 @@ impl Math for Fast {
             // The portable loop's rounded inputs (8-bit activations).
             let rounded =
                 (portable && self.rounds(w)).then(|| super::activations::rounded(xb, w.cols));
-            self.for_tasks(w.rows.div_ceil(rows_per_task), |i| {
-                let first = i * rows_per_task;
-                let rows = rows_per_task.min(w.rows - first);
-                // SAFETY: the task's rows first..first + rows are within y's w.rows columns, and
-                // no other task's.
-                unsafe {
-                    let out = out.at_row(first);
-                    #[cfg(target_arch = "x86_64")]
-                    if let Some((isa, ops)) = &simd {
-                        let mut scratch = Scratch::default();
-                        return w.dot_rows_simd(first, rows, *isa, ops, &mut scratch, out);
+            self.for_tasks(
+                w.rows.div_ceil(rows_per_task),
+                |scratch: &mut TaskScratch, i| {
+                    let first = i * rows_per_task;
+                    let rows = rows_per_task.min(w.rows - first);
+                    // SAFETY: the task's rows first..first + rows are within y's w.rows columns, and
+                    // no other task's.
+                    unsafe {
+                        let out = out.at_row(first);
+                        #[cfg(target_arch = "x86_64")]
+                        if let Some((isa, ops)) = &simd {
+                            return w.dot_rows_simd(first, rows, *isa, ops, scratch, out);
+                        }
+                        // The portable loop has no buffers to reuse.
+                        #[cfg(not(target_arch = "x86_64"))]
+                        let () = *scratch;
+                        for j in 0..rows {
+                            let x = match &rounded {
+                                Some(rounded) if w.part(first + j).0.format.quantized() => rounded,
+                                _ => xb,
+                            };
+                            w.dot_row_portable(first + j, x, w.cols, n, out.at_row(j));
+                        }
                     }
-                    for j in 0..rows {
-                        let x = match &rounded {
-                            Some(rounded) if w.part(first + j).0.format.quantized() => rounded,
-                            _ => xb,
-                        };
-                        w.dot_row_portable(first + j, x, w.cols, n, out.at_row(j));
-                    }
-                }
-            });
+                },
+            );
             self.weight_bytes_read.fetch_add(w.bytes, Ordering::Relaxed);
         }
         y

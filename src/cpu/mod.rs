@@ -17,7 +17,9 @@ pub mod simd;
 mod vnni;
 
 pub use fast::{Fast, Workers};
-pub use reference::{attention, matmul, pick, rms_norm, rope, swiglu, Heads, Reference};
+pub use reference::{
+    attention, matmul, pick, rms_norm, rope, silu, swiglu, Heads, Reference, RopeTable,
+};
 
 use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
@@ -116,7 +118,7 @@ pub struct CpuModel<M: Math> {
     /// Keys and values per layer.
     k_cache: Vec<KvRows>,
     v_cache: Vec<KvRows>,
-    inv_freq: Vec<f32>,
+    rope: RopeTable,
     max_context: usize,
     max_rows: usize,
     /// Hidden rows of the current block.
@@ -183,7 +185,7 @@ impl<M: Math> CpuModel<M> {
         Ok(Self {
             math,
             rounds: quantized && options.activations == crate::engine::Activations::Q8,
-            inv_freq: config.rope_inv_freq(),
+            rope: RopeTable::new(&config.rope_inv_freq(), max_context),
             weights,
             k_cache: (0..layers)
                 .map(|_| KvRows::new(options.kv_cache, kv_len))
@@ -226,26 +228,25 @@ impl<M: Math> CpuModel<M> {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
         let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
-        let inv_freq = &self.inv_freq;
         let w = &self.weights.layers[l];
 
         let xn = rms_norm(&self.x, &w.input_norm, c.rms_norm_eps);
         let qkv = self.math.matmul(&xn, &w.qkv);
         let width = q_dim + 2 * kv_dim;
-        let mut q: Vec<f32> = qkv
-            .chunks(width)
-            .flat_map(|r| r[..q_dim].to_vec())
-            .collect();
-        let mut k: Vec<f32> = qkv
-            .chunks(width)
-            .flat_map(|r| r[q_dim..q_dim + kv_dim].to_vec())
-            .collect();
-        let v: Vec<f32> = qkv
-            .chunks(width)
-            .flat_map(|r| r[q_dim + kv_dim..].to_vec())
-            .collect();
-        rope(&mut q, nh, hd, pos0, inv_freq);
-        rope(&mut k, nkv, hd, pos0, inv_freq);
+        let rows = qkv.len() / width;
+        let (mut q, mut k, mut v) = (
+            Vec::with_capacity(rows * q_dim),
+            Vec::with_capacity(rows * kv_dim),
+            Vec::with_capacity(rows * kv_dim),
+        );
+        for r in qkv.chunks(width) {
+            let (rq, rkv) = r.split_at(q_dim);
+            q.extend_from_slice(rq);
+            k.extend_from_slice(&rkv[..kv_dim]);
+            v.extend_from_slice(&rkv[kv_dim..]);
+        }
+        self.rope.apply(&mut q, nh, pos0);
+        self.rope.apply(&mut k, nkv, pos0);
         let (k_cache, v_cache) = (&mut self.k_cache[l], &mut self.v_cache[l]);
         k_cache.store(pos0 * kv_dim, &k);
         v_cache.store(pos0 * kv_dim, &v);
@@ -268,10 +269,11 @@ impl<M: Math> CpuModel<M> {
         let xn = rms_norm(&self.x, &w.post_norm, c.rms_norm_eps);
         let i = c.intermediate_size;
         let gate_up = self.math.matmul(&xn, &w.gate_up);
-        let act: Vec<f32> = gate_up
-            .chunks(2 * i)
-            .flat_map(|r| swiglu(&r[..i], &r[i..]))
-            .collect();
+        let mut act = Vec::with_capacity(gate_up.len() / 2);
+        for r in gate_up.chunks(2 * i) {
+            let (gate, up) = r.split_at(i);
+            act.extend(gate.iter().zip(up).map(|(&g, &u)| silu(g) * u));
+        }
         for (x, d) in self.x.iter_mut().zip(self.math.matmul(&act, &w.down)) {
             *x += d;
         }

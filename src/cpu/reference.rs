@@ -99,12 +99,15 @@ pub fn matmul(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
         .collect()
 }
 
+/// x * sigmoid(x).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
 /// The SwiGLU activation: silu(gate) * up.
 pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    gate.iter()
-        .zip(up)
-        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-        .collect()
+    gate.iter().zip(up).map(|(&g, &u)| silu(g) * u).collect()
 }
 
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
@@ -115,6 +118,40 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
             row.iter().zip(weight).map(move |(v, w)| v * inv * w)
         })
         .collect()
+}
+
+/// The rotary embedding's (cos, sin) for every position the cache holds and every pair of a
+/// head, computed once at load (a forward pass would otherwise take an f64 cos and sin per pair
+/// per row); the same values [`rope`] computes.
+pub struct RopeTable {
+    half: usize,
+    cos_sin: Vec<(f32, f32)>,
+}
+
+impl RopeTable {
+    pub fn new(inv_freq: &[f32], positions: usize) -> Self {
+        let cos_sin = (0..positions)
+            .flat_map(|pos| inv_freq.iter().map(move |&f| rope_cos_sin(pos, f)))
+            .collect();
+        RopeTable {
+            half: inv_freq.len(),
+            cos_sin,
+        }
+    }
+
+    /// [`rope`] on rows at positions pos0.. (within the table's positions).
+    pub fn apply(&self, rows: &mut [f32], heads: usize, pos0: usize) {
+        let half = self.half;
+        for (t, row) in rows.chunks_mut(heads * 2 * half).enumerate() {
+            let angles = &self.cos_sin[(pos0 + t) * half..(pos0 + t + 1) * half];
+            for head in row.chunks_mut(2 * half) {
+                let (low, high) = head.split_at_mut(half);
+                for ((a, b), &(c, s)) in low.iter_mut().zip(high).zip(angles) {
+                    (*a, *b) = (*a * c - *b * s, *b * c + *a * s);
+                }
+            }
+        }
+    }
 }
 
 fn rotate(head: &mut [f32], pos: usize, inv_freq: &[f32]) {

@@ -116,7 +116,9 @@ pub struct Scratch {
     unpacked: Vec<Unpacked>,
 }
 
-/// Weight rows' a and b, decoded once per row.
+/// Weight rows' a and b, decoded for a whole run of rows at once (a task's rows of one part):
+/// their scales are contiguous, so the float formats' conversions run over the run without a
+/// tail per row.
 #[derive(Default)]
 struct Scales {
     a: Vec<f32>,
@@ -125,60 +127,71 @@ struct Scales {
 }
 
 impl Scales {
-    /// Decodes rows of `groups` groups from their `scales` as `scaling` reads them (nothing for
-    /// float formats).
+    /// Decodes `rows` rows of `groups` groups from their `scales` (the rows' halves, one row after
+    /// the other) as `scaling` reads them (nothing for float formats).
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode(&mut self, scaling: Scaling, scales: &[&[u16]], groups: usize) {
-        if scaling == Scaling::None {
-            return;
-        }
+    unsafe fn decode(&mut self, scaling: Scaling, scales: &[u16], rows: usize, groups: usize) {
         self.groups = groups;
-        self.a.resize(scales.len() * 2 * groups, 0.0);
-        self.b.resize(scales.len() * groups, 0.0);
-        for (r, scales) in scales.iter().enumerate() {
-            let a = &mut self.a[r * 2 * groups..(r + 1) * 2 * groups];
-            let b = &mut self.b[r * groups..(r + 1) * groups];
-            match scaling {
-                Scaling::Step | Scaling::Centered => {
-                    halves_to_f32(&scales[..groups], &mut a[..groups]);
-                    if scaling == Scaling::Centered {
-                        for (b, a) in b.iter_mut().zip(&a[..groups]) {
-                            *b = -8.0 * a;
-                        }
+        let per_row = scales.len() / rows.max(1);
+        let a_len = rows * groups * if scaling == Scaling::HalfSteps { 2 } else { 1 };
+        self.a.resize(a_len, 0.0);
+        self.b.resize(rows * groups, 0.0);
+        let (a, b) = (&mut self.a[..], &mut self.b[..]);
+        match scaling {
+            Scaling::None => {}
+            Scaling::Step | Scaling::Centered => {
+                if per_row == groups {
+                    halves_to_f32(&scales[..rows * groups], a);
+                } else {
+                    // An odd group count: each row's halves are padded to whole words.
+                    for (row, a) in scales.chunks(per_row).zip(a.chunks_mut(groups)) {
+                        halves_to_f32(&row[..groups], a);
                     }
                 }
-                Scaling::StepMin => {
-                    // (d, m) pairs: eight halves become four d and four m.
-                    let pairs = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-                    let mut g = 0;
-                    while g + 4 <= groups {
-                        let v = _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(2 * g) as _));
-                        let v = _mm256_permutevar8x32_ps(v, pairs);
-                        _mm_storeu_ps(a.as_mut_ptr().add(g), _mm256_castps256_ps128(v));
-                        _mm_storeu_ps(b.as_mut_ptr().add(g), _mm256_extractf128_ps(v, 1));
-                        g += 4;
-                    }
-                    for g in g..groups {
-                        a[g] = half_to_f32(scales[2 * g]);
-                        b[g] = half_to_f32(scales[2 * g + 1]);
+                if scaling == Scaling::Centered {
+                    for (b, a) in b.iter_mut().zip(&*a) {
+                        *b = -8.0 * a;
                     }
                 }
-                Scaling::KStepMin => {
+            }
+            Scaling::StepMin => {
+                // (d, m) pairs: eight halves become four d and four m. (q4_1 rows hold just
+                // their pairs, so a run's pairs are contiguous.)
+                let pairs = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+                let n = rows * groups;
+                let mut g = 0;
+                while g + 4 <= n {
+                    _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().add(2 * g + AHEAD) as _);
+                    let v = _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(2 * g) as _));
+                    let v = _mm256_permutevar8x32_ps(v, pairs);
+                    _mm_storeu_ps(a.as_mut_ptr().add(g), _mm256_castps256_ps128(v));
+                    _mm_storeu_ps(b.as_mut_ptr().add(g), _mm256_extractf128_ps(v, 1));
+                    g += 4;
+                }
+                for g in g..n {
+                    a[g] = half_to_f32(scales[2 * g]);
+                    b[g] = half_to_f32(scales[2 * g + 1]);
+                }
+            }
+            Scaling::KStepMin => {
+                for (r, row) in scales.chunks(per_row).enumerate().take(rows) {
                     for g in 0..groups {
-                        let (step, min) = k_step_min(scales, g);
-                        a[g] = step;
-                        b[g] = -min;
+                        let (step, min) = k_step_min(row, g);
+                        a[r * groups + g] = step;
+                        b[r * groups + g] = -min;
                     }
                 }
-                Scaling::HalfSteps => {
+            }
+            Scaling::HalfSteps => {
+                for (r, row) in scales.chunks(per_row).enumerate().take(rows) {
                     for g in 0..groups {
-                        a[2 * g..2 * g + 2].copy_from_slice(&q6k_steps(scales, g));
+                        let at = 2 * (r * groups + g);
+                        a[at..at + 2].copy_from_slice(&q6k_steps(row, g));
                     }
                 }
-                Scaling::None => {}
             }
         }
     }
@@ -187,17 +200,23 @@ impl Scales {
     #[inline(always)]
     fn steps(&self, scaling: Scaling, r: usize) -> Option<Steps<'_>> {
         let g = self.groups;
+        let per_half = scaling == Scaling::HalfSteps;
+        let a = if per_half { 2 * g } else { g };
         (scaling != Scaling::None).then(|| Steps {
-            a: &self.a[r * 2 * g..(r + 1) * 2 * g],
+            a: &self.a[r * a..(r + 1) * a],
             b: matches!(
                 scaling,
                 Scaling::Centered | Scaling::StepMin | Scaling::KStepMin
             )
             .then(|| &self.b[r * g..(r + 1) * g]),
-            per_half: scaling == Scaling::HalfSteps,
+            per_half,
         })
     }
 }
+
+/// How many halves ahead a run's scales are fetched into the cache while they are decoded: they
+/// stream from memory, and the loads would otherwise wait on each line.
+const AHEAD: usize = 512;
 
 /// Halves to f32, eight at a time.
 ///
@@ -207,6 +226,7 @@ impl Scales {
 unsafe fn halves_to_f32(halves: &[u16], out: &mut [f32]) {
     let mut i = 0;
     while i + 8 <= halves.len() {
+        _mm_prefetch::<_MM_HINT_T0>(halves.as_ptr().add(i + AHEAD) as _);
         let v = _mm256_cvtph_ps(_mm_loadu_si128(halves.as_ptr().add(i) as _));
         _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
         i += 8;
@@ -216,60 +236,91 @@ unsafe fn halves_to_f32(halves: &[u16], out: &mut [f32]) {
     }
 }
 
-/// Weight rows processed together by [`dot_rows`]: their decoded groups share each input load.
+/// Weight rows processed together by the kernels: their decoded groups share each input load.
 pub const ROWS: usize = 4;
 
-/// sum_k w[r, k] x[t, k] for every weight row r of `rows` (its words and scales, all in
-/// `kernel`'s format) and every input row t, added into `out`.
-///
-/// # Safety
-/// The CPU must have `isa` ([`Isa::detect`]); every row must be a whole row of the format with
-/// `inputs.groups` groups, and `out` hold `rows.len()` weight rows of `inputs.n` inputs.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_rows<const R: usize>(
-    isa: Isa,
-    kernel: Kernel,
-    rows: [(&[u32], &[u16]); R],
-    inputs: &Inputs,
-    scratch: &mut Scratch,
-    out: Sums,
-) {
-    let Scratch { scales, panel, .. } = scratch;
-    scales.decode(kernel.scaling, &rows.map(|(_, s)| s), inputs.groups);
-    let steps: [Option<Steps>; R] = std::array::from_fn(|r| scales.steps(kernel.scaling, r));
-    let data = rows.map(|(d, _)| d);
-    let (codes, words) = (kernel.codes, kernel.format.group_words());
-    match isa {
-        Isa::Avx2 => {
-            for r in 0..R {
-                super::avx2::dot_row(codes, words, data[r], steps[r], inputs, out.at_row(r));
-            }
-        }
-        Isa::Avx512 => super::avx512::dot_rows::<R>(codes, words, data, steps, inputs, panel, out),
-    }
+/// A run of consecutive weight rows in one format: their words (`words` per row) and their
+/// scales (`halves` per row).
+#[derive(Clone, Copy)]
+pub struct RowRun<'a> {
+    pub data: &'a [u32],
+    pub scales: &'a [u16],
+    pub rows: usize,
 }
 
-/// As [`dot_rows`], against 8-bit activations `x` on the VNNI kernels (`vnni.rs`), for a
-/// kernel whose codes unpack to `bytes`.
+/// sum_k w[r, k] x[t, k] for every weight row r of `run` (in `kernel`'s format) and every input
+/// row t, added into `out` from its row 0: the run's scales decoded once, its rows in fours
+/// (then one by one), on the VNNI kernels where `codes` holds the inputs rounded to 8 bits and
+/// the format's codes unpack to bytes, else on `isa`'s f32 kernels over `inputs`.
 ///
 /// # Safety
-/// The CPU must have what `vnni::available` checks; rows as for [`dot_rows`].
+/// The CPU must have `isa` ([`Isa::detect`]), and what `vnni::available` checks where `codes`
+/// is given; every row must be a whole row of the format with `inputs.groups` groups, and `out`
+/// hold `run.rows` weight rows of `inputs.n` inputs.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_rows_q8<const R: usize>(
+pub unsafe fn dot_run(
+    isa: Isa,
     kernel: Kernel,
-    bytes: Bytes,
-    rows: [(&[u32], &[u16]); R],
-    x: &Codes8,
+    run: RowRun,
+    inputs: &Inputs,
+    codes: Option<&Codes8>,
     scratch: &mut Scratch,
     out: Sums,
 ) {
     let Scratch {
-        scales, unpacked, ..
+        scales,
+        panel,
+        unpacked,
     } = scratch;
-    scales.decode(kernel.scaling, &rows.map(|(_, s)| s), x.groups);
-    let steps: [Option<Steps>; R] = std::array::from_fn(|r| scales.steps(kernel.scaling, r));
-    let (words, data) = (kernel.format.group_words(), rows.map(|(d, _)| d));
-    super::vnni::dot_rows::<R>(bytes, words, data, steps, x, unpacked, out)
+    scales.decode(kernel.scaling, run.scales, run.rows, inputs.groups);
+    let per_row = run.data.len() / run.rows.max(1);
+    let row = |r: usize| run.data.get_unchecked(r * per_row..(r + 1) * per_row);
+    let (words, scaling) = (kernel.format.group_words(), kernel.scaling);
+    let vnni = codes.zip(kernel.bytes());
+    let mut r = 0;
+    while r < run.rows {
+        let out = out.at_row(r);
+        macro_rules! rows {
+            ($n:expr) => {{
+                let data: [&[u32]; $n] = std::array::from_fn(|k| row(r + k));
+                let steps: [Option<Steps>; $n] =
+                    std::array::from_fn(|k| scales.steps(scaling, r + k));
+                match (vnni, isa) {
+                    (Some((x, bytes)), _) => {
+                        super::vnni::dot_rows::<$n>(bytes, words, data, steps, x, unpacked, out)
+                    }
+                    (None, Isa::Avx512) => super::avx512::dot_rows::<$n>(
+                        kernel.codes,
+                        words,
+                        data,
+                        steps,
+                        inputs,
+                        panel,
+                        out,
+                    ),
+                    (None, Isa::Avx2) => {
+                        for k in 0..$n {
+                            let out = out.at_row(k);
+                            super::avx2::dot_row(
+                                kernel.codes,
+                                words,
+                                data[k],
+                                steps[k],
+                                inputs,
+                                out,
+                            );
+                        }
+                    }
+                }
+                r += $n;
+            }};
+        }
+        if run.rows - r >= ROWS {
+            rows!(ROWS)
+        } else {
+            rows!(1)
+        }
+    }
 }
 
 /// One query head `q` over the first `keys` positions of kv head `kvh` of the caches (as

@@ -195,7 +195,7 @@ const PANEL_INPUTS: usize = 5;
 /// How far ahead (in weight rows of the same task) the next rows' bytes are fetched into the
 /// cache: the rows stream from memory once per product, and without a hint the loads wait on
 /// it (the exit head, 30 MB in q8_0 for SmolLM2, went from 6.6 to 4.2 ms on one thread).
-const PREFETCH_ROWS: usize = 8;
+pub const PREFETCH_ROWS: usize = 8;
 
 /// Input rows t0..t0 + T against the R weight rows, whose pairs `source` gives (the codes
 /// `offset` up, as a shift count, where they are stored offset).
