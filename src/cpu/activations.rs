@@ -68,9 +68,9 @@ pub struct Codes8 {
     pub codes: Vec<i8>,
     /// [input row][pair][2] scales.
     pub scales: Vec<f32>,
-    /// [input row][group] scale x sum of codes, `sum_stride` per row (zeros past `groups`).
+    /// [input row][pair][16] the groups' scale x sum of codes, over 8: group g's in lanes 0..8,
+    /// g + 1's in 8..16 (the lanes the VNNI kernels add a per-group offset b into, times these).
     pub sums: Vec<f32>,
-    pub sum_stride: usize,
     /// [input row][pair][16] sums of codes 4i..4i + 4.
     pub quads: Vec<i32>,
 }
@@ -82,14 +82,12 @@ impl Codes8 {
     pub fn new(x: &super::operands::Inputs) -> Self {
         let (n, groups) = (x.n, x.groups);
         let pairs = groups.div_ceil(2);
-        let sum_stride = groups.next_multiple_of(16);
         let mut c = Codes8 {
             n,
             groups,
             codes: vec![0; n * pairs * 2 * GROUP],
             scales: vec![0.0; n * pairs * 2],
-            sums: vec![0.0; n * sum_stride],
-            sum_stride,
+            sums: vec![0.0; n * pairs * 16],
             quads: vec![0; n * pairs * 16],
         };
         for t in 0..n {
@@ -106,7 +104,8 @@ impl Codes8 {
                     *quad = four.iter().map(|&q| q as i32).sum();
                 }
                 c.scales[slot] = scale;
-                c.sums[t * sum_stride + g] = scale * total as f32;
+                // Over 8 (exact) for the 8 lanes that add it up.
+                c.sums[slot * 8..(slot + 1) * 8].fill(scale * total as f32 / 8.0);
             }
         }
         c

@@ -11,7 +11,7 @@
 
 use super::activations::Codes8;
 use super::operands::{Codes, Inputs, Steps, Sums};
-use super::vnni::{Bytes, Unpacked};
+use super::vnni::{Bytes, RowSteps, Unpacked};
 use super::KvRows;
 use crate::format::{half_to_f32, k_step_min, q6k_steps, Format};
 use std::arch::x86_64::*;
@@ -272,33 +272,54 @@ pub unsafe fn dot_run(
         panel,
         unpacked,
     } = scratch;
-    scales.decode(kernel.scaling, run.scales, run.rows, inputs.groups);
-    let per_row = run.data.len() / run.rows.max(1);
-    let row = |r: usize| run.data.get_unchecked(r * per_row..(r + 1) * per_row);
     let (words, scaling) = (kernel.format.group_words(), kernel.scaling);
     let vnni = codes.zip(kernel.bytes());
+    // The VNNI kernels read one or two halves per group as stored; other scales are decoded.
+    let stored = vnni.is_some()
+        && matches!(
+            scaling,
+            Scaling::Step | Scaling::Centered | Scaling::StepMin
+        );
+    if !stored {
+        scales.decode(scaling, run.scales, run.rows, inputs.groups);
+    }
+    let per_row = run.data.len() / run.rows.max(1);
+    let row = |r: usize| run.data.get_unchecked(r * per_row..(r + 1) * per_row);
+    let halves = run.scales.len() / run.rows.max(1);
+    let row_steps = |r: usize| {
+        let stored = run.scales.get_unchecked(r * halves..(r + 1) * halves);
+        match scaling {
+            Scaling::Step if vnni.is_some() => RowSteps::Step(stored),
+            Scaling::Centered if vnni.is_some() => RowSteps::Centered(stored),
+            Scaling::StepMin if vnni.is_some() => RowSteps::StepMin(stored),
+            _ => RowSteps::Decoded(scales.steps(scaling, r)),
+        }
+    };
     let mut r = 0;
     while r < run.rows {
         let out = out.at_row(r);
         macro_rules! rows {
             ($n:expr) => {{
                 let data: [&[u32]; $n] = std::array::from_fn(|k| row(r + k));
-                let steps: [Option<Steps>; $n] =
-                    std::array::from_fn(|k| scales.steps(scaling, r + k));
+                let decoded = || -> [Option<Steps>; $n] {
+                    std::array::from_fn(|k| scales.steps(scaling, r + k))
+                };
                 match (vnni, isa) {
                     (Some((x, bytes)), _) => {
+                        let steps = std::array::from_fn(|k| row_steps(r + k));
                         super::vnni::dot_rows::<$n>(bytes, words, data, steps, x, unpacked, out)
                     }
                     (None, Isa::Avx512) => super::avx512::dot_rows::<$n>(
                         kernel.codes,
                         words,
                         data,
-                        steps,
+                        decoded(),
                         inputs,
                         panel,
                         out,
                     ),
                     (None, Isa::Avx2) => {
+                        let steps = decoded();
                         for k in 0..$n {
                             let out = out.at_row(k);
                             super::avx2::dot_row(

@@ -62,7 +62,7 @@ pub unsafe fn dot_rows<const R: usize>(
     bytes: Bytes,
     words: usize,
     rows: [&[u32]; R],
-    steps: [Option<Steps>; R],
+    steps: [RowSteps; R],
     x: &Codes8,
     panel: &mut Vec<Unpacked>,
     out: Sums,
@@ -80,14 +80,40 @@ pub unsafe fn dot_rows<const R: usize>(
     }
 }
 
-/// A weight row's pair of groups unpacked: 64 code bytes and the 16 lanes' steps.
+/// A weight row's steps and offsets: as stored, for the formats whose scales are one or two
+/// halves per group (read beside the codes, so they stream from memory with them), else
+/// decoded (k-quants).
 #[derive(Clone, Copy)]
-pub struct Unpacked(__m512i, __m512);
+pub enum RowSteps<'a> {
+    /// q8_0: d per group, w = d q.
+    Step(&'a [u16]),
+    /// q4_0: d per group, w = d q - 8 d.
+    Centered(&'a [u16]),
+    /// q4_1: (d, m) per group, w = d q + m.
+    StepMin(&'a [u16]),
+    Decoded(Option<Steps<'a>>),
+}
+
+impl RowSteps<'_> {
+    /// Whether the weights carry a per-group offset b (w = a q + b).
+    fn offsets(&self) -> bool {
+        match self {
+            RowSteps::Step(_) => false,
+            RowSteps::Centered(_) | RowSteps::StepMin(_) => true,
+            RowSteps::Decoded(steps) => steps.is_some_and(|s| s.b.is_some()),
+        }
+    }
+}
+
+/// A weight row's pair of groups unpacked: 64 code bytes, and the 16 lanes' steps a and
+/// offsets b (group g in lanes 0..8, g + 1 in 8..16; a per-half-group step covers 4 lanes).
+#[derive(Clone, Copy)]
+pub struct Unpacked(__m512i, __m512, __m512);
 
 type Args<'a, const R: usize> = (
     usize,
     [*const u8; R],
-    &'a [Option<Steps<'a>>; R],
+    &'a [RowSteps<'a>; R],
     &'a Codes8,
     &'a mut Vec<Unpacked>,
     Sums,
@@ -100,6 +126,7 @@ type Args<'a, const R: usize> = (
 unsafe fn for_chunks<const R: usize, P: Pairs>(args: Args<R>) {
     let (stride, rows, steps, x, panel, out) = args;
     let pairs = x.pairs();
+    let offsets = steps.iter().any(RowSteps::offsets);
     let rows = Rows::<R, P> {
         rows,
         stride,
@@ -117,9 +144,9 @@ unsafe fn for_chunks<const R: usize, P: Pairs>(args: Args<R>) {
             }
         }
         let panel = Panel { panel, pairs };
-        return chunks::<R, _>(&panel, x, steps, P::OFFSET_SHIFT, out);
+        return chunks::<R, _>(&panel, x, offsets, P::OFFSET_SHIFT, out);
     }
-    chunks::<R, _>(&rows, x, steps, P::OFFSET_SHIFT, out)
+    chunks::<R, _>(&rows, x, offsets, P::OFFSET_SHIFT, out)
 }
 
 /// Every input row of `x`, CHUNK at a time.
@@ -127,7 +154,7 @@ unsafe fn for_chunks<const R: usize, P: Pairs>(args: Args<R>) {
 unsafe fn chunks<const R: usize, S: Source>(
     source: &S,
     x: &Codes8,
-    steps: &[Option<Steps>; R],
+    offsets: bool,
     offset: Option<u32>,
     out: Sums,
 ) {
@@ -135,10 +162,10 @@ unsafe fn chunks<const R: usize, S: Source>(
     let mut t0 = 0;
     while t0 < x.n {
         match x.n - t0 {
-            1 => chunk::<R, 1, S>(source, x, t0, steps, offset, out),
-            2 => chunk::<R, 2, S>(source, x, t0, steps, offset, out),
-            3 => chunk::<R, 3, S>(source, x, t0, steps, offset, out),
-            _ => chunk::<R, CHUNK, S>(source, x, t0, steps, offset, out),
+            1 => chunk::<R, 1, S>(source, x, t0, offsets, offset, out),
+            2 => chunk::<R, 2, S>(source, x, t0, offsets, offset, out),
+            3 => chunk::<R, 3, S>(source, x, t0, offsets, offset, out),
+            _ => chunk::<R, CHUNK, S>(source, x, t0, offsets, offset, out),
         }
         t0 += CHUNK;
     }
@@ -154,7 +181,7 @@ trait Source {
 struct Rows<'a, const R: usize, P> {
     rows: [*const u8; R],
     stride: usize,
-    steps: &'a [Option<Steps<'a>>; R],
+    steps: &'a [RowSteps<'a>; R],
     groups: usize,
     /// Bytes ahead to prefetch.
     ahead: usize,
@@ -168,7 +195,8 @@ impl<const R: usize, P: Pairs> Source for Rows<'_, R, P> {
         _mm_prefetch::<_MM_HINT_T0>(at.add(self.ahead) as _);
         let whole = g + 1 < self.groups;
         let w = P::pair(at, self.stride, whole);
-        Unpacked(w, step_lanes(self.steps[r], g, whole))
+        let (a, b) = step_lanes(self.steps[r], g, whole);
+        Unpacked(w, a, b)
     }
 }
 
@@ -204,14 +232,15 @@ unsafe fn chunk<const R: usize, const T: usize, S: Source>(
     source: &S,
     x: &Codes8,
     t0: usize,
-    steps: &[Option<Steps>; R],
+    offsets: bool,
     offset: Option<__m128i>,
     out: Sums,
 ) {
-    let (groups, pairs) = (x.groups, x.pairs());
+    let pairs = x.pairs();
     let mut acc = [[_mm512_setzero_ps(); R]; T];
     for p in 0..pairs {
-        let mut w = [Unpacked(_mm512_setzero_si512(), _mm512_setzero_ps()); R];
+        let zero = _mm512_setzero_ps();
+        let mut w = [Unpacked(_mm512_setzero_si512(), zero, zero); R];
         for (r, w) in w.iter_mut().enumerate() {
             *w = source.pair(r, p);
         }
@@ -227,27 +256,22 @@ unsafe fn chunk<const R: usize, const T: usize, S: Source>(
                     _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_sll_epi32(quads, shift))
                 }
             };
-            for (acc, &Unpacked(w, a)) in acc.iter_mut().zip(&w) {
+            let sums = match offsets {
+                true => _mm512_loadu_ps(x.sums.as_ptr().add(at * 16)),
+                false => zero,
+            };
+            for (acc, &Unpacked(w, a, b)) in acc.iter_mut().zip(&w) {
                 let sum = _mm512_dpbusd_epi32(start, w, qx);
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(a, dx), *acc);
+                if offsets {
+                    *acc = _mm512_fmadd_ps(b, sums, *acc);
+                }
             }
         }
     }
     for (t, acc) in acc.iter().enumerate() {
-        let sums = x.sums.as_ptr().add((t0 + t) * x.sum_stride);
         for (r, &acc) in acc.iter().enumerate() {
-            let mut sum = acc;
-            if let Some(b) = steps[r].and_then(|s| s.b) {
-                let mut g = 0;
-                while g < groups {
-                    let left = (groups - g).min(16);
-                    let mask = ((1u32 << left) - 1) as u16;
-                    let bs = _mm512_maskz_loadu_ps(mask, b.as_ptr().add(g));
-                    sum = _mm512_fmadd_ps(bs, _mm512_loadu_ps(sums.add(g)), sum);
-                    g += 16;
-                }
-            }
-            out.add(r, t0 + t, _mm512_reduce_add_ps(sum));
+            out.add(r, t0 + t, _mm512_reduce_add_ps(acc));
         }
     }
 }
@@ -368,26 +392,65 @@ impl Pairs for I8 {
     }
 }
 
-/// The weight steps of groups g and g + 1 in the lanes their sums land in: lanes 0..8 hold
-/// group g (elements 4i..4i + 4 in lane i), 8..16 group g + 1; a per-half-group step (q6_k)
-/// covers 4 lanes. Without a second group its lanes are 0.
+/// The steps a and offsets b of groups g and g + 1 in the lanes their sums land in (see
+/// [`Unpacked`]); without a second group its lanes are 0.
 #[inline(always)]
-unsafe fn step_lanes(steps: Option<Steps>, g: usize, whole: bool) -> __m512 {
-    let Some(steps) = steps else {
-        return _mm512_set1_ps(1.0);
-    };
-    let a = steps.a.as_ptr();
-    if steps.per_half {
-        let four = _mm_maskz_loadu_ps(if whole { 0b1111 } else { 0b0011 }, a.add(2 * g));
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        return _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(four));
+unsafe fn step_lanes(steps: RowSteps, g: usize, whole: bool) -> (__m512, __m512) {
+    let zero = _mm512_setzero_ps();
+    match steps {
+        RowSteps::Step(s) => (spread(halves(s, 1, g, whole), 0, 1, whole), zero),
+        RowSteps::Centered(s) => {
+            let a = spread(halves(s, 1, g, whole), 0, 1, whole);
+            (a, _mm512_mul_ps(a, _mm512_set1_ps(-8.0)))
+        }
+        RowSteps::StepMin(s) => {
+            let dm = halves(s, 2, g, whole);
+            (spread(dm, 0, 2, whole), spread(dm, 1, 3, whole))
+        }
+        RowSteps::Decoded(None) => (_mm512_set1_ps(1.0), zero),
+        RowSteps::Decoded(Some(steps)) => {
+            let mask = if whole { 0b11 } else { 0b01 };
+            let b = match steps.b {
+                Some(b) => {
+                    let two = _mm_maskz_loadu_ps(mask, b.as_ptr().add(g));
+                    spread(_mm512_castps128_ps512(two), 0, 1, whole)
+                }
+                None => zero,
+            };
+            let a = steps.a.as_ptr();
+            if steps.per_half {
+                let four = _mm_maskz_loadu_ps(if whole { 0b1111 } else { 0b0011 }, a.add(2 * g));
+                let lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                return (
+                    _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(four)),
+                    b,
+                );
+            }
+            let two = _mm_maskz_loadu_ps(mask, a.add(g));
+            (spread(_mm512_castps128_ps512(two), 0, 1, whole), b)
+        }
     }
-    let second = if whole {
-        _mm512_set1_ps(*a.add(g + 1))
+}
+
+/// The halves of groups g (and g + 1 if `whole`), `per_group` of them each, as f32 from lane 0.
+#[inline(always)]
+unsafe fn halves(scales: &[u16], per_group: usize, g: usize, whole: bool) -> __m512 {
+    let n = per_group * if whole { 2 } else { 1 };
+    let at = scales.as_ptr().add(per_group * g);
+    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((1 << n) - 1, at as _))
+}
+
+/// Lane `first` of `v` in lanes 0..8 and lane `second` in 8..16 (0 there unless `whole`).
+#[inline(always)]
+unsafe fn spread(v: __m512, first: i32, second: i32, whole: bool) -> __m512 {
+    let (f, s) = (first, second);
+    let lanes = _mm512_setr_epi32(f, f, f, f, f, f, f, f, s, s, s, s, s, s, s, s);
+    let v = _mm512_permutexvar_ps(lanes, v);
+    if whole {
+        v
     } else {
-        _mm512_setzero_ps()
-    };
-    _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(*a.add(g)), second)
+        _mm512_maskz_mov_ps(0x00FF, v)
+    }
 }
 
 /// `vpmultishiftqb` controls: byte i of the result is the 8 bits of its 64-bit word from bit
