@@ -28,8 +28,8 @@ pub fn available() -> bool {
         && is_x86_feature_detected!("avx512vbmi")
 }
 
-/// A code layout these kernels unpack to bytes, with the offset that makes its codes unsigned
-/// (as a shift: the offset is 1 << shift).
+/// A code layout these kernels unpack to bytes (by the [`Pairs`] types below, which also know
+/// the offset that makes its codes unsigned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bytes {
     U4,
@@ -52,7 +52,7 @@ impl Bytes {
 }
 
 /// sum_k w[r, k] x̂[t, k] for the weight rows `rows` (groups of `words` words in layout `bytes`,
-/// and their decoded `steps`) and every input row t of `x`, added into `out`. `panel` holds the
+/// and their `steps`) and every input row t of `x`, added into `out`. `panel` holds the
 /// rows unpacked once when a block has enough input rows to reuse them.
 ///
 /// # Safety
