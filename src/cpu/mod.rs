@@ -185,7 +185,7 @@ impl<M: Math> CpuModel<M> {
         Ok(Self {
             math,
             rounds: quantized && options.activations == crate::engine::Activations::Q8,
-            rope: RopeTable::new(&config.rope_inv_freq(), max_context),
+            rope: RopeTable::new(&config.rope_inv_freq(), 0..max_context),
             weights,
             k_cache: (0..layers)
                 .map(|_| KvRows::new(options.kv_cache, kv_len))

@@ -7,8 +7,9 @@ use crate::config::rope_cos_sin;
 use crate::engine::Activations;
 use crate::engine::Pick;
 use crate::error::Result;
-use crate::format::{Format, Layout, Packed, Run};
+use crate::format::{Format, Layout, Packed};
 use crate::llama::Store;
+use std::ops::Range;
 
 /// A matrix as the reference keeps it: dequantized to f32, row-major, no padding.
 pub struct Dense {
@@ -66,8 +67,8 @@ impl Math for Reference {
         crate::engine::Backend::CpuReference
     }
     fn matmul(&self, x: &[f32], w: &Dense) -> Vec<f32> {
-        let quantized = |run: &&Run| run.format.quantized();
-        if self.activations == Activations::F32 || !w.layout.runs.iter().any(|r| quantized(&r)) {
+        let quantized = w.layout.formats().iter().any(|f| f.quantized());
+        if self.activations == Activations::F32 || !quantized {
             return matmul(x, &w.values, w.cols);
         }
         // Run by run: quantized rows meet the rounded inputs, float rows the inputs as they are.
@@ -75,7 +76,7 @@ impl Math for Reference {
         let n = x.len() / w.cols;
         let mut y = vec![0f32; n * w.rows];
         for run in &w.layout.runs {
-            let x = if quantized(&run) { &rounded } else { x };
+            let x = if run.format.quantized() { &rounded } else { x };
             let rows = &w.values[run.row0 * w.cols..(run.row0 + run.rows) * w.cols];
             let part = matmul(x, rows, w.cols);
             for (y, part) in y.chunks_mut(w.rows).zip(part.chunks(run.rows)) {
@@ -120,30 +121,33 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
         .collect()
 }
 
-/// The rotary embedding's (cos, sin) for every position the cache holds and every pair of a
-/// head, computed once at load (a forward pass would otherwise take an f64 cos and sin per pair
-/// per row); the same values [`rope`] computes.
+/// The rotary embedding's (cos, sin) for a range of positions and every pair of a head. The CPU
+/// model makes one for every position the cache holds at load (a forward pass would otherwise
+/// take an f64 cos and sin per pair per row).
 pub struct RopeTable {
     half: usize,
+    first: usize,
     cos_sin: Vec<(f32, f32)>,
 }
 
 impl RopeTable {
-    pub fn new(inv_freq: &[f32], positions: usize) -> Self {
-        let cos_sin = (0..positions)
-            .flat_map(|pos| inv_freq.iter().map(move |&f| rope_cos_sin(pos, f)))
-            .collect();
+    pub fn new(inv_freq: &[f32], positions: Range<usize>) -> Self {
         RopeTable {
             half: inv_freq.len(),
-            cos_sin,
+            first: positions.start,
+            cos_sin: positions
+                .flat_map(|pos| inv_freq.iter().map(move |&f| rope_cos_sin(pos, f)))
+                .collect(),
         }
     }
 
-    /// [`rope`] on rows at positions pos0.. (within the table's positions).
+    /// Rotates every head of `rows` (each `heads` heads) for positions pos0.. in place (within
+    /// the table's positions).
     pub fn apply(&self, rows: &mut [f32], heads: usize, pos0: usize) {
         let half = self.half;
         for (t, row) in rows.chunks_mut(heads * 2 * half).enumerate() {
-            let angles = &self.cos_sin[(pos0 + t) * half..(pos0 + t + 1) * half];
+            let at = pos0 + t - self.first;
+            let angles = &self.cos_sin[at * half..(at + 1) * half];
             for head in row.chunks_mut(2 * half) {
                 let (low, high) = head.split_at_mut(half);
                 for ((a, b), &(c, s)) in low.iter_mut().zip(high).zip(angles) {
@@ -151,16 +155,6 @@ impl RopeTable {
                 }
             }
         }
-    }
-}
-
-fn rotate(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
-    let half = head.len() / 2;
-    for i in 0..half {
-        let (c, s) = rope_cos_sin(pos, inv_freq[i]);
-        let (a, b) = (head[i], head[i + half]);
-        head[i] = a * c - b * s;
-        head[i + half] = b * c + a * s;
     }
 }
 
@@ -239,11 +233,8 @@ pub fn attend(
 
 /// Rotates every head of `rows` (each `heads` heads of `hd`) for positions pos0.. in place.
 pub fn rope(rows: &mut [f32], heads: usize, hd: usize, pos0: usize, inv_freq: &[f32]) {
-    for (t, row) in rows.chunks_mut(heads * hd).enumerate() {
-        for head in row.chunks_mut(hd) {
-            rotate(head, pos0 + t, inv_freq);
-        }
-    }
+    let n = rows.len() / (heads * hd).max(1);
+    RopeTable::new(inv_freq, pos0..pos0 + n).apply(rows, heads, pos0)
 }
 
 pub fn pick(logits: &[f32]) -> Pick {

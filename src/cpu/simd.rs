@@ -5,9 +5,10 @@
 //! (per half group in q6_k, whose scales cover 16 elements). A row's a and b are decoded from
 //! its scales once, vectorized where the layout allows ([`Scratch`]), so the group loop only
 //! decodes codes, applies them and multiplies. Several weight rows go together so each input
-//! load serves all of them, and each input row's sums stay in registers until the end. The
-//! arithmetic is f32 throughout (no 8-bit activations, unlike llama.cpp): the weights are exactly
-//! the plain loop's dequantized values, and results differ from it by summation order only.
+//! load serves all of them, and each input row's sums stay in registers until the end. These
+//! kernels' arithmetic is f32: the weights are exactly the plain loop's dequantized values, and
+//! results differ from it by summation order only. With 8-bit activations, quantized rows go to
+//! the integer kernels of `vnni.rs` instead ([`dot_run`] chooses).
 
 use super::activations::Codes8;
 use super::operands::{Codes, Inputs, Steps, Sums};
@@ -60,6 +61,19 @@ enum Scaling {
     KStepMin,
     /// One step per half group, no b (q6_k).
     HalfSteps,
+}
+
+impl Scaling {
+    /// A row's `scales` as the VNNI kernels read them as stored (one or two halves per group),
+    /// for the scalings that are.
+    fn stored(self, scales: &[u16]) -> Option<RowSteps<'_>> {
+        match self {
+            Scaling::Step => Some(RowSteps::Step(scales)),
+            Scaling::Centered => Some(RowSteps::Centered(scales)),
+            Scaling::StepMin => Some(RowSteps::StepMin(scales)),
+            Scaling::None | Scaling::KStepMin | Scaling::HalfSteps => None,
+        }
+    }
 }
 
 /// A format the vector kernels decode: its code layout and its scaling.
@@ -134,6 +148,9 @@ impl Scales {
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&mut self, scaling: Scaling, scales: &[u16], rows: usize, groups: usize) {
+        if scaling == Scaling::None {
+            return;
+        }
         self.groups = groups;
         let per_row = scales.len() / rows.max(1);
         let a_len = rows * groups * if scaling == Scaling::HalfSteps { 2 } else { 1 };
@@ -141,7 +158,6 @@ impl Scales {
         self.b.resize(rows * groups, 0.0);
         let (a, b) = (&mut self.a[..], &mut self.b[..]);
         match scaling {
-            Scaling::None => {}
             Scaling::Step | Scaling::Centered => {
                 if per_row == groups {
                     halves_to_f32(&scales[..rows * groups], a);
@@ -193,6 +209,7 @@ impl Scales {
                     }
                 }
             }
+            Scaling::None => {}
         }
     }
 
@@ -275,11 +292,7 @@ pub unsafe fn dot_run(
     let (words, scaling) = (kernel.format.group_words(), kernel.scaling);
     let vnni = codes.zip(kernel.bytes());
     // The VNNI kernels read one or two halves per group as stored; other scales are decoded.
-    let stored = vnni.is_some()
-        && matches!(
-            scaling,
-            Scaling::Step | Scaling::Centered | Scaling::StepMin
-        );
+    let stored = vnni.is_some() && scaling.stored(run.scales).is_some();
     if !stored {
         scales.decode(scaling, run.scales, run.rows, inputs.groups);
     }
@@ -287,13 +300,11 @@ pub unsafe fn dot_run(
     let row = |r: usize| run.data.get_unchecked(r * per_row..(r + 1) * per_row);
     let halves = run.scales.len() / run.rows.max(1);
     let row_steps = |r: usize| {
-        let stored = run.scales.get_unchecked(r * halves..(r + 1) * halves);
-        match scaling {
-            Scaling::Step if vnni.is_some() => RowSteps::Step(stored),
-            Scaling::Centered if vnni.is_some() => RowSteps::Centered(stored),
-            Scaling::StepMin if vnni.is_some() => RowSteps::StepMin(stored),
-            _ => RowSteps::Decoded(scales.steps(scaling, r)),
+        match stored {
+            true => scaling.stored(run.scales.get_unchecked(r * halves..(r + 1) * halves)),
+            false => None,
         }
+        .unwrap_or_else(|| RowSteps::Decoded(scales.steps(scaling, r)))
     };
     let mut r = 0;
     while r < run.rows {

@@ -155,17 +155,17 @@ unsafe fn chunks<const R: usize, S: Source>(
     source: &S,
     x: &Codes8,
     offsets: bool,
-    offset: Option<u32>,
+    code_shift: Option<u32>,
     out: Sums,
 ) {
-    let offset = offset.map(|s| _mm_cvtsi32_si128(s as i32));
+    let code_shift = code_shift.map(|s| _mm_cvtsi32_si128(s as i32));
     let mut t0 = 0;
     while t0 < x.n {
         match x.n - t0 {
-            1 => chunk::<R, 1, S>(source, x, t0, offsets, offset, out),
-            2 => chunk::<R, 2, S>(source, x, t0, offsets, offset, out),
-            3 => chunk::<R, 3, S>(source, x, t0, offsets, offset, out),
-            _ => chunk::<R, CHUNK, S>(source, x, t0, offsets, offset, out),
+            1 => chunk::<R, 1, S>(source, x, t0, offsets, code_shift, out),
+            2 => chunk::<R, 2, S>(source, x, t0, offsets, code_shift, out),
+            3 => chunk::<R, 3, S>(source, x, t0, offsets, code_shift, out),
+            _ => chunk::<R, CHUNK, S>(source, x, t0, offsets, code_shift, out),
         }
         t0 += CHUNK;
     }
@@ -225,15 +225,16 @@ const PANEL_INPUTS: usize = 5;
 /// it (the exit head, 30 MB in q8_0 for SmolLM2, went from 6.6 to 4.2 ms on one thread).
 pub const PREFETCH_ROWS: usize = 8;
 
-/// Input rows t0..t0 + T against the R weight rows, whose pairs `source` gives (the codes
-/// `offset` up, as a shift count, where they are stored offset).
+/// Input rows t0..t0 + T against the R weight rows, whose pairs `source` gives: codes stored
+/// 1 << `code_shift` up where they are stored offset, and per-group offsets b added where
+/// `offsets`.
 #[inline(always)]
 unsafe fn chunk<const R: usize, const T: usize, S: Source>(
     source: &S,
     x: &Codes8,
     t0: usize,
     offsets: bool,
-    offset: Option<__m128i>,
+    code_shift: Option<__m128i>,
     out: Sums,
 ) {
     let pairs = x.pairs();
@@ -249,7 +250,7 @@ unsafe fn chunk<const R: usize, const T: usize, S: Source>(
             let qx = _mm512_loadu_si512(x.codes.as_ptr().add(at * 2 * GROUP) as _);
             let s = x.scales.as_ptr().add(at * 2);
             let dx = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(*s), _mm512_set1_ps(*s.add(1)));
-            let start = match offset {
+            let start = match code_shift {
                 None => _mm512_setzero_si512(),
                 Some(shift) => {
                     let quads = _mm512_loadu_si512(x.quads.as_ptr().add(at * 16) as _);
