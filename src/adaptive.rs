@@ -2,8 +2,9 @@
 //!
 //! Parts, each testable on its own:
 //! - [`Costs`]: what one decoder layer, the exit head, one submission and the extra rows of a
-//!   block cost on the running device, measured once per model by timing a few calls
-//!   ([`calibrate`]); [`Timing`] then fits each exit layer's round times as they are measured.
+//!   block cost on the running device, measured once per model from the first decode step and
+//!   three small calls around it ([`calibrate`], [`Shapes`]); [`Timing`] then fits each exit
+//!   layer's round times as they are measured.
 //! - [`Acceptance`]: per exit layer and draft position, how often the exit head's argmax there
 //!   agrees with the full model's token. Every round observes its own exit layer for free (its
 //!   drafts against the verification's picks); every [`PROBE_EVERY`] rounds, shadow picks (the
@@ -160,56 +161,73 @@ impl Costs {
     }
 }
 
-/// Times a few calls at position `pos` (whose KV rows are rewritten before anything reads
-/// them: every position is run through every layer again before it becomes context) and fits
-/// [`Costs`]. Each call shape is timed once after a warm-up run: calibration delays the first
-/// adaptive generation, and [`Timing`] corrects what one run gets wrong from the rounds that
-/// follow.
-pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Result<Costs> {
-    let layers = engine.config().num_hidden_layers;
-    let room = engine.max_context().saturating_sub(pos);
-    let rows = (MAX_AUTO_DEPTH / 2 + 1).min(engine.max_rows()).min(room);
-    if rows < 2 || layers < 2 {
+/// Times of the call shapes that a plain decode step does not show, in milliseconds:
+/// [`Shapes::costs`] fits [`Costs`] from them and a plain step's time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shapes {
+    /// Layer 1 without the head: submit + layer.
+    pub bare_ms: f64,
+    /// Layer 1 and the head: submit + layer + head.
+    pub one_ms: f64,
+    /// Two rows through every layer and the head on both: submit + (L layer + head) x (1 +
+    /// row_fraction).
+    pub block_ms: f64,
+}
+
+impl Shapes {
+    /// The costs of a model of `layers` layers whose plain step (every layer and the head on
+    /// one row: submit + L layer + head) took `step_ms`.
+    pub fn costs(&self, step_ms: f64, layers: usize) -> Costs {
+        const TINY: f64 = 1e-6;
+        let head_ms = (self.one_ms - self.bare_ms).max(TINY);
+        let layer_ms = ((step_ms - self.one_ms) / layers.saturating_sub(1).max(1) as f64).max(TINY);
+        let submit_ms = (self.bare_ms - layer_ms).max(0.0);
+        let pass = (step_ms - submit_ms).max(TINY);
+        Costs {
+            submit_ms,
+            layer_ms,
+            head_ms,
+            row_fraction: ((self.block_ms - submit_ms) / pass - 1.0).clamp(0.0, 1.0),
+        }
+    }
+}
+
+/// Times the [`Shapes`] with `token` at position `pos`, the first position decoding writes:
+/// every KV row these calls write (layer 1 at `pos`, every layer at `pos` and `pos + 1`) is
+/// written again by the step or round at its position before anything reads it. Calibration
+/// delays the first adaptive generation, so it stays near two plain steps' time: the caches are
+/// warm from the prefill, the two small shapes take the fastest of two runs, the block runs
+/// once, and [`Timing`] corrects what a single run gets wrong from the rounds that follow.
+pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Result<Shapes> {
+    if engine.max_rows() < 2 || engine.max_context() < pos + 2 {
         return Err(Error::Invalid(
             "no room to measure costs for adaptive speculation".into(),
         ));
     }
+    let layers = engine.config().num_hidden_layers;
     let one = [token];
-    let block = vec![token; rows];
-    let plans: [Vec<Call>; 4] = [
-        vec![Call::new(Input::Tokens(&one), pos, 0..1)],
-        vec![
-            Call::new(Input::Tokens(&one), pos, 0..1),
-            Call::new(Input::PreviousPick, pos + 1, 0..1),
-        ],
-        vec![Call::new(Input::Tokens(&one), pos, 0..layers)],
-        vec![Call::new(Input::Tokens(&block), pos, 0..layers).head(Head::All)],
-    ];
-    for plan in &plans {
-        engine.run(plan).await?;
-    }
-    // The fastest of three runs of each: one slow run (a preempted thread, a cold cache) would
-    // otherwise skew the differences the costs are.
-    let mut ms = [f64::INFINITY; 4];
-    for _ in 0..3 {
-        for (plan, ms) in plans.iter().zip(&mut ms) {
+    let two = [token; 2];
+    let mut time = async |calls: &[Call<'_>], runs: usize| -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..runs {
             let t0 = now_ms();
-            engine.run(plan).await?;
-            *ms = ms.min(now_ms() - t0);
+            engine.run(calls).await?;
+            best = best.min(now_ms() - t0);
         }
-    }
-    let [one, two, full, block] = ms;
-    const TINY: f64 = 1e-6;
-    let layer_ms = ((full - one) / (layers - 1) as f64).max(TINY);
-    let head_ms = (two - one - layer_ms).max(TINY);
-    let submit_ms = (one - layer_ms - head_ms).max(0.0);
-    let pass = (full - submit_ms).max(TINY);
-    let row_fraction = (((block - submit_ms) / pass - 1.0) / (rows - 1) as f64).clamp(0.0, 1.0);
-    Ok(Costs {
-        submit_ms,
-        layer_ms,
-        head_ms,
-        row_fraction,
+        Ok(best)
+    };
+    Ok(Shapes {
+        bare_ms: time(
+            &[Call::new(Input::Tokens(&one), pos, 0..1).head(Head::None)],
+            2,
+        )
+        .await?,
+        one_ms: time(&[Call::new(Input::Tokens(&one), pos, 0..1)], 2).await?,
+        block_ms: time(
+            &[Call::new(Input::Tokens(&two), pos, 0..layers).head(Head::All)],
+            1,
+        )
+        .await?,
     })
 }
 
@@ -725,6 +743,40 @@ mod tests {
         // Host-looped: 4 submits.
         assert!((c.round_ms(8, 2, 3, false) - 28.4).abs() < 1e-9);
         assert!((c.step_ms(8) - 11.0).abs() < 1e-9);
+    }
+
+    /// The fit inverts the cost model: times made from known costs give those costs back.
+    #[test]
+    fn costs_are_fitted_from_the_shapes_and_a_step() {
+        let c = Costs {
+            submit_ms: 0.25,
+            layer_ms: 0.2,
+            head_ms: 2.5,
+            row_fraction: 0.3,
+        };
+        let layers = 30;
+        let step_ms = c.step_ms(layers);
+        let shapes = Shapes {
+            bare_ms: c.submit_ms + c.layer_ms,
+            one_ms: c.submit_ms + c.layer_ms + c.head_ms,
+            block_ms: c.submit_ms + (step_ms - c.submit_ms) * c.block(2),
+        };
+        let fit = shapes.costs(step_ms, layers);
+        for (got, want) in [
+            (fit.submit_ms, c.submit_ms),
+            (fit.layer_ms, c.layer_ms),
+            (fit.head_ms, c.head_ms),
+            (fit.row_fraction, c.row_fraction),
+        ] {
+            assert!((got - want).abs() < 1e-9, "{fit:?} vs {c:?}");
+        }
+        // Noise that would make a cost negative leaves it at its floor instead.
+        let noisy = Shapes {
+            bare_ms: 3.0,
+            ..shapes
+        };
+        let fit = noisy.costs(step_ms, layers);
+        assert!(fit.head_ms > 0.0 && fit.submit_ms >= 0.0 && fit.row_fraction >= 0.0);
     }
 
     #[test]

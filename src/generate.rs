@@ -533,8 +533,50 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
                     .observe(e, 0, picks[0].token == target);
             }
             tuner.learned.acceptance.ended(0);
+            tuner.probed(probe.len(), 0, 1);
         }
         Ok(self.choose(&out, 0, &[]).0)
+    }
+
+    /// Sets up adaptive speculation after the prefill, `last` the token to run at `pos`: with
+    /// what earlier generations learned, or else with costs measured around a first plain step
+    /// (the step's token is returned, for the caller to emit).
+    async fn start_tuner(
+        &mut self,
+        last: u32,
+        pos: usize,
+        exit: Setting,
+        depth: Setting,
+    ) -> Result<Option<u32>> {
+        let layers = self.engine.config().num_hidden_layers;
+        let t0 = now_ms();
+        let (learned, measured) = match &self.options.learned {
+            Some(learned) => (learned.clone(), None),
+            None => {
+                let shapes = adaptive::calibrate(self.engine, last, pos).await?;
+                let t1 = now_ms();
+                let token = self.step(&[last], pos, 0..layers).await?;
+                let step_ms = now_ms() - t1;
+                let costs = shapes.costs(step_ms, layers);
+                let learned =
+                    adaptive::Learned::new(layers, costs, self.options.one_submit_rounds());
+                (learned, Some((token, t1 - t0, step_ms)))
+            }
+        };
+        let mut tuner = adaptive::Tuner::new(layers, exit, depth, learned);
+        // Sampled rounds look at every draft on the host anyway, so they can stop drafting by
+        // confidence at no extra submits (on greedy CPU rounds the cut-off measured slower than
+        // one-submit rounds).
+        tuner.cut_off = depth == Setting::Auto
+            && self.options.draft_confidence.is_none()
+            && self.options.sampling.is_some();
+        let token = measured.map(|(token, calibration_ms, step_ms)| {
+            tuner.stats.calibration_ms = calibration_ms;
+            tuner.account(step_ms, 1, false);
+            token
+        });
+        self.tuner = Some(tuner);
+        Ok(token)
     }
 
     /// Self-speculative decoding. The KV cache of layers 0..exit written while drafting is exactly
@@ -548,6 +590,15 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         let mut pos = prompt.len();
         if !self.emit(last, TokenKind::Bonus) {
             return Ok(());
+        }
+        if self.options.strategy.adaptive() {
+            let measured = self.start_tuner(last, pos, exit, depth).await?;
+            if let Some(token) = measured {
+                if !self.emit(token, TokenKind::Bonus) {
+                    return Ok(());
+                }
+                (last, pos) = (token, pos + 1);
+            }
         }
         loop {
             // Clamp so a round (accepted drafts + bonus) never passes the token budget.
@@ -841,34 +892,6 @@ pub async fn generate<E: Engine>(
         kv_valid: options.cached_prefix,
         history: options.penalties.active().then(|| History::new(prompt)),
     };
-    if let (
-        true,
-        Strategy::SelfSpeculative {
-            exit_layer,
-            num_speculations,
-        },
-    ) = (options.strategy.adaptive(), options.strategy)
-    {
-        let t0 = now_ms();
-        let learned = match &options.learned {
-            Some(learned) => learned.clone(),
-            None => {
-                // At the first position the prefill writes: every row calibration writes is
-                // written again before anything reads it, and the cached prefix stays.
-                let costs = adaptive::calibrate(d.engine, prompt[0], options.cached_prefix).await?;
-                adaptive::Learned::new(layers, costs, options.one_submit_rounds())
-            }
-        };
-        let mut tuner = adaptive::Tuner::new(layers, exit_layer, num_speculations, learned);
-        tuner.stats.calibration_ms = now_ms() - t0;
-        // Sampled rounds look at every draft on the host anyway, so they can stop drafting by
-        // confidence at no extra submits (on greedy CPU rounds the cut-off measured slower than
-        // one-submit rounds).
-        tuner.cut_off = num_speculations == Setting::Auto
-            && options.draft_confidence.is_none()
-            && options.sampling.is_some();
-        d.tuner = Some(tuner);
-    }
     if options.max_new_tokens > 0 {
         match options.strategy {
             Strategy::Autoregressive => d.plain(prompt, 0..layers).await?,
