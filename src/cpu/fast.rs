@@ -20,8 +20,7 @@ use crate::error::{Error, Result};
 use crate::format::{groups, Format, Layout, Packed, GROUP};
 use crate::llama::Store;
 use std::sync::atomic::{AtomicU64, Ordering};
-#[cfg(not(target_arch = "wasm32"))]
-use std::sync::Arc;
+use std::sync::Mutex;
 
 /// A matrix in its formats: runs of rows, each in one format, rows padded to whole groups (see
 /// `format.rs`), in u32 words as the GPU holds them.
@@ -221,28 +220,7 @@ pub struct Fast {
     /// Weight bytes read by matrix products so far (data and scales), for the byte-count tests.
     weight_bytes_read: AtomicU64,
     #[cfg(not(target_arch = "wasm32"))]
-    pool: Arc<rayon::ThreadPool>,
-}
-
-/// The threads a forward pass runs on. A pass started on one of the backend's own threads
-/// hands each product's work to threads that are still awake from the last product, instead of
-/// waking them from outside the pool each time (a decode step is some 150 parallel steps: four
-/// products and attention per layer; on SmolLM2 with 2 threads, decode went from about 69 to
-/// 84-97 tokens/s). Without a pool (the reference, wasm), where it is called.
-#[derive(Clone, Default)]
-pub struct Workers {
-    #[cfg(not(target_arch = "wasm32"))]
-    pool: Option<Arc<rayon::ThreadPool>>,
-}
-
-impl Workers {
-    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Some(pool) = &self.pool {
-            return pool.install(f);
-        }
-        f()
-    }
+    pool: super::pool::Pool,
 }
 
 impl Fast {
@@ -256,10 +234,7 @@ impl Fast {
         {
             let threads = threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .thread_name(|i| format!("layerskip-cpu-{i}"))
-                .build()
+            let pool = super::pool::Pool::new(threads)
                 .map_err(|e| Error::Invalid(format!("cannot start {threads} threads: {e}")))?;
 
             #[cfg(target_arch = "x86_64")]
@@ -271,7 +246,7 @@ impl Fast {
                 #[cfg(target_arch = "x86_64")]
                 vnni: isa == Some(Isa::Avx512) && super::vnni::available(),
                 activations,
-                pool: Arc::new(pool),
+                pool,
                 weight_bytes_read: AtomicU64::new(0),
             })
         }
@@ -319,18 +294,13 @@ impl Fast {
         self.weight_bytes_read.load(Ordering::Relaxed)
     }
 
-    /// Runs `f(state, i)` for each task i in 0..tasks, spread over the threads natively; each
-    /// thread's tasks share one `state` (buffers reused from task to task).
-    fn for_tasks<S: Default>(&self, tasks: usize, f: impl Fn(&mut S, usize) + Sync + Send) {
+    /// Runs `f(state, i)` for each task i in 0..tasks, spread over the threads natively (see
+    /// [`super::pool::Pool::for_tasks`]); each thread's tasks share one `state` (buffers reused
+    /// from task to task).
+    fn for_tasks<S: Default>(&self, tasks: usize, f: impl Fn(&mut S, usize) + Sync) {
         #[cfg(not(target_arch = "wasm32"))]
         if self.threads > 1 && tasks > 1 {
-            use rayon::prelude::*;
-            self.pool.install(|| {
-                (0..tasks)
-                    .into_par_iter()
-                    .for_each_init(S::default, |state, i| f(state, i))
-            });
-            return;
+            return self.pool.for_tasks(tasks, f);
         }
         let mut state = S::default();
         (0..tasks).for_each(|i| f(&mut state, i))
@@ -338,27 +308,13 @@ impl Fast {
 
     /// Runs `f` on each chunk of `out` (chunks of `chunk` items, the chunk's index passed along),
     /// spread over the threads natively.
-    fn for_chunks(
-        &self,
-        out: &mut [f32],
-        chunk: usize,
-        f: impl Fn(usize, &mut [f32]) + Sync + Send,
-    ) {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            use rayon::prelude::*;
-            if self.threads > 1 && out.len() > chunk {
-                self.pool.install(|| {
-                    out.par_chunks_mut(chunk)
-                        .enumerate()
-                        .for_each(|(i, c)| f(i, c))
-                });
-                return;
-            }
-        }
-        for (i, c) in out.chunks_mut(chunk.max(1)).enumerate() {
-            f(i, c)
-        }
+    fn for_chunks(&self, out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+        // Each task locks its own chunk once (never contended): disjoint `&mut`s without unsafe.
+        let chunks: Vec<Mutex<&mut [f32]>> = out.chunks_mut(chunk.max(1)).map(Mutex::new).collect();
+        self.for_tasks(chunks.len(), |_: &mut (), i| {
+            let mut items = chunks[i].lock().unwrap_or_else(|p| p.into_inner());
+            f(i, &mut items)
+        });
     }
 }
 
@@ -426,13 +382,6 @@ impl Math for Fast {
 
     fn backend(&self) -> crate::engine::Backend {
         crate::engine::Backend::Cpu
-    }
-
-    fn workers(&self) -> Workers {
-        Workers {
-            #[cfg(not(target_arch = "wasm32"))]
-            pool: Some(self.pool.clone()),
-        }
     }
 
     fn matmul(&self, x: &[f32], w: &PackedMatrix) -> Vec<f32> {

@@ -10,13 +10,15 @@ mod avx2;
 mod avx512;
 pub mod fast;
 mod operands;
+#[cfg(not(target_arch = "wasm32"))]
+mod pool;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
-pub use fast::{Fast, Workers};
+pub use fast::Fast;
 pub use reference::{
     attention, matmul, pick, rms_norm, rope, silu, swiglu, Heads, Reference, RopeTable,
 };
@@ -42,10 +44,6 @@ pub trait Math: Store<Vector = Vec<f32>, Matrix: Send> + Send {
     fn matmul(&self, x: &[f32], w: &Self::Matrix) -> Vec<f32>;
     /// Row `r` of `w` in f32 (the embedding lookup).
     fn row(&self, w: &Self::Matrix, r: usize) -> Vec<f32>;
-    /// Where a whole forward pass should run (see [`Workers`]).
-    fn workers(&self) -> Workers {
-        Workers::default()
-    }
     /// Causal attention of a block's queries over the cache (see [`attention`]).
     fn attention(
         &self,
@@ -338,7 +336,7 @@ impl<M: Math> Engine for CpuModel<M> {
         // In a browser, a turn of the event loop between passes lets an abort or a Stop in.
         #[cfg(target_arch = "wasm32")]
         crate::event_loop::yield_now().await;
-        let outputs = self.math.workers().run(|| self.run_calls(calls))?;
+        let outputs = self.run_calls(calls)?;
         crate::engine::check_finite(calls, &outputs)?;
         Ok(outputs)
     }
