@@ -44,6 +44,10 @@ pub trait Math: Store<Vector = Vec<f32>, Matrix: Send> + Send {
     fn matmul(&self, x: &[f32], w: &Self::Matrix) -> Vec<f32>;
     /// Row `r` of `w` in f32 (the embedding lookup).
     fn row(&self, w: &Self::Matrix, r: usize) -> Vec<f32>;
+    /// The argmax of a logits row and its probability (see [`pick`]).
+    fn pick(&self, logits: &[f32]) -> Pick {
+        pick(logits)
+    }
     /// Causal attention of a block's queries over the cache (see [`attention`]).
     fn attention(
         &self,
@@ -287,16 +291,16 @@ impl<M: Math> CpuModel<M> {
             _ => (self.weights.head(), None),
         };
         let width = ids.map_or(self.config.vocab_size, <[u32]>::len);
-        let logits: Vec<Vec<f32>> = self
-            .math
-            .matmul(&xn, matrix)
-            .chunks(width)
-            .map(<[f32]>::to_vec)
-            .collect();
+        let all = self.math.matmul(&xn, matrix);
+        // One row (every decode step) is the product itself, not a copy of it.
+        let logits: Vec<Vec<f32>> = match all.len() == width {
+            true => vec![all],
+            false => all.chunks(width).map(<[f32]>::to_vec).collect(),
+        };
         let picks = logits
             .iter()
             .map(|r| {
-                let p = pick(r);
+                let p = self.math.pick(r);
                 let token = ids.map_or(p.token, |ids| ids[p.token as usize]);
                 Pick { token, ..p }
             })

@@ -141,10 +141,14 @@ impl Pool {
     /// On SmolLM2-135M (2 threads, medians of 10 interleaved 300-token runs) tasks dealt out one
     /// at a time, which interleaves the threads' stretches, decoded no faster than rayon had;
     /// contiguous shares decoded 7-10% faster.
-    ///
-    /// Tasks are counted in 32 bits (a task is at least one weight row).
     pub fn for_tasks<S: Default>(&self, tasks: usize, f: impl Fn(&mut S, usize) + Sync) {
         let threads = self.workers.len() + 1;
+        if tasks > u32::MAX as usize {
+            // A share packs its bounds in 32 bits each; a task covers a weight row or more, so no
+            // matrix makes this many.
+            let mut state = S::default();
+            return (0..tasks).for_each(|i| f(&mut state, i));
+        }
         let shares: Vec<Share> = (0..threads)
             .map(|k| Share::new(k * tasks / threads, (k + 1) * tasks / threads))
             .collect();
