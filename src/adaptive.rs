@@ -318,11 +318,7 @@ impl Acceptance {
     /// Estimated probability that the draft at `position` from `exit` is accepted in the
     /// current round, given that the drafts before it were.
     pub fn rate(&self, exit: usize, position: usize) -> f64 {
-        Self::rate_in(&self.tallies[usize::from(self.streak)], exit, position)
-    }
-
-    fn rate_in(tally: &Tally<MAX_AUTO_DEPTH>, exit: usize, position: usize) -> f64 {
-        Self::chain_in(tally, exit)[position.min(MAX_AUTO_DEPTH - 1)]
+        self.chain(exit)[position.min(MAX_AUTO_DEPTH - 1)]
     }
 
     /// [`Acceptance::rate`] at every position, in one pass over the positions (each leans on
@@ -472,10 +468,11 @@ pub struct Plan {
 }
 
 /// The exit layer among `exits` and depth among `depths` (0 allowed: a plain step) with the
-/// most expected tokens per millisecond; `acceptance(exit, position)` as [`Acceptance::rate`],
-/// `ms(exit, depth)` what a round (depth 0: a plain step) takes.
+/// most expected tokens per millisecond; `acceptance(exit)` the estimates at every draft
+/// position as [`Acceptance::chain`] (positions past the last read the last; asked for only
+/// where a round is possible), `ms(exit, depth)` what a round (depth 0: a plain step) takes.
 pub fn choose(
-    acceptance: impl Fn(usize, usize) -> f64,
+    acceptance: impl Fn(usize) -> [f64; MAX_AUTO_DEPTH],
     ms: impl Fn(usize, usize) -> f64,
     exits: &[usize],
     depths: std::ops::RangeInclusive<usize>,
@@ -488,12 +485,16 @@ pub fn choose(
     if !depths.contains(&0) {
         best.rate = 0.0;
     }
+    if *depths.end() == 0 {
+        return best;
+    }
     for &exit in exits {
         // expected_tokens for depths 1, 2, ... in one pass (a round is planned before every
         // step: the sums once per depth made planning 0.3% of a decode step).
+        let chain = acceptance(exit);
         let (mut tokens, mut all) = (1.0, 1.0);
         for depth in 1..=*depths.end() {
-            all *= acceptance(exit, depth - 1);
+            all *= chain[(depth - 1).min(MAX_AUTO_DEPTH - 1)];
             tokens += all;
             if depth < *depths.start() {
                 continue;
@@ -620,13 +621,8 @@ impl Tuner {
             None if self.over_budget() => 0..=0,
             None => 0..=MAX_AUTO_DEPTH.min(cap),
         };
-        // Every exit layer's estimates at once: `choose` reads them position by position.
-        let mut chains = vec![[0.0; MAX_AUTO_DEPTH]; self.layers];
-        for &e in &self.exits {
-            chains[e] = self.learned.acceptance.chain(e);
-        }
         let plan = choose(
-            |e, i| chains[e][i.min(MAX_AUTO_DEPTH - 1)],
+            |e| self.learned.acceptance.chain(e),
             |e, d| self.learned.timing.ms(e, d),
             &self.exits,
             depths,
@@ -862,6 +858,11 @@ mod tests {
         );
     }
 
+    /// `acceptance(exit, position)` as the chains `choose` reads.
+    fn chains(acceptance: impl Fn(usize, usize) -> f64) -> impl Fn(usize) -> [f64; MAX_AUTO_DEPTH] {
+        move |e| std::array::from_fn(|i| acceptance(e, i))
+    }
+
     /// The chooser returns the pair the formula ranks first, over a brute-force evaluation.
     #[test]
     fn chooser_picks_the_best_rate() {
@@ -874,7 +875,7 @@ mod tests {
             0 => c.step_ms(8),
             d => c.round_ms(8, e, d, true),
         };
-        let plan = choose(acc, ms, &exits, 0..=8);
+        let plan = choose(chains(acc), ms, &exits, 0..=8);
         let mut best = (0, 0, 1.0 / c.step_ms(8));
         for &e in &exits {
             for d in 1..=8 {
@@ -887,16 +888,26 @@ mod tests {
         assert_eq!((plan.exit, plan.depth), (best.0, best.1));
         assert!((plan.rate - best.2).abs() < 1e-12);
         // Drafts that are never accepted lose to plain steps.
-        let plan = choose(|_, _| 0.0, ms, &exits, 0..=8);
+        let plan = choose(chains(|_, _| 0.0), ms, &exits, 0..=8);
         assert_eq!(plan.depth, 0);
         // Certain drafts from a cheap layer go as deep as allowed.
-        let plan = choose(|e, _| if e == 1 { 1.0 } else { 0.5 }, ms, &exits, 0..=8);
+        let plan = choose(
+            chains(|e, _| if e == 1 { 1.0 } else { 0.5 }),
+            ms,
+            &exits,
+            0..=8,
+        );
         assert_eq!((plan.exit, plan.depth), (1, 8));
         // A fixed depth is respected even when plain steps would be faster.
-        let plan = choose(|_, _| 0.0, ms, &[3], 2..=2);
+        let plan = choose(chains(|_, _| 0.0), ms, &[3], 2..=2);
         assert_eq!((plan.exit, plan.depth), (3, 2));
         // Only the first draft is ever right: one draft, not more.
-        let plan = choose(|_, i| if i == 0 { 1.0 } else { 0.0 }, ms, &[1], 1..=8);
+        let plan = choose(
+            chains(|_, i| if i == 0 { 1.0 } else { 0.0 }),
+            ms,
+            &[1],
+            1..=8,
+        );
         assert_eq!(plan.depth, 1);
     }
 
@@ -930,10 +941,10 @@ mod tests {
             }
         }
         assert!(a.rate(1, 1) < 0.35, "{:?}", a.rates(false)[0]);
-        let shallow = choose(|e, i| a.rate(e, i), ms, &[1], 0..=8);
+        let shallow = choose(|e| a.chain(e), ms, &[1], 0..=8);
         a.ended(STREAK);
         assert!(a.rate(1, 5) > 0.8, "{:?}", a.rates(true)[0]);
-        let deep = choose(|e, i| a.rate(e, i), ms, &[1], 0..=8);
+        let deep = choose(|e| a.chain(e), ms, &[1], 0..=8);
         assert!(
             shallow.depth <= 1 && deep.depth == 8,
             "{shallow:?} {deep:?}"
