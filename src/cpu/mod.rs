@@ -19,9 +19,7 @@ pub mod simd;
 mod vnni;
 
 pub use fast::Fast;
-pub use reference::{
-    attention, matmul, pick, rms_norm, rope, silu, swiglu, Heads, Reference, RopeTable,
-};
+pub use reference::{attention, matmul, pick, rms_norm, rope, swiglu, Heads, Reference, RopeTable};
 
 use crate::checkpoint::{Checkpoint, Progress};
 use crate::config::Config;
@@ -274,7 +272,7 @@ impl<M: Math> CpuModel<M> {
         let mut act = Vec::with_capacity(gate_up.len() / 2);
         for r in gate_up.chunks(2 * i) {
             let (gate, up) = r.split_at(i);
-            act.extend(gate.iter().zip(up).map(|(&g, &u)| silu(g) * u));
+            act.extend(swiglu(gate, up));
         }
         for (x, d) in self.x.iter_mut().zip(self.math.matmul(&act, &w.down)) {
             *x += d;

@@ -102,13 +102,14 @@ pub fn matmul(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
 
 /// x * sigmoid(x).
 #[inline]
-pub fn silu(x: f32) -> f32 {
+fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// The SwiGLU activation: silu(gate) * up.
-pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    gate.iter().zip(up).map(|(&g, &u)| silu(g) * u).collect()
+/// The SwiGLU activation: silu(gate) * up, element by element (an iterator, so a block's rows
+/// extend one buffer).
+pub fn swiglu<'a>(gate: &'a [f32], up: &'a [f32]) -> impl Iterator<Item = f32> + 'a {
+    gate.iter().zip(up).map(|(&g, &u)| silu(g) * u)
 }
 
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
