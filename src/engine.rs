@@ -224,7 +224,7 @@ impl Call<'_> {
 }
 
 /// A greedy pick: the argmax token and the softmax normaliser sum(exp(logit - max)).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Pick {
     pub token: u32,
     pub sum_exp: f32,

@@ -457,18 +457,9 @@ impl Math for Fast {
         if self.threads == 1 || logits.len() <= STRETCH {
             return super::pick(logits);
         }
-        let parts: Vec<Mutex<(f32, Pick)>> = logits
-            .chunks(STRETCH)
-            .map(|_| {
-                Mutex::new((
-                    0.0,
-                    Pick {
-                        token: 0,
-                        sum_exp: 0.0,
-                    },
-                ))
-            })
-            .collect();
+        // Each stretch's top logit and pick.
+        let parts: Vec<Mutex<(f32, Pick)>> =
+            logits.chunks(STRETCH).map(|_| Mutex::default()).collect();
         self.for_tasks(parts.len(), |_: &mut (), i| {
             let stretch = &logits[i * STRETCH..][..STRETCH.min(logits.len() - i * STRETCH)];
             let p = super::pick(stretch);

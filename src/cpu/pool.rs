@@ -131,9 +131,7 @@ impl Pool {
             panic!("a CPU worker thread panicked");
         }
     }
-}
 
-impl Pool {
     /// Runs `f(state, i)` for each task i in 0..tasks on the pool's threads, each with its own
     /// `state`. Thread k takes the k-th contiguous share of the tasks in order and then takes
     /// what is left of the others' from their far ends: a thread reads one stretch of a weight
