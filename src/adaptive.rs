@@ -490,7 +490,8 @@ pub fn choose(
     }
     for &exit in exits {
         // expected_tokens for depths 1, 2, ... in one pass (a round is planned before every
-        // step: the sums once per depth made planning 0.3% of a decode step).
+        // step: with the sums redone per depth, the host's work per speculative step on
+        // SmolLM2 was 0.06 ms, 0.6% of the step, against 0.015 ms for autoregression).
         let chain = acceptance(exit);
         let (mut tokens, mut all) = (1.0, 1.0);
         for depth in 1..=*depths.end() {
