@@ -1,7 +1,9 @@
 //! `layerskip bench` and `layerskip sweep`: speed and acceptance measured in one process, with the
 //! strategies interleaved after a warm-up, in an order that rotates every repetition, so drift
-//! (clocks, caches) and what ran just before hit them all alike.
+//! (clocks, caches) and what ran just before hit them all alike; with `--peers`, every
+//! repetition is followed by one on each peer runtime (`peers.rs`), for the same reason.
 
+use super::peers::Peers;
 use super::{load, ModelArgs};
 use layerskip::adaptive::{AdaptiveStats, Costs, Setting};
 use layerskip::request::defaults;
@@ -103,8 +105,8 @@ pub struct BenchArgs {
     #[arg(long)]
     bandwidth: Option<f64>,
     /// Also run the same GGUF file, prompts and thread count on llama.cpp (llama-cpp-python)
-    /// and Hugging Face transformers, where python3 has them, and report prefill and decode
-    /// tokens/s side by side.
+    /// and Hugging Face transformers, where python3 has them, their repetitions interleaved
+    /// with the bench's, and report prefill and decode tokens/s side by side.
     #[arg(long)]
     peers: bool,
     #[arg(long)]
@@ -154,7 +156,7 @@ fn parse_list(text: &str, what: &str, max: usize) -> Result<Vec<usize>> {
     Ok(list)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
@@ -316,11 +318,14 @@ impl Runs {
 }
 
 /// Greedy and to a fixed length (EOS ignored), so every strategy produces the same number of tokens.
+/// Every configuration on every prompt, `repetitions` times after a warm-up, with
+/// `after_each(warm_up)` run after each repetition (the peers' turn).
 fn run_all(
     model: &mut Model,
     prompts: &[Vec<u32>],
     configs: &[GenerateOptions],
     repetitions: usize,
+    mut after_each: impl FnMut(bool) -> Result<()>,
 ) -> Result<Vec<Runs>> {
     let mut runs: Vec<Runs> = configs.iter().map(|_| Runs::default()).collect();
     let n = configs.len();
@@ -338,6 +343,7 @@ fn run_all(
                 }
             }
         }
+        after_each(rep == 0)?;
     }
     Ok(runs)
 }
@@ -439,7 +445,21 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             names.push(format!("{name} full vocab"));
         }
     }
-    let runs = run_all(&mut model, &prompts, &configs, args.prompts.repetitions)?;
+    let mut peers = match args.peers {
+        true => Some(start_peers(&args, &prompts)?),
+        false => None,
+    };
+    let runs = run_all(
+        &mut model,
+        &prompts,
+        &configs,
+        args.prompts.repetitions,
+        |warm_up| match &mut peers {
+            Some(peers) => peers.repetition(warm_up),
+            None => Ok(()),
+        },
+    )?;
+    let peers = peers.map(|p| p.results());
     let base = median(runs[0].tokens_per_second.clone());
     let equal = runs[2..].iter().all(|r| r.outputs == runs[0].outputs);
     let rows: Vec<Row> = names
@@ -468,10 +488,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         })
         .collect();
     let bytes = traffic(&mut model, &prompts, &configs[0], &args)?;
-    let peers = match args.peers {
-        true => Some(peers(&args, &prompts)?),
-        false => None,
-    };
     if args.json {
         let out = json!({
             "prompts": prompts.len(),
@@ -550,10 +566,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The peers' prefill and decode rates on the same file, prompts and threads (src/cli/peers.py,
-/// run with python3): `{"llama.cpp": {...}, "transformers": {...}}`.
-fn peers(args: &BenchArgs, prompts: &[Vec<u32>]) -> Result<serde_json::Value> {
-    use std::io::Write;
+/// The peers on the same file, prompts and threads, loaded.
+fn start_peers(args: &BenchArgs, prompts: &[Vec<u32>]) -> Result<Peers> {
     let path = args
         .model
         .model
@@ -567,33 +581,7 @@ fn peers(args: &BenchArgs, prompts: &[Vec<u32>]) -> Result<serde_json::Value> {
                 "--peers compares runtimes on one GGUF file: give --model FILE.gguf".into(),
             )
         })?;
-    let request = json!({
-        "model": path,
-        "prompts": prompts,
-        "max_new_tokens": args.max_new_tokens,
-        "threads": peer_threads(args),
-        "repetitions": args.prompts.repetitions,
-    });
-    let failed = |why: String| Error::Invalid(format!("--peers: python3 {why}"));
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", include_str!("peers.py")])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .map_err(|e| failed(format!("could not start: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(request.to_string().as_bytes())
-            .map_err(|e| failed(format!("did not take the request: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| failed(format!("failed: {e}")))?;
-    if !out.status.success() {
-        return Err(failed(format!("exited with {}", out.status)));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| failed(format!("answered no JSON: {e}")))
+    Peers::start(path, prompts, args.max_new_tokens, peer_threads(args))
 }
 
 /// The peers' threads: the CPU backend's.
@@ -790,7 +778,13 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             ..base.clone()
         },
     )?);
-    let runs = run_all(&mut model, &prompts, &configs, args.prompts.repetitions)?;
+    let runs = run_all(
+        &mut model,
+        &prompts,
+        &configs,
+        args.prompts.repetitions,
+        |_| Ok(()),
+    )?;
     // Two measures of a configuration on the prompt set: the median of its runs' rates (a
     // typical prompt) and all tokens over all time (the whole set, slow prompts weighing by their
     // time). Each ranks the static pairs on its own.

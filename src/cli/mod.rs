@@ -7,6 +7,7 @@ mod default_model;
 mod eval;
 mod generate;
 mod inspect;
+mod peers;
 mod quantize;
 mod serve;
 mod vocab_stats;
