@@ -383,8 +383,8 @@ fn attention_over_several_tiles_with_gqa_and_mqa() {
                 .collect();
             let expected = cpu::attention(
                 &q,
-                &cpu::KvRows::F32(k_cache.clone()),
-                &cpu::KvRows::F32(v_cache.clone()),
+                &cpu::KvRows::f32(&k_cache).unwrap(),
+                &cpu::KvRows::f32(&v_cache).unwrap(),
                 pos0,
                 cpu::Heads {
                     query: nh,
@@ -496,8 +496,8 @@ fn split_attention_matches_at_every_range_boundary() {
                 .collect();
             let expected = cpu::attention(
                 &q,
-                &cpu::KvRows::F32(k_cache.clone()),
-                &cpu::KvRows::F32(v_cache.clone()),
+                &cpu::KvRows::f32(&k_cache).unwrap(),
+                &cpu::KvRows::f32(&v_cache).unwrap(),
                 pos0,
                 cpu::Heads {
                     query: nh,

@@ -8,6 +8,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::activations::Codes8;
+use super::arena::{Arena, Slice};
 #[cfg(target_arch = "x86_64")]
 use super::operands::Inputs;
 use super::operands::Sums;
@@ -37,8 +38,8 @@ pub struct Part {
     pub format: Format,
     pub row0: usize,
     pub rows: usize,
-    pub data: Vec<u32>,
-    pub scales: Vec<u16>,
+    pub data: Slice<u32>,
+    pub scales: Slice<u16>,
 }
 
 impl Part {
@@ -219,6 +220,8 @@ pub struct Fast {
     activations: Activations,
     /// Weight bytes read by matrix products so far (data and scales), for the byte-count tests.
     weight_bytes_read: AtomicU64,
+    /// Where the matrices are kept.
+    arena: Arena,
     #[cfg(not(target_arch = "wasm32"))]
     pool: super::pool::Pool,
 }
@@ -248,6 +251,7 @@ impl Fast {
                 activations,
                 pool,
                 weight_bytes_read: AtomicU64::new(0),
+                arena: Arena::default(),
             })
         }
         #[cfg(target_arch = "wasm32")]
@@ -257,6 +261,7 @@ impl Fast {
                 threads: 1,
                 activations,
                 weight_bytes_read: AtomicU64::new(0),
+                arena: Arena::default(),
             })
         }
     }
@@ -329,14 +334,20 @@ impl Store for Fast {
             parts: layout
                 .runs
                 .iter()
-                .map(|run| Part {
-                    format: run.format,
-                    row0: run.row0,
-                    rows: run.rows,
-                    data: vec![0; run.rows * run.format.row_data_bytes(cols) / 4],
-                    scales: vec![0; run.rows * run.format.row_scale_bytes(cols) / 2],
+                .map(|run| {
+                    Ok(Part {
+                        format: run.format,
+                        row0: run.row0,
+                        rows: run.rows,
+                        data: self
+                            .arena
+                            .slice(run.rows * run.format.row_data_bytes(cols) / 4)?,
+                        scales: self
+                            .arena
+                            .slice(run.rows * run.format.row_scale_bytes(cols) / 2)?,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             bytes: layout.bytes().unwrap_or(u64::MAX),
         })
     }
@@ -630,8 +641,9 @@ mod tests {
             };
             let (context, pos0, n) = (40, 30, 5);
             let kv_dim = heads.kv * dim;
-            let mut k = KvRows::new(format, context * kv_dim);
-            let mut v = KvRows::new(format, context * kv_dim);
+            let mut arena = super::super::arena::Arena::default();
+            let mut k = KvRows::new(&mut arena, format, context * kv_dim).unwrap();
+            let mut v = KvRows::new(&mut arena, format, context * kv_dim).unwrap();
             let keys: Vec<f32> = (0..(pos0 + n) * kv_dim).map(|_| value()).collect();
             let values: Vec<f32> = (0..(pos0 + n) * kv_dim).map(|_| value()).collect();
             k.store(0, &keys);

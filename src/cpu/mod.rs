@@ -4,6 +4,7 @@
 //! each weight row once for a whole block of positions.
 
 mod activations;
+mod arena;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::files::Files;
 use crate::format::{f32_to_f16, half_to_f32, Format, KvFormat};
 use crate::llama::{LoadReport, Store, Weights};
+use arena::{Arena, Slice};
 
 /// A CPU matrix backend: how weights are held and multiplied.
 pub trait Math: Store<Vector = Vec<f32>, Matrix: Send> + Send {
@@ -62,16 +64,25 @@ pub trait Math: Store<Vector = Vec<f32>, Matrix: Send> + Send {
 /// One layer's keys or values, [position][kv head][head_dim], held in the KV format: f16 halves
 /// the memory (and what attention reads), f32 keeps values exact.
 pub enum KvRows {
-    F32(Vec<f32>),
-    F16(Vec<u16>),
+    F32(Slice<f32>),
+    F16(Slice<u16>),
 }
 
 impl KvRows {
-    fn new(format: KvFormat, len: usize) -> Self {
-        match format {
-            KvFormat::F32 => KvRows::F32(vec![0.0; len]),
-            KvFormat::F16 => KvRows::F16(vec![0; len]),
-        }
+    /// `len` zeros in `format`, from `arena` (where attention reads them on huge pages, as the
+    /// weights).
+    fn new(arena: &mut Arena, format: KvFormat, len: usize) -> Result<Self> {
+        Ok(match format {
+            KvFormat::F32 => KvRows::F32(arena.slice(len)?),
+            KvFormat::F16 => KvRows::F16(arena.slice(len)?),
+        })
+    }
+
+    /// An f32 cache holding `values`.
+    pub fn f32(values: &[f32]) -> Result<Self> {
+        let mut rows = Self::new(&mut Arena::default(), KvFormat::F32, values.len())?;
+        rows.store(0, values);
+        Ok(rows)
     }
 
     /// Stores `values` from element `at`, rounded to the format.
@@ -179,6 +190,13 @@ impl<M: Math> CpuModel<M> {
         )
         .await?;
         let layers = config.num_hidden_layers;
+        let mut arena = Arena::default();
+        let mut caches = || {
+            (0..layers)
+                .map(|_| KvRows::new(&mut arena, options.kv_cache, kv_len))
+                .collect::<Result<Vec<_>>>()
+        };
+        let (k_cache, v_cache) = (caches()?, caches()?);
         let quantized = layouts
             .iter()
             .any(|l| l.formats().iter().any(|f| f.quantized()));
@@ -187,12 +205,8 @@ impl<M: Math> CpuModel<M> {
             rounds: quantized && options.activations == crate::engine::Activations::Q8,
             rope: RopeTable::new(&config.rope_inv_freq(), 0..max_context),
             weights,
-            k_cache: (0..layers)
-                .map(|_| KvRows::new(options.kv_cache, kv_len))
-                .collect(),
-            v_cache: (0..layers)
-                .map(|_| KvRows::new(options.kv_cache, kv_len))
-                .collect(),
+            k_cache,
+            v_cache,
             max_context,
             max_rows: fast::BLOCK_ROWS,
             x: vec![],

@@ -375,12 +375,8 @@ pub unsafe fn attend(
 ) {
     let at = |j| (j * nkv + kvh) * q.len();
     match (k_cache, v_cache) {
-        (KvRows::F16(k), KvRows::F16(v)) => {
-            attend_with(q, k.as_slice(), v.as_slice(), keys, at, out)
-        }
-        (KvRows::F32(k), KvRows::F32(v)) => {
-            attend_with(q, k.as_slice(), v.as_slice(), keys, at, out)
-        }
+        (KvRows::F16(k), KvRows::F16(v)) => attend_with(q, &k[..], &v[..], keys, at, out),
+        (KvRows::F32(k), KvRows::F32(v)) => attend_with(q, &k[..], &v[..], keys, at, out),
         _ => super::reference::attend(q, k_cache, v_cache, keys, kvh, nkv, out),
     }
 }
