@@ -597,7 +597,7 @@ mod tests {
                     let case = format!(
                         "{first:?}+{second:?} {cols} cols, {activations:?}, {isa:?}, VNNI {vnni}"
                     );
-                    for n in [1, 3, 64] {
+                    for n in [1, 3, 5, 64] {
                         let x: Vec<f32> = (0..n * cols).map(|_| value()).collect();
                         let got = fast.matmul(&x, &m);
                         let want = reference.matmul(&x, &dense);

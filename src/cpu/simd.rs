@@ -256,6 +256,11 @@ unsafe fn halves_to_f32(halves: &[u16], out: &mut [f32]) {
 /// Weight rows processed together by the kernels: their decoded groups share each input load.
 pub const ROWS: usize = 4;
 
+/// How far ahead (in weight rows of the same task) the next rows' bytes are fetched into the
+/// cache: the rows stream from memory once per product, and without a hint the loads wait on
+/// it (the exit head, 30 MB in q8_0 for SmolLM2, went from 6.6 to 4.2 ms on one thread).
+pub const PREFETCH_ROWS: usize = 8;
+
 /// A run of consecutive weight rows in one format: their words (`words` per row) and their
 /// scales (`halves` per row).
 #[derive(Clone, Copy)]
@@ -320,28 +325,12 @@ pub unsafe fn dot_run(
                         let steps = std::array::from_fn(|k| row_steps(r + k));
                         super::vnni::dot_rows::<$n>(bytes, words, data, steps, x, unpacked, out)
                     }
-                    (None, Isa::Avx512) => super::avx512::dot_rows::<$n>(
-                        kernel.codes,
-                        words,
-                        data,
-                        decoded(),
-                        inputs,
-                        panel,
-                        out,
-                    ),
-                    (None, Isa::Avx2) => {
-                        let steps = decoded();
-                        for k in 0..$n {
-                            let out = out.at_row(k);
-                            super::avx2::dot_row(
-                                kernel.codes,
-                                words,
-                                data[k],
-                                steps[k],
-                                inputs,
-                                out,
-                            );
-                        }
+                    (None, isa) => {
+                        let f32_rows = match isa {
+                            Isa::Avx512 => super::avx512::dot_rows::<$n>,
+                            Isa::Avx2 => super::avx2::dot_rows::<$n>,
+                        };
+                        f32_rows(kernel.codes, words, data, decoded(), inputs, panel, out)
                     }
                 }
                 r += $n;

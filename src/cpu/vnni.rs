@@ -15,6 +15,7 @@
 
 use super::activations::Codes8;
 use super::operands::{Codes, Steps, Sums};
+use super::simd::PREFETCH_ROWS;
 use crate::format::GROUP;
 use std::arch::x86_64::*;
 
@@ -192,7 +193,7 @@ impl<const R: usize, P: Pairs> Source for Rows<'_, R, P> {
     #[inline(always)]
     unsafe fn pair(&self, r: usize, p: usize) -> Unpacked {
         let (g, at) = (2 * p, self.rows[r].add(2 * p * self.stride));
-        _mm_prefetch::<_MM_HINT_T0>(at.add(self.ahead) as _);
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(self.ahead) as _);
         let whole = g + 1 < self.groups;
         let w = P::pair(at, self.stride, whole);
         let (a, b) = step_lanes(self.steps[r], g, whole);
@@ -219,11 +220,6 @@ const CHUNK: usize = 4;
 
 /// Input rows from which the weight rows are unpacked once into a panel.
 const PANEL_INPUTS: usize = 5;
-
-/// How far ahead (in weight rows of the same task) the next rows' bytes are fetched into the
-/// cache: the rows stream from memory once per product, and without a hint the loads wait on
-/// it (the exit head, 30 MB in q8_0 for SmolLM2, went from 6.6 to 4.2 ms on one thread).
-pub const PREFETCH_ROWS: usize = 8;
 
 /// Input rows t0..t0 + T against the R weight rows, whose pairs `source` gives: codes stored
 /// 1 << `code_shift` up where they are stored offset, and per-group offsets b added where
