@@ -43,7 +43,11 @@ impl Chunk {
     /// pages: fresh anonymous pages are zero, and backed only where touched.
     #[cfg(target_os = "linux")]
     fn new(bytes: usize) -> Result<Chunk> {
-        let failed = || Error::Invalid(format!("cannot map {bytes} bytes for the weights"));
+        let failed = || {
+            Error::Invalid(format!(
+                "cannot map {bytes} bytes for weights and KV caches"
+            ))
+        };
         let mapped = bytes.checked_add(HUGE_PAGE).ok_or_else(failed)?;
         // SAFETY: a new private anonymous mapping; then the parts of it before and after the
         // aligned range are unmapped, and the advice covers only that range.
@@ -83,7 +87,9 @@ impl Chunk {
         let layout = Chunk::layout(bytes)?;
         // SAFETY: the layout's size is not zero.
         let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or_else(|| {
-            Error::Invalid(format!("cannot allocate {bytes} bytes for the weights"))
+            Error::Invalid(format!(
+                "cannot allocate {bytes} bytes for weights and KV caches"
+            ))
         })?;
         Ok(Chunk { ptr, bytes })
     }
@@ -91,7 +97,7 @@ impl Chunk {
     #[cfg(not(target_os = "linux"))]
     fn layout(bytes: usize) -> Result<std::alloc::Layout> {
         std::alloc::Layout::from_size_align(bytes.max(1), ALIGN)
-            .map_err(|_| Error::Invalid(format!("{bytes} bytes of weights is too many")))
+            .map_err(|_| Error::Invalid(format!("{bytes} bytes overflow the address space")))
     }
 }
 
@@ -121,24 +127,25 @@ impl Arena {
         let bytes = len
             .checked_mul(size_of::<T>())
             .and_then(|b| b.checked_next_multiple_of(ALIGN))
-            .ok_or_else(|| Error::Invalid(format!("{len} weight values is too many")))?;
+            .ok_or_else(|| Error::Invalid(format!("{len} values overflow the address space")))?;
         let Some(chunk) = CHUNK else {
             let chunk = Arc::new(Chunk::new(bytes)?);
             return Ok(Slice::new(chunk, 0, len));
         };
-        let fits = |(c, used): &(Arc<Chunk>, usize)| used + bytes <= c.bytes;
-        if !self.current.as_ref().is_some_and(fits) {
-            #[cfg(target_os = "linux")]
-            let chunk = bytes
-                .max(chunk)
-                .checked_next_multiple_of(HUGE_PAGE)
-                .ok_or_else(|| Error::Invalid(format!("{len} weight values is too many")))?;
-            self.current = Some((Arc::new(Chunk::new(chunk)?), 0));
-        }
-        let (chunk, used) = self
-            .current
-            .as_mut()
-            .expect("a chunk that fits was just made");
+        let current = match self.current.take() {
+            Some((c, used)) if used + bytes <= c.bytes => (c, used),
+            _ => {
+                #[cfg(target_os = "linux")]
+                let chunk = bytes
+                    .max(chunk)
+                    .checked_next_multiple_of(HUGE_PAGE)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("{len} values overflow the address space"))
+                    })?;
+                (Arc::new(Chunk::new(chunk)?), 0)
+            }
+        };
+        let (chunk, used) = self.current.insert(current);
         let slice = Slice::new(chunk.clone(), *used, len);
         *used += bytes;
         Ok(slice)
