@@ -317,7 +317,6 @@ impl Runs {
     }
 }
 
-/// Greedy and to a fixed length (EOS ignored), so every strategy produces the same number of tokens.
 /// Every configuration on every prompt, `repetitions` times after a warm-up, with
 /// `after_each(warm_up)` run after each repetition (the peers' turn).
 fn run_all(

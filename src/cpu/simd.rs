@@ -317,9 +317,6 @@ pub unsafe fn dot_run(
         macro_rules! rows {
             ($n:expr) => {{
                 let data: [&[u32]; $n] = std::array::from_fn(|k| row(r + k));
-                let decoded = || -> [Option<Steps>; $n] {
-                    std::array::from_fn(|k| scales.steps(scaling, r + k))
-                };
                 match (vnni, isa) {
                     (Some((x, bytes)), _) => {
                         let steps = std::array::from_fn(|k| row_steps(r + k));
@@ -330,7 +327,8 @@ pub unsafe fn dot_run(
                             Isa::Avx512 => super::avx512::dot_rows::<$n>,
                             Isa::Avx2 => super::avx2::dot_rows::<$n>,
                         };
-                        f32_rows(kernel.codes, words, data, decoded(), inputs, panel, out)
+                        let steps = std::array::from_fn(|k| scales.steps(scaling, r + k));
+                        f32_rows(kernel.codes, words, data, steps, inputs, panel, out)
                     }
                 }
                 r += $n;
