@@ -1,5 +1,5 @@
 //! `layerskip bench` and `layerskip sweep`: speed and acceptance measured in one process, with the
-//! strategies interleaved after a warm-up, in an order that rotates every repetition, so drift
+//! strategies interleaved after a warm-up, in an order that changes every repetition, so drift
 //! (clocks, caches) and what ran just before hit them all alike; with `--peers`, every
 //! repetition is followed by one on each peer runtime (`peers.rs`), for the same reason.
 
@@ -327,13 +327,10 @@ fn run_all(
     mut after_each: impl FnMut(bool) -> Result<()>,
 ) -> Result<Vec<Runs>> {
     let mut runs: Vec<Runs> = configs.iter().map(|_| Runs::default()).collect();
-    let n = configs.len();
+    let mut sequence = 0;
     for rep in 0..=repetitions {
         for prompt in prompts {
-            // Each repetition starts one configuration later: a run is measurably slower right
-            // after some others (after early exit, SmolLM2 decoded 2-4% slower in either
-            // order), and rotating spreads that over all of them.
-            for i in (0..n).map(|i| (i + rep) % n) {
+            for i in order(sequence, configs.len()) {
                 let (options, runs) = (&configs[i], &mut runs[i]);
                 let g = pollster::block_on(model.generate_ids(prompt, options))?;
                 // Repetition 0 is the warm-up: pipelines compiled, caches filled, clocks up.
@@ -341,10 +338,26 @@ fn run_all(
                     runs.add(g);
                 }
             }
+            sequence += 1;
         }
         after_each(rep == 0)?;
     }
     Ok(runs)
+}
+
+/// The order of n configurations in the k-th sequence: rotations of 0..n, forward and backward
+/// in turn, so that over 2n sequences each configuration runs right after the one before it in
+/// the list as often as right after the one after it (for three, right after each other one
+/// equally often). A run is measurably slower right after some others (after early exit, SmolLM2 decoded
+/// 2-4% slower in either order); forward rotations alone put self-speculation after early exit
+/// in 5 of 8 repetitions and autoregression in 2.
+fn order(k: usize, n: usize) -> impl Iterator<Item = usize> {
+    let rotation = k / 2;
+    let backward = k % 2 == 1;
+    (0..n).map(move |i| match backward {
+        false => (i + rotation) % n,
+        true => (n - 1 - i + rotation) % n,
+    })
 }
 
 /// Greedy, to a fixed length (EOS ignored), so every strategy produces the same number of tokens.
@@ -871,5 +884,27 @@ mod tests {
         assert!(parse_list("0,1", "x", 7).is_err());
         assert!(parse_list("5..2", "x", 7).is_err());
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+
+    /// Every sequence runs every configuration once, and over six sequences of three each one
+    /// runs right after each other one twice (the bench's autoregressive, early-exit and
+    /// self-speculative runs).
+    #[test]
+    fn orders_balance_what_runs_before_what() {
+        for n in 1..6 {
+            for k in 0..2 * n {
+                let mut seen: Vec<usize> = order(k, n).collect();
+                seen.sort();
+                assert_eq!(seen, (0..n).collect::<Vec<_>>(), "sequence {k} of {n}");
+            }
+        }
+        let mut after = [[0; 3]; 3];
+        for k in 0..6 {
+            let seq: Vec<usize> = order(k, 3).collect();
+            for pair in seq.windows(2) {
+                after[pair[1]][pair[0]] += 1;
+            }
+        }
+        assert_eq!(after, [[0, 2, 2], [2, 0, 2], [2, 2, 0]]);
     }
 }
