@@ -391,6 +391,14 @@ struct Row {
     adaptive: Option<Adaptive>,
 }
 
+/// How much faster `runs` were than `base`, run for run: the median of the ratios of runs paired
+/// by prompt and repetition. The two runs of a pair are seconds apart, so a change in the
+/// machine's speed over the bench (5-10% on a shared host) cancels in each ratio, which it does
+/// not in a ratio of medians.
+pub fn paired(runs: &[f64], base: &[f64]) -> f64 {
+    median(runs.iter().zip(base).map(|(&r, &b)| ratio(r, b)).collect())
+}
+
 /// tokens/s relative to a baseline; 0 when the baseline measured nothing.
 fn ratio(tps: f64, base: f64) -> f64 {
     if base > 0.0 {
@@ -471,8 +479,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             None => Ok(()),
         },
     )?;
-    let peers = peers.map(|p| p.results());
-    let base = median(runs[0].tokens_per_second.clone());
+    let base = &runs[0];
+    let peers = peers.map(|p| {
+        p.results(
+            &base.prefill_tokens_per_second,
+            &base.decode_tokens_per_second,
+        )
+    });
+    let base = base.tokens_per_second.clone();
     let equal = runs[2..].iter().all(|r| r.outputs == runs[0].outputs);
     let rows: Vec<Row> = names
         .iter()
@@ -484,7 +498,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 tokens_per_second_median: tps,
                 prefill_tokens_per_second_median: median(r.prefill_tokens_per_second.clone()),
                 decode_tokens_per_second_median: median(r.decode_tokens_per_second.clone()),
-                speedup: ratio(tps, base),
+                speedup: paired(&r.tokens_per_second, &base),
                 acceptance_rate: (r.drafted > 0).then(|| r.acceptance()),
                 dispatches_per_token: r.per_token(r.dispatches),
                 submits_per_token: r.per_token(r.submits),
@@ -620,15 +634,17 @@ fn print_peers(args: &BenchArgs, model: &Model, ours: &Row, peers: &serde_json::
     );
     for (name, peer) in peers.as_object().into_iter().flatten() {
         let rate = |key: &str| peer.get(key).and_then(serde_json::Value::as_f64);
-        match (
-            rate("prefill_tokens_per_second"),
-            rate("decode_tokens_per_second"),
-        ) {
-            (Some(prefill), Some(decode)) => println!(
-                "{:<28} {prefill:>14.1} {decode:>14.1} {:>10.2}x {:>10.2}x",
+        match [
+            "prefill_tokens_per_second",
+            "decode_tokens_per_second",
+            "prefill_speedup",
+            "decode_speedup",
+        ]
+        .map(rate)
+        {
+            [Some(prefill), Some(decode), Some(prefill_speedup), Some(decode_speedup)] => println!(
+                "{:<28} {prefill:>14.1} {decode:>14.1} {prefill_speedup:>10.2}x {decode_speedup:>10.2}x",
                 format!("{name} {}", peer["version"].as_str().unwrap_or("")),
-                ratio(ours.prefill_tokens_per_second_median, prefill),
-                ratio(ours.decode_tokens_per_second_median, decode),
             ),
             _ => println!("{name:<28} {peer}"),
         }
@@ -884,6 +900,17 @@ mod tests {
         assert!(parse_list("0,1", "x", 7).is_err());
         assert!(parse_list("5..2", "x", 7).is_err());
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+
+    /// Runs 1% slower than the base, on a machine that turns half as fast from the middle of the
+    /// second pair on: run for run they are 0.99x, by the ratio of medians 0.495x.
+    #[test]
+    fn paired_ratios_cancel_a_slower_machine() {
+        let base = [100.0, 100.0, 50.0];
+        let runs = [99.0, 49.5, 49.5];
+        assert_eq!(paired(&runs, &base), 0.99);
+        assert_eq!(median(runs.to_vec()) / median(base.to_vec()), 0.495);
+        assert_eq!(paired(&[1.0], &[0.0]), 0.0);
     }
 
     /// Every sequence runs every configuration once, and over six sequences of three each one

@@ -4,6 +4,7 @@
 //! in the machine's load (which moves decode rates by 10-20% on a shared host) lands on both
 //! sides of a ratio instead of between them.
 
+use super::bench::{median, paired};
 use layerskip::{Error, Result};
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -82,17 +83,26 @@ impl Peers {
         Ok(())
     }
 
-    /// Per peer: its version and median prefill and decode tokens/s, or why it did not run.
-    pub fn results(&self) -> Value {
+    /// Per peer: its version, median prefill and decode tokens/s, and how much faster `prefill`
+    /// and `decode` (this runtime's rates, run for run in the peers' order) were, or why it did
+    /// not run.
+    pub fn results(&self, prefill: &[f64], decode: &[f64]) -> Value {
         let mut out = self.infos.clone();
         for (name, rates) in &self.rates {
             let rates = rates.as_array().map_or(&[][..], Vec::as_slice);
-            let median_of = |i: usize| {
-                super::bench::median(rates.iter().filter_map(|r| r[i].as_f64()).collect())
+            let column = |i: usize| -> Vec<f64> {
+                rates.iter().map(|r| r[i].as_f64().unwrap_or(0.0)).collect()
             };
+            let (peer_prefill, peer_decode) = (column(0), column(1));
             if let Some(Value::Object(info)) = out.get_mut(name) {
-                info.insert("prefill_tokens_per_second".into(), median_of(0).into());
-                info.insert("decode_tokens_per_second".into(), median_of(1).into());
+                for (key, value) in [
+                    ("prefill_tokens_per_second", median(peer_prefill.clone())),
+                    ("decode_tokens_per_second", median(peer_decode.clone())),
+                    ("prefill_speedup", paired(prefill, &peer_prefill)),
+                    ("decode_speedup", paired(decode, &peer_decode)),
+                ] {
+                    info.insert(key.into(), value.into());
+                }
             }
         }
         Value::Object(out)
