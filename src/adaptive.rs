@@ -2,9 +2,9 @@
 //!
 //! Parts, each testable on its own:
 //! - [`Costs`]: what one decoder layer, the exit head, one submission and the extra rows of a
-//!   block cost on the running device, measured once per model from the first decode step and
-//!   three small calls around it ([`calibrate`], [`Shapes`]); [`Timing`] then fits each exit
-//!   layer's round times as they are measured.
+//!   block cost on the running device, measured once per model from the first two decode steps
+//!   (the second run as a block of two rows) and two small calls before them ([`time_layer_one`],
+//!   [`Shapes`]); [`Timing`] then fits each exit layer's round times as they are measured.
 //! - [`Acceptance`]: per exit layer and draft position, how often the exit head's argmax there
 //!   agrees with the full model's token. Every round observes its own exit layer for free (its
 //!   drafts against the verification's picks); every [`PROBE_EVERY`] rounds, shadow picks (the
@@ -162,28 +162,29 @@ impl Costs {
     }
 }
 
-/// Times of the call shapes that a plain decode step does not show, in milliseconds:
-/// [`Shapes::costs`] fits [`Costs`] from them and a plain step's time.
+/// Times of four call shapes, in milliseconds: [`Shapes::costs`] fits [`Costs`] from them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shapes {
     /// Layer 1 without the head: submit + layer.
     pub bare_ms: f64,
     /// Layer 1 and the head: submit + layer + head.
     pub one_ms: f64,
+    /// A plain step, every layer and the head on one row: submit + L layer + head.
+    pub step_ms: f64,
     /// Two rows through every layer and the head on both: submit + (L layer + head) x (1 +
     /// row_fraction).
     pub block_ms: f64,
 }
 
 impl Shapes {
-    /// The costs of a model of `layers` layers whose plain step (every layer and the head on
-    /// one row: submit + L layer + head) took `step_ms`.
-    pub fn costs(&self, step_ms: f64, layers: usize) -> Costs {
+    /// The costs of a model of `layers` layers.
+    pub fn costs(&self, layers: usize) -> Costs {
         const TINY: f64 = 1e-6;
         let head_ms = (self.one_ms - self.bare_ms).max(TINY);
-        let layer_ms = ((step_ms - self.one_ms) / layers.saturating_sub(1).max(1) as f64).max(TINY);
+        let layer_ms =
+            ((self.step_ms - self.one_ms) / layers.saturating_sub(1).max(1) as f64).max(TINY);
         let submit_ms = (self.bare_ms - layer_ms).max(0.0);
-        let pass = (step_ms - submit_ms).max(TINY);
+        let pass = (self.step_ms - submit_ms).max(TINY);
         Costs {
             submit_ms,
             layer_ms,
@@ -193,21 +194,21 @@ impl Shapes {
     }
 }
 
-/// Times the [`Shapes`] with `token` at position `pos`, the first position decoding writes:
-/// every KV row these calls write (layer 1 at `pos`, every layer at `pos` and `pos + 1`) is
-/// written again by the step or round at its position before anything reads it. Calibration
-/// delays the first adaptive generation, so it stays near two plain steps' time: the caches are
-/// warm from the prefill, the two small shapes take the fastest of two runs, the block runs
-/// once, and [`Timing`] corrects what a single run gets wrong from the rounds that follow.
-pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Result<Shapes> {
-    if engine.max_rows() < 2 || engine.max_context() < pos + 2 {
+/// The [`Shapes`] `bare_ms` and `one_ms`, timed with `token` at position `pos`, the first
+/// position decoding writes: the step there writes layer 1's KV row again before anything reads
+/// it. With the block's second row, these calls are all that calibration adds to the first
+/// adaptive generation: on SmolLM2-135M about 6 ms, less than a step, where timing the block on
+/// its own took 13 ms. The steps are real decode steps, the caches are warm from the prefill,
+/// each small shape takes the fastest of two runs, and [`Timing`] corrects what they get wrong
+/// from the rounds that follow. The block the decoder runs at `pos + 1` needs room for
+/// `pos + 2`, checked here.
+pub async fn time_layer_one<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Result<[f64; 2]> {
+    if engine.max_rows() < 2 || engine.max_context() < pos + 3 {
         return Err(Error::Invalid(
             "no room to measure costs for adaptive speculation".into(),
         ));
     }
-    let layers = engine.config().num_hidden_layers;
     let one = [token];
-    let two = [token; 2];
     let mut time = async |calls: &[Call<'_>], runs: usize| -> Result<f64> {
         let mut best = f64::INFINITY;
         for _ in 0..runs {
@@ -217,19 +218,14 @@ pub async fn calibrate<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Res
         }
         Ok(best)
     };
-    Ok(Shapes {
-        bare_ms: time(
+    Ok([
+        time(
             &[Call::new(Input::Tokens(&one), pos, 0..1).head(Head::None)],
             2,
         )
         .await?,
-        one_ms: time(&[Call::new(Input::Tokens(&one), pos, 0..1)], 2).await?,
-        block_ms: time(
-            &[Call::new(Input::Tokens(&two), pos, 0..layers).head(Head::All)],
-            1,
-        )
-        .await?,
-    })
+        time(&[Call::new(Input::Tokens(&one), pos, 0..1)], 2).await?,
+    ])
 }
 
 /// Per exit layer (1..L-1) and cell (a draft position, a confidence bin), forgetting counts of
@@ -708,8 +704,10 @@ pub struct AdaptiveStats {
     /// short round and after a streak (see [`Acceptance`]).
     pub acceptance: Vec<Vec<f64>>,
     pub acceptance_in_streak: Vec<Vec<f64>>,
-    /// The measured costs, and how long measuring them took (0 when the model already had them).
-    /// Costs and estimates carry over from the model's earlier adaptive generations.
+    /// The measured costs, and the time measuring them added to the generation (0 when the
+    /// model already had them): the two small calls and what the block's second row took beyond
+    /// a plain step. Costs and estimates carry over from the model's earlier adaptive
+    /// generations.
     pub costs: Option<Costs>,
     pub calibration_ms: f64,
     /// Rounds that carried shadow probes, the head rows they added, and what those rows cost
@@ -775,9 +773,10 @@ mod tests {
         let shapes = Shapes {
             bare_ms: c.submit_ms + c.layer_ms,
             one_ms: c.submit_ms + c.layer_ms + c.head_ms,
+            step_ms,
             block_ms: c.submit_ms + (step_ms - c.submit_ms) * c.block(2),
         };
-        let fit = shapes.costs(step_ms, layers);
+        let fit = shapes.costs(layers);
         for (got, want) in [
             (fit.submit_ms, c.submit_ms),
             (fit.layer_ms, c.layer_ms),
@@ -791,7 +790,7 @@ mod tests {
             bare_ms: 3.0,
             ..shapes
         };
-        let fit = noisy.costs(step_ms, layers);
+        let fit = noisy.costs(layers);
         assert!(fit.head_ms > 0.0 && fit.submit_ms >= 0.0 && fit.row_fraction >= 0.0);
     }
 

@@ -538,29 +538,40 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         Ok(self.choose(&out, 0, &[]).0)
     }
 
-    /// Sets up adaptive speculation after the prefill, `last` the token to run at `pos`: with
-    /// what earlier generations learned, or else with costs measured around a first plain step
-    /// (the step's token is returned, for the caller to emit).
+    /// Sets up adaptive speculation after the prefill emitted `last`, the token to run at `pos`:
+    /// with what earlier generations learned, or else with costs measured on the first two
+    /// decode steps (emitted here), the second run as a block of two rows, and two small calls
+    /// before them. The token to run next and its position, or `None` once generation is over.
     async fn start_tuner(
         &mut self,
         last: u32,
         pos: usize,
         exit: Setting,
         depth: Setting,
-    ) -> Result<Option<u32>> {
+    ) -> Result<Option<(u32, usize)>> {
         let layers = self.engine.config().num_hidden_layers;
-        let t0 = now_ms();
         let (learned, measured) = match &self.options.learned {
             Some(learned) => (learned.clone(), None),
             None => {
-                let shapes = adaptive::calibrate(self.engine, last, pos).await?;
+                let t0 = now_ms();
+                let [bare_ms, one_ms] = adaptive::time_layer_one(self.engine, last, pos).await?;
                 let t1 = now_ms();
                 let token = self.step(&[last], pos, 0..layers).await?;
-                let step_ms = now_ms() - t1;
-                let costs = shapes.costs(step_ms, layers);
+                let t2 = now_ms();
+                if !self.emit(token, TokenKind::Bonus) {
+                    return Ok(None);
+                }
+                let next = self.block_step(token, pos + 1).await?;
+                let shapes = adaptive::Shapes {
+                    bare_ms,
+                    one_ms,
+                    step_ms: t2 - t1,
+                    block_ms: now_ms() - t2,
+                };
+                let costs = shapes.costs(layers);
                 let learned =
                     adaptive::Learned::new(layers, costs, self.options.one_submit_rounds());
-                (learned, Some((token, t1 - t0, step_ms)))
+                (learned, Some((shapes, t1 - t0, next)))
             }
         };
         let mut tuner = adaptive::Tuner::new(layers, exit, depth, learned);
@@ -570,13 +581,29 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
         tuner.cut_off = depth == Setting::Auto
             && self.options.draft_confidence.is_none()
             && self.options.sampling.is_some();
-        let token = measured.map(|(token, calibration_ms, step_ms)| {
-            tuner.stats.calibration_ms = calibration_ms;
-            tuner.account(step_ms, 1, false);
-            token
-        });
+        let Some((shapes, small_ms, next)) = measured else {
+            self.tuner = Some(tuner);
+            return Ok(Some((last, pos)));
+        };
+        tuner.stats.calibration_ms = small_ms + (shapes.block_ms - shapes.step_ms).max(0.0);
+        tuner.account(shapes.step_ms, 1, false);
+        tuner.account(shapes.block_ms, 1, false);
         self.tuner = Some(tuner);
-        Ok(token)
+        Ok(self.emit(next, TokenKind::Bonus).then_some((next, pos + 2)))
+    }
+
+    /// A plain step of `token` at `pos` run as a block of two rows, the second a copy whose KV
+    /// row the next step at `pos + 1` writes again before anything reads it: the first row's
+    /// token, and the time of the block calibration fits what extra rows cost from.
+    async fn block_step(&mut self, token: u32, pos: usize) -> Result<u32> {
+        let layers = self.engine.config().num_hidden_layers;
+        let tokens = [token; 2];
+        let call = Call::new(Input::Tokens(&tokens), pos, 0..layers)
+            .head(Head::All)
+            .logits(self.host_choice());
+        let out = self.run(&[call]).await?;
+        self.kv_valid = pos + 1;
+        Ok(self.choose(&out[0], 0, &[]).0)
     }
 
     /// Self-speculative decoding. The KV cache of layers 0..exit written while drafting is exactly
@@ -592,12 +619,9 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             return Ok(());
         }
         if self.options.strategy.adaptive() {
-            let measured = self.start_tuner(last, pos, exit, depth).await?;
-            if let Some(token) = measured {
-                if !self.emit(token, TokenKind::Bonus) {
-                    return Ok(());
-                }
-                (last, pos) = (token, pos + 1);
+            match self.start_tuner(last, pos, exit, depth).await? {
+                Some(next) => (last, pos) = next,
+                None => return Ok(()),
             }
         }
         loop {
