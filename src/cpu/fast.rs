@@ -621,8 +621,10 @@ mod tests {
     }
 
     /// Attention on the register kernels against the reference's, for both cache formats, with
-    /// grouped-query heads, a block of queries over earlier positions, and a head size that is
-    /// not a multiple of 8 (which falls back to the reference).
+    /// grouped-query heads, a block of queries over earlier positions (31 to 35 keys: whole and
+    /// partial groups of four and of eight), head sizes of one and two blocks of 64 values, one
+    /// with a vector left over, one under 64, and one that is not a multiple of 8 (which falls
+    /// back to the reference).
     #[test]
     fn attention_equals_the_reference() {
         use super::super::reference;
@@ -631,6 +633,8 @@ mod tests {
         for (dim, format) in [
             (64, KvFormat::F16),
             (64, KvFormat::F32),
+            (128, KvFormat::F16),
+            (72, KvFormat::F32),
             (24, KvFormat::F16),
             (20, KvFormat::F32),
         ] {

@@ -395,6 +395,19 @@ impl Lanes for &[f32] {
     }
 }
 
+/// Keys scored together: their sums are independent chains, so the FMAs overlap instead of each
+/// waiting on the one before, and one reduction adds up all four.
+const KEYS: usize = 4;
+/// Vectors of a head's values summed together over the keys (64 dimensions, a whole head of
+/// most Llamas): each in its own register, for the same reason.
+const VALUE_VECTORS: usize = 8;
+
+/// Attention of one head in three passes: scores four keys at a time, their exponentials eight
+/// at a time ([`exp`]), and the weighted values eight vectors at a time. Every output
+/// dimension sums its keys in key order whatever the head size, and a query's result depends
+/// only on its own keys, so a row gives the same bits in any block. One key, one `expf` and one
+/// vector at a time (each sum waiting on the FMA before it), SmolLM2 decoded 10% and prefilled
+/// 21% slower after a 780-token prompt, and 2% and 5% slower after a 130-token one.
 #[inline(always)]
 unsafe fn attend_with(
     q: &[f32],
@@ -405,10 +418,28 @@ unsafe fn attend_with(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = vec![0f32; keys];
-    let mut max = f32::NEG_INFINITY;
-    for (j, score) in scores.iter_mut().enumerate() {
+    let scale = _mm_set1_ps(1.0 / (hd as f32).sqrt());
+    // Padded to whole vectors with scores whose exponential is 0.
+    let mut scores = vec![f32::NEG_INFINITY; keys.next_multiple_of(8)];
+    let mut j = 0;
+    while j + KEYS <= keys {
+        let rows: [usize; KEYS] = std::array::from_fn(|i| at(j + i));
+        let mut sums = [_mm256_setzero_ps(); KEYS];
+        let mut c = 0;
+        while c < hd {
+            let qc = _mm256_loadu_ps(q.as_ptr().add(c));
+            for (sum, row) in sums.iter_mut().zip(rows) {
+                *sum = _mm256_fmadd_ps(qc, k.lanes(row + c), *sum);
+            }
+            c += 8;
+        }
+        _mm_storeu_ps(
+            scores.as_mut_ptr().add(j),
+            _mm_mul_ps(four_sums(sums), scale),
+        );
+        j += KEYS;
+    }
+    for (j, score) in scores.iter_mut().enumerate().take(keys).skip(j) {
         let row = at(j);
         let mut sum = _mm256_setzero_ps();
         let mut c = 0;
@@ -416,19 +447,40 @@ unsafe fn attend_with(
             sum = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(c)), k.lanes(row + c), sum);
             c += 8;
         }
-        *score = horizontal_sum(sum) * scale;
-        max = max.max(*score);
+        *score = horizontal_sum(sum) * _mm_cvtss_f32(scale);
     }
-    let mut total = 0.0;
-    for s in &mut scores {
-        *s = (*s - max).exp();
-        total += *s;
+    let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+    for chunk in scores.chunks_exact(8) {
+        max = _mm256_max_ps(max, _mm256_loadu_ps(chunk.as_ptr()));
     }
-    let norm = _mm256_set1_ps(1.0 / total);
+    let max = _mm256_set1_ps(horizontal_max(max));
+    let mut total = _mm256_setzero_ps();
+    for chunk in scores.chunks_exact_mut(8) {
+        let e = exp(_mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), max));
+        _mm256_storeu_ps(chunk.as_mut_ptr(), e);
+        total = _mm256_add_ps(total, e);
+    }
+    let norm = _mm256_set1_ps(1.0 / horizontal_sum(total));
+    let weights = &scores[..keys];
     let mut c = 0;
+    while c + 8 * VALUE_VECTORS <= hd {
+        let mut sums = [_mm256_setzero_ps(); VALUE_VECTORS];
+        for (j, &p) in weights.iter().enumerate() {
+            let (p, row) = (_mm256_set1_ps(p), at(j) + c);
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum = _mm256_fmadd_ps(p, v.lanes(row + 8 * i), *sum);
+            }
+        }
+        for (i, sum) in sums.into_iter().enumerate() {
+            let o = out.as_mut_ptr().add(c + 8 * i);
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(sum, norm, _mm256_loadu_ps(o)));
+        }
+        c += 8 * VALUE_VECTORS;
+    }
+    // What is left of a head whose size is not a multiple of 64, a vector at a time.
     while c < hd {
         let mut sum = _mm256_setzero_ps();
-        for (j, &p) in scores.iter().enumerate() {
+        for (j, &p) in weights.iter().enumerate() {
             sum = _mm256_fmadd_ps(_mm256_set1_ps(p), v.lanes(at(j) + c), sum);
         }
         let o = out.as_mut_ptr().add(c);
@@ -437,9 +489,86 @@ unsafe fn attend_with(
     }
 }
 
+/// e^x in each lane for x <= 0, within 3e-7 relative (0 below -87, where e^x is no longer a
+/// normal f32): x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts, so r keeps its low
+/// bits), e^r by its Taylor series to r^6 (the next term is under 1.2e-7 of it), and 2^n put in
+/// the exponent bits.
+#[inline(always)]
+unsafe fn exp(x: __m256) -> __m256 {
+    const LN2_HIGH: f32 = 0.693_359_4;
+    const LN2_LOW: f32 = -2.121_944_4e-4;
+    let normal = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(-87.0));
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HIGH), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LOW), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let two_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(two_n)), normal)
+}
+
+/// The sums of four vectors' lanes.
+#[inline(always)]
+unsafe fn four_sums([a, b, c, d]: [__m256; 4]) -> __m128 {
+    let abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    _mm_add_ps(
+        _mm256_castps256_ps128(abcd),
+        _mm256_extractf128_ps::<1>(abcd),
+    )
+}
+
 #[inline(always)]
 unsafe fn horizontal_sum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+#[inline(always)]
+unsafe fn horizontal_max(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector exponential against `f32::exp` from 0 down past where it flushes to 0: at
+    /// most 2.5e-7 relative (2 ulps) measured, 0 below -87.
+    #[test]
+    fn exp_is_within_its_bound_of_expf() {
+        if Isa::detect().is_none() {
+            return;
+        }
+        let mut worst = 0f32;
+        let xs: Vec<f32> = (0..=200_000)
+            .map(|i| -100.0 * i as f32 / 200_000.0)
+            .collect();
+        for x in xs.chunks_exact(8) {
+            let mut got = [0f32; 8];
+            // SAFETY: `Isa::detect` found AVX2, FMA and F16C.
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), exp(_mm256_loadu_ps(x.as_ptr()))) };
+            for (&x, got) in x.iter().zip(got) {
+                match x < -87.0 {
+                    true => assert_eq!(got, 0.0, "e^{x}"),
+                    false => {
+                        let want = x.exp();
+                        worst = worst.max((got - want).abs() / want);
+                    }
+                }
+            }
+        }
+        assert!(worst <= 3e-7, "{worst}");
+    }
 }
