@@ -320,7 +320,7 @@ fn smollm2_q4_1_matches_transformers_and_llama_cpp() {
             // f32: the same dequantized weights, summation order only (measured 5e-5). 8-bit:
             // two implementations of the rounding, where an activation a hair from a rounding
             // boundary takes the next code in one and not the other, and llama.cpp also rounds
-            // queries and attention weights to f16 (measured 0.27..0.53; llama.cpp's logits are
+            // queries and attention weights to f16 (measured 0.40..0.58; llama.cpp's logits are
             // 0.32..0.76 from transformers').
             let tolerance = match activations {
                 Activations::F32 => 1e-3,
@@ -331,8 +331,11 @@ fn smollm2_q4_1_matches_transformers_and_llama_cpp() {
             let n = p["greedy"]["max_new_tokens"].as_u64().unwrap() as usize;
             let got = greedy(&mut model, &input, n);
             let want = ids(&want["greedy"]["tokens"]);
-            // 8-bit: equal up to the first step where llama.cpp's two best logits are within
-            // 0.3 of each other, where two roundings may rightly choose differently.
+            // 8-bit: equal to llama.cpp's up to the first step where its two best logits are
+            // within 0.3 of each other, where two roundings may rightly choose differently. Before
+            // that, a token may differ only where llama.cpp's rounding took it off the f32
+            // model's (transformers') token and this one did not: then the text so far is the
+            // f32 model's and so is the token, and the texts part there.
             let agree = match activations {
                 Activations::F32 => n,
                 Activations::Q8 => f32s(&q["greedy"]["top2_margins"])
@@ -340,8 +343,16 @@ fn smollm2_q4_1_matches_transformers_and_llama_cpp() {
                     .position(|&m| m < 0.3)
                     .unwrap_or(n),
             };
-            println!("  greedy: {agree} of {n} tokens held equal");
-            assert_eq!(got[..agree], want[..agree], "{activations:?} {text:?}");
+            let exact = ids(&p["greedy"]["tokens"]);
+            let same = (0..agree).find(|&i| got[i] != want[i]).unwrap_or(agree);
+            println!("  greedy: {same} of {n} tokens equal, {agree} before the first close call");
+            if same < agree {
+                assert_eq!(
+                    got[..=same],
+                    exact[..=same],
+                    "{activations:?} {text:?}: token {same} is neither llama.cpp's nor the f32 model's"
+                );
+            }
         }
     }
 }
