@@ -345,7 +345,7 @@ pub unsafe fn dot_run(
 /// decoded. [`dot_run`] fills the rows' steps in a loop, not by `std::array::from_fn`: the
 /// closure was called, not inlined, and each row's steps it returned through memory were read
 /// back in one wide load before its narrower stores had landed, a stall per row (10% of
-/// SmolLM2's decode time was in `dot_run` itself; removing it decoded 9.6% faster).
+/// SmolLM2's decode time was in `dot_run` itself; without the stall it decoded 8-10% faster).
 #[inline(always)]
 unsafe fn row_steps<'a>(
     stored: bool,
@@ -363,9 +363,8 @@ unsafe fn row_steps<'a>(
 }
 
 /// One query head `q` over the first `keys` positions of kv head `kvh` of the caches (as
-/// `reference::attend`, which is its oracle), eight lanes at a time: scores by FMA over the
-/// head, the softmax in f32, and the weighted values summed eight dimensions at a time over the
-/// keys. Halves are widened by F16C.
+/// `reference::attend`, which is its oracle), in vector registers ([`attend_with`]). Halves are
+/// widened by F16C.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `q.len()` (the head size) must be a multiple of 8, equal
