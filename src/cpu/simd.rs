@@ -437,36 +437,21 @@ unsafe fn attend_with(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    let scale = _mm_set1_ps(1.0 / (hd as f32).sqrt());
+    let scale = 1.0 / (hd as f32).sqrt();
     // Padded to whole vectors with scores whose exponential is 0.
     let mut scores = vec![f32::NEG_INFINITY; keys.next_multiple_of(8)];
     let mut j = 0;
     while j + KEYS <= keys {
         let rows: [usize; KEYS] = std::array::from_fn(|i| at(j + i));
-        let mut sums = [_mm256_setzero_ps(); KEYS];
-        let mut c = 0;
-        while c < hd {
-            let qc = _mm256_loadu_ps(q.as_ptr().add(c));
-            for (sum, row) in sums.iter_mut().zip(rows) {
-                *sum = _mm256_fmadd_ps(qc, k.lanes(row + c), *sum);
-            }
-            c += 8;
-        }
         _mm_storeu_ps(
             scores.as_mut_ptr().add(j),
-            _mm_mul_ps(four_sums(sums), scale),
+            _mm_mul_ps(four_sums(dots(q, k, rows)), _mm_set1_ps(scale)),
         );
         j += KEYS;
     }
     for (j, score) in scores.iter_mut().enumerate().take(keys).skip(j) {
-        let row = at(j);
-        let mut sum = _mm256_setzero_ps();
-        let mut c = 0;
-        while c < hd {
-            sum = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(c)), k.lanes(row + c), sum);
-            c += 8;
-        }
-        *score = horizontal_sum(sum) * _mm_cvtss_f32(scale);
+        let [sum] = dots(q, k, [at(j)]);
+        *score = horizontal_sum(sum) * scale;
     }
     let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
     for chunk in scores.chunks_exact(8) {
@@ -483,28 +468,53 @@ unsafe fn attend_with(
     let weights = &scores[..keys];
     let mut c = 0;
     while c + 8 * VALUE_VECTORS <= hd {
-        let mut sums = [_mm256_setzero_ps(); VALUE_VECTORS];
-        for (j, &p) in weights.iter().enumerate() {
-            let (p, row) = (_mm256_set1_ps(p), at(j) + c);
-            for (i, sum) in sums.iter_mut().enumerate() {
-                *sum = _mm256_fmadd_ps(p, v.lanes(row + 8 * i), *sum);
-            }
-        }
-        for (i, sum) in sums.into_iter().enumerate() {
-            let o = out.as_mut_ptr().add(c + 8 * i);
-            _mm256_storeu_ps(o, _mm256_fmadd_ps(sum, norm, _mm256_loadu_ps(o)));
-        }
+        weigh::<VALUE_VECTORS>(weights, v, &at, c, norm, out);
         c += 8 * VALUE_VECTORS;
     }
     // What is left of a head whose size is not a multiple of 64, a vector at a time.
     while c < hd {
-        let mut sum = _mm256_setzero_ps();
-        for (j, &p) in weights.iter().enumerate() {
-            sum = _mm256_fmadd_ps(_mm256_set1_ps(p), v.lanes(at(j) + c), sum);
-        }
-        let o = out.as_mut_ptr().add(c);
-        _mm256_storeu_ps(o, _mm256_fmadd_ps(sum, norm, _mm256_loadu_ps(o)));
+        weigh::<1>(weights, v, &at, c, norm, out);
         c += 8;
+    }
+}
+
+/// The query `q` times each key row starting at `rows` (in `k`), as 8-lane partial sums: one
+/// FMA chain per key, the chains side by side.
+#[inline(always)]
+unsafe fn dots<const N: usize>(q: &[f32], k: impl Lanes + Copy, rows: [usize; N]) -> [__m256; N] {
+    let mut sums = [_mm256_setzero_ps(); N];
+    let mut c = 0;
+    while c < q.len() {
+        let qc = _mm256_loadu_ps(q.as_ptr().add(c));
+        for (sum, row) in sums.iter_mut().zip(rows) {
+            *sum = _mm256_fmadd_ps(qc, k.lanes(row + c), *sum);
+        }
+        c += 8;
+    }
+    sums
+}
+
+/// Output dimensions `c..c + 8 N`: the values of every key (rows at `at(j)`) weighed by
+/// `weights`, summed in key order, scaled by `norm` and added into `out`.
+#[inline(always)]
+unsafe fn weigh<const N: usize>(
+    weights: &[f32],
+    v: impl Lanes + Copy,
+    at: &impl Fn(usize) -> usize,
+    c: usize,
+    norm: __m256,
+    out: &mut [f32],
+) {
+    let mut sums = [_mm256_setzero_ps(); N];
+    for (j, &p) in weights.iter().enumerate() {
+        let (p, row) = (_mm256_set1_ps(p), at(j) + c);
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum = _mm256_fmadd_ps(p, v.lanes(row + 8 * i), *sum);
+        }
+    }
+    for (i, sum) in sums.into_iter().enumerate() {
+        let o = out.as_mut_ptr().add(c + 8 * i);
+        _mm256_storeu_ps(o, _mm256_fmadd_ps(sum, norm, _mm256_loadu_ps(o)));
     }
 }
 
