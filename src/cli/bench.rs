@@ -377,6 +377,8 @@ struct Row {
     prefill_tokens_per_second_median: f64,
     decode_tokens_per_second_median: f64,
     speedup: f64,
+    /// The speedup's 95% confidence interval (see [`Paired`]).
+    speedup_interval: Option<[f64; 2]>,
     acceptance_rate: Option<f64>,
     dispatches_per_token: f64,
     submits_per_token: f64,
@@ -395,8 +397,54 @@ struct Row {
 /// by prompt and repetition. The two runs of a pair are seconds apart, so a change in the
 /// machine's speed over the bench (5-10% on a shared host) cancels in each ratio, which it does
 /// not in a ratio of medians.
-pub fn paired(runs: &[f64], base: &[f64]) -> f64 {
-    median(runs.iter().zip(base).map(|(&r, &b)| ratio(r, b)).collect())
+pub fn paired(runs: &[f64], base: &[f64]) -> Paired {
+    let mut ratios: Vec<f64> = runs.iter().zip(base).map(|(&r, &b)| ratio(r, b)).collect();
+    ratios.sort_by(f64::total_cmp);
+    Paired {
+        median: median(ratios.clone()),
+        interval: median_interval(&ratios),
+    }
+}
+
+/// A run-for-run ratio ([`paired`]) and how far it can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Paired {
+    pub median: f64,
+    /// The 95% confidence interval of the median ratio ([`median_interval`]): on a host whose
+    /// speed varies from run to run it says which differences the bench can tell apart (a
+    /// ratio of 0.98 whose interval is 0.95-1.03 does not show that anything was slower).
+    pub interval: Option<[f64; 2]>,
+}
+
+impl Paired {
+    /// `1.23x` and, when there is one, the interval: `1.23x (1.10-1.31)`.
+    pub fn text(&self) -> String {
+        match self.interval {
+            Some([low, high]) => format!("{:.2}x ({low:.2}-{high:.2})", self.median),
+            None => format!("{:.2}x", self.median),
+        }
+    }
+}
+
+/// The distribution-free 95% confidence interval of the median of `sorted` (increasing): its
+/// k-th smallest and k-th largest values, k the largest for which a fair coin's n tosses give
+/// fewer than k heads with probability at most 2.5%, so the true median lies outside with
+/// probability at most 5% whatever the ratios' distribution. `None` for fewer than 6 values,
+/// where even the smallest to the largest is not a 95% interval.
+fn median_interval(sorted: &[f64]) -> Option<[f64; 2]> {
+    let n = sorted.len();
+    // P(heads <= j), from ln P(heads = j) so that no term underflows before it is negligible.
+    let (mut ln_p, mut below) = (-(n as f64) * std::f64::consts::LN_2, 0.0);
+    let mut k = 0;
+    for j in 0..n / 2 {
+        below += ln_p.exp();
+        if below > 0.025 {
+            break;
+        }
+        k = j + 1;
+        ln_p += ((n - j) as f64 / (j + 1) as f64).ln();
+    }
+    (k > 0).then(|| [sorted[k - 1], sorted[n - k]])
 }
 
 /// tokens/s relative to a baseline; 0 when the baseline measured nothing.
@@ -493,12 +541,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .zip(runs)
         .map(|(name, mut r)| {
             let tps = median(r.tokens_per_second.clone());
+            let speedup = paired(&r.tokens_per_second, &base);
             Row {
                 strategy: name.clone(),
                 tokens_per_second_median: tps,
                 prefill_tokens_per_second_median: median(r.prefill_tokens_per_second.clone()),
                 decode_tokens_per_second_median: median(r.decode_tokens_per_second.clone()),
-                speedup: paired(&r.tokens_per_second, &base),
+                speedup: speedup.median,
+                speedup_interval: speedup.interval,
                 acceptance_rate: (r.drafted > 0).then(|| r.acceptance()),
                 dispatches_per_token: r.per_token(r.dispatches),
                 submits_per_token: r.per_token(r.submits),
@@ -534,10 +584,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.prompts.repetitions
     );
     println!(
-        "{:<44} {:>10} {:>8} {:>10} {:>10} {:>11} {:>13} {:>10} {:>10}",
+        "{:<44} {:>10} {:>8} {:>11} {:>10} {:>10} {:>11} {:>13} {:>10} {:>10}",
         "strategy",
         "tokens/s",
         "speedup",
+        "95% CI",
         "prefill/s",
         "decode/s",
         "acceptance",
@@ -558,10 +609,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             d => format!("{d:.1}"),
         };
         println!(
-            "{:<44} {:>10.1} {:>7.2}x {:>10.1} {:>10.1} {:>11} {:>13} {:>10.2} {:>10}",
+            "{:<44} {:>10.1} {:>7.2}x {:>11} {:>10.1} {:>10.1} {:>11} {:>13} {:>10.2} {:>10}",
             row.strategy,
             row.tokens_per_second_median,
             row.speedup,
+            row.speedup_interval
+                .map_or("-".into(), |[low, high]| format!("{low:.2}-{high:.2}")),
             row.prefill_tokens_per_second_median,
             row.decode_tokens_per_second_median,
             acceptance,
@@ -623,8 +676,8 @@ fn print_peers(args: &BenchArgs, model: &Model, ours: &Row, peers: &serde_json::
         peer_threads(args)
     );
     println!(
-        "{:<28} {:>14} {:>14} {:>22}",
-        "runtime", "prefill tok/s", "decode tok/s", "layerskip / peer"
+        "{:<28} {:>14} {:>14}   layerskip / peer: prefill, decode (95% CI)",
+        "runtime", "prefill tok/s", "decode tok/s"
     );
     println!(
         "{:<28} {:>14.1} {:>14.1}",
@@ -634,17 +687,24 @@ fn print_peers(args: &BenchArgs, model: &Model, ours: &Row, peers: &serde_json::
     );
     for (name, peer) in peers.as_object().into_iter().flatten() {
         let rate = |key: &str| peer.get(key).and_then(serde_json::Value::as_f64);
-        match [
-            "prefill_tokens_per_second",
-            "decode_tokens_per_second",
-            "prefill_speedup",
-            "decode_speedup",
-        ]
-        .map(rate)
-        {
-            [Some(prefill), Some(decode), Some(prefill_speedup), Some(decode_speedup)] => println!(
-                "{:<28} {prefill:>14.1} {decode:>14.1} {prefill_speedup:>10.2}x {decode_speedup:>10.2}x",
+        let speedup = |key: &str| {
+            Some(Paired {
+                median: rate(key)?,
+                interval: serde_json::from_value(peer.get(format!("{key}_interval"))?.clone())
+                    .ok()?,
+            })
+        };
+        match (
+            rate("prefill_tokens_per_second"),
+            rate("decode_tokens_per_second"),
+            speedup("prefill_speedup"),
+            speedup("decode_speedup"),
+        ) {
+            (Some(prefill), Some(decode), Some(prefill_speedup), Some(decode_speedup)) => println!(
+                "{:<28} {prefill:>14.1} {decode:>14.1}   {} {}",
                 format!("{name} {}", peer["version"].as_str().unwrap_or("")),
+                prefill_speedup.text(),
+                decode_speedup.text(),
             ),
             _ => println!("{name:<28} {peer}"),
         }
@@ -908,9 +968,30 @@ mod tests {
     fn paired_ratios_cancel_a_slower_machine() {
         let base = [100.0, 100.0, 50.0];
         let runs = [99.0, 49.5, 49.5];
-        assert_eq!(paired(&runs, &base), 0.99);
+        assert_eq!(paired(&runs, &base).median, 0.99);
         assert_eq!(median(runs.to_vec()) / median(base.to_vec()), 0.495);
-        assert_eq!(paired(&[1.0], &[0.0]), 0.0);
+        assert_eq!(paired(&[1.0], &[0.0]).median, 0.0);
+    }
+
+    /// The median's 95% interval from order statistics: with 40 values the 14th smallest and
+    /// largest (a fair coin gives at most 13 heads in 40 tosses with probability 1.9%, at most
+    /// 14 with 4.0%), with 6 to 8 the extremes (1/64 to 1/256 each side), with 5 none (1/32 is
+    /// more than 2.5%); thousands of values do not underflow.
+    #[test]
+    fn median_intervals_come_from_the_binomial_tails() {
+        let values = |n: usize| (1..=n).map(|v| v as f64).collect::<Vec<_>>();
+        assert_eq!(median_interval(&values(40)), Some([14.0, 27.0]));
+        assert_eq!(median_interval(&values(8)), Some([1.0, 8.0]));
+        assert_eq!(median_interval(&values(6)), Some([1.0, 6.0]));
+        assert_eq!(median_interval(&values(5)), None);
+        assert_eq!(median_interval(&[]), None);
+        // Normal approximation for n = 5000: 2500 - 1.96 x sqrt(5000) / 2 = 2430.7.
+        let [low, high] = median_interval(&values(5000)).unwrap();
+        assert!((2428.0..=2432.0).contains(&low), "{low}");
+        assert_eq!(high, 5001.0 - low);
+        let p = paired(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[1.0; 6]);
+        assert_eq!(p.interval, Some([1.0, 6.0]));
+        assert_eq!(p.text(), "3.50x (1.00-6.00)");
     }
 
     /// Every sequence runs every configuration once, and over six sequences of three each one

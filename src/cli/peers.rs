@@ -95,13 +95,23 @@ impl Peers {
             };
             let (peer_prefill, peer_decode) = (column(0), column(1));
             if let Some(Value::Object(info)) = out.get_mut(name) {
+                let (prefill, decode) =
+                    (paired(prefill, &peer_prefill), paired(decode, &peer_decode));
                 for (key, value) in [
-                    ("prefill_tokens_per_second", median(peer_prefill.clone())),
-                    ("decode_tokens_per_second", median(peer_decode.clone())),
-                    ("prefill_speedup", paired(prefill, &peer_prefill)),
-                    ("decode_speedup", paired(decode, &peer_decode)),
+                    (
+                        "prefill_tokens_per_second",
+                        json!(median(peer_prefill.clone())),
+                    ),
+                    (
+                        "decode_tokens_per_second",
+                        json!(median(peer_decode.clone())),
+                    ),
+                    ("prefill_speedup", json!(prefill.median)),
+                    ("prefill_speedup_interval", json!(prefill.interval)),
+                    ("decode_speedup", json!(decode.median)),
+                    ("decode_speedup_interval", json!(decode.interval)),
                 ] {
-                    info.insert(key.into(), value.into());
+                    info.insert(key.into(), value);
                 }
             }
         }
