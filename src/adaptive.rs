@@ -2,9 +2,10 @@
 //!
 //! Parts, each testable on its own:
 //! - [`Costs`]: what one decoder layer, the exit head, one submission and the extra rows of a
-//!   block cost on the running device, measured once per model from the first two decode steps
-//!   (the second run as a block of two rows) and two small calls before them ([`time_layer_one`],
-//!   [`Shapes`]); [`Timing`] then fits each exit layer's round times as they are measured.
+//!   block cost on the running device, measured once per model from two decode steps (the
+//!   second run as a block of two rows) and two small calls before them ([`time_layer_one`],
+//!   [`Shapes`]), at the first decode step or after [`STEPS_BEFORE_CALIBRATION`] plain ones;
+//!   [`Timing`] then fits each exit layer's round times as they are measured.
 //! - [`Acceptance`]: per exit layer and draft position, how often the exit head's argmax there
 //!   agrees with the full model's token. Every round observes its own exit layer for free (its
 //!   drafts against the verification's picks); every [`PROBE_EVERY`] rounds, shadow picks (the
@@ -15,6 +16,9 @@
 //! - [`choose`]: the (E, d) with the most expected tokens per millisecond. A round of d drafts
 //!   yields 1 + a0 + a0 a1 + ... tokens (the accepted prefix plus the verifier's own token), a_i
 //!   the acceptance at position i; d = 0 is a plain full-model step.
+//! - [`Tuner`]: plans every round with [`choose`], holding speculation that has not paid on this
+//!   model to a budget per generation, so that on a model not trained for early exit auto costs
+//!   at most 0.5% of a generation's decode time (1.5% in the first).
 //!
 //! Any choice is lossless: each round is an ordinary self-speculative round whose E and d depend
 //! only on earlier rounds.
@@ -108,13 +112,23 @@ pub const MAX_AUTO_DEPTH: usize = 12;
 /// Weight of each older observation relative to the next one (an effective memory of about 33
 /// observations per layer), so the estimates follow the text as it changes.
 const FORGET: f64 = 0.97;
-/// The share of the time speculation may lose against plain steps: while rounds and probes have
-/// cost more than this share of all the time beyond what plain steps would have taken, every
-/// step is a plain one and nothing is probed. Where speculation pays (a model trained for early
-/// exit) the loss is negative and nothing is held back; where it never pays, exploring costs at
-/// most about this much (with 1%, auto measured 0.98x of autoregressive decoding on SmolLM2,
-/// which is not trained for early exit).
+/// The share of each generation's decode time that speculation not known to pay may lose against
+/// plain steps. A round (or probe) is tried only if, even when every draft is rejected, this
+/// generation's losses stay within this share of its decode time so far; on a model where
+/// speculation has paid (see [`Tuner::trusted`]) nothing is held back. With 0.5% of all the
+/// time (not per generation), auto measured a median 0.99x of autoregressive on SmolLM2, which
+/// is not trained for early exit.
 const EXPLORE_BUDGET: f64 = 0.005;
+/// The share of its decode time that a model's first adaptive generation, the one that measures
+/// the costs, may lose to them and to its first rounds.
+const START_BUDGET: f64 = 0.015;
+/// Plain steps a model's first adaptive generation takes before measuring costs, unless the
+/// depth is fixed or the checkpoint says it was trained for early exit. Measuring takes about
+/// 1.5 steps (0.8 on SmolLM2-135M's CPU backend: the layer-1 calls and the block's second row;
+/// more where a submit costs more than the layers it runs), so it fits in the first
+/// generation's budget of 1.5% of the time, and a short first generation on a model not
+/// trained for early exit loses nothing.
+pub const STEPS_BEFORE_CALIBRATION: usize = 100;
 /// Prior agreement count and weight: an unobserved layer counts as agreeing half the time.
 const PRIOR_AGREE: f64 = 0.5;
 const PRIOR_SEEN: f64 = 1.0;
@@ -200,12 +214,12 @@ impl Shapes {
 /// adaptive generation: on SmolLM2-135M about 6 ms, less than a step, where timing the block on
 /// its own took 13 ms. The steps are real decode steps, the caches are warm from the prefill,
 /// each small shape takes the fastest of two runs, and [`Timing`] corrects what they get wrong
-/// from the rounds that follow. The block the decoder runs at `pos + 1` needs room for
-/// `pos + 2`, checked here.
+/// from the rounds that follow. The caller leaves room for the block at `pos + 1`.
 pub async fn time_layer_one<E: Engine>(engine: &mut E, token: u32, pos: usize) -> Result<[f64; 2]> {
-    if engine.max_rows() < 2 || engine.max_context() < pos + 3 {
+    if engine.max_rows() < 2 {
         return Err(Error::Invalid(
-            "no room to measure costs for adaptive speculation".into(),
+            "no room to measure costs for adaptive speculation: the engine runs one row at a time"
+                .into(),
         ));
     }
     let one = [token];
@@ -535,9 +549,8 @@ pub struct Learned {
     pub timing: Timing,
     pub acceptance: Acceptance,
     pub confidence: Confidence,
-    /// All the time rounds and plain steps took, and how much of it rounds and probes took
-    /// beyond what plain steps would have (negative where speculation paid), in ms.
-    pub elapsed_ms: f64,
+    /// How much longer than plain steps rounds and probes took over all generations, in ms:
+    /// negative where speculation paid.
     pub excess_ms: f64,
 }
 
@@ -549,7 +562,6 @@ impl Learned {
             timing: Timing::new(layers, &costs, chained),
             acceptance: Acceptance::new(layers),
             confidence: Confidence::new(layers),
-            elapsed_ms: 0.0,
             excess_ms: 0.0,
         }
     }
@@ -563,6 +575,8 @@ pub struct Tuner {
     exits: Vec<usize>,
     /// The depth the user fixed, if any.
     depth: Option<usize>,
+    /// The checkpoint says it was trained for early exit.
+    trained: bool,
     /// What it knows, carried over from earlier generations and handed on at the end.
     pub learned: Learned,
     /// Rounds draft one submit at a time and stop by confidence (see [`worth_drafting`]).
@@ -570,12 +584,36 @@ pub struct Tuner {
     rounds: usize,
     /// Expected tokens per millisecond of the last plan.
     rate: f64,
+    /// This generation's decode time, and how much longer than plain steps its rounds, probes
+    /// and calibration took (negative where speculation paid), in ms.
+    elapsed_ms: f64,
+    excess_ms: f64,
+    /// The share of `elapsed_ms` that unproven speculation may lose: [`START_BUDGET`] in the
+    /// generation that measured the costs, else [`EXPLORE_BUDGET`].
+    budget: f64,
+    /// The least any round can lose against a plain step (one draft, rejected, from the cheapest
+    /// exit layer), by the measured costs: while even that does not fit the budget, planning
+    /// skips the chooser.
+    least_loss_ms: f64,
     pub stats: AdaptiveStats,
 }
 
 impl Tuner {
-    pub fn new(layers: usize, exit: Setting, depth: Setting, learned: Learned) -> Self {
+    /// `calibrated`: the costs in `learned` were measured in this generation (it may risk 1.5%
+    /// of its time); `trained`: the checkpoint says it was trained for early exit.
+    pub fn new(
+        layers: usize,
+        exit: Setting,
+        depth: Setting,
+        learned: Learned,
+        calibrated: bool,
+        trained: bool,
+    ) -> Self {
         let costs = learned.costs;
+        let least_loss_ms = (1..layers)
+            .map(|e| costs.round_ms(layers, e, 1, true) - costs.step_ms(layers))
+            .fold(f64::INFINITY, f64::min)
+            .max(0.0);
         Tuner {
             layers,
             exits: match exit {
@@ -583,10 +621,19 @@ impl Tuner {
                 Setting::Fixed(e) => vec![e],
             },
             depth: depth.fixed(),
+            trained,
             learned,
             cut_off: false,
             rounds: 0,
             rate: 0.0,
+            elapsed_ms: 0.0,
+            excess_ms: 0.0,
+            budget: if calibrated {
+                START_BUDGET
+            } else {
+                EXPLORE_BUDGET
+            },
+            least_loss_ms,
             stats: AdaptiveStats {
                 costs: Some(costs),
                 ..AdaptiveStats::default()
@@ -594,36 +641,64 @@ impl Tuner {
         }
     }
 
-    /// Whether speculation has lost more than [`EXPLORE_BUDGET`] of the time to plain steps
-    /// (then an automatic depth takes plain steps and nothing is probed).
-    fn over_budget(&self) -> bool {
-        let l = &self.learned;
-        self.depth.is_none() && l.excess_ms > EXPLORE_BUDGET * l.elapsed_ms
+    /// Whether speculation may be tried without a budget: the depth is the user's, the
+    /// checkpoint says it was trained for early exit, or speculation has paid on this model so
+    /// far (its rounds over all generations took less time than plain steps would have).
+    fn trusted(&self) -> bool {
+        self.depth.is_some() || self.trained || self.learned.excess_ms < 0.0
+    }
+
+    /// Whether this generation may risk losing `ms` more to speculation: when trusted, or when
+    /// its losses with `ms` stay within its budget share of its decode time so far.
+    fn may_risk(&self, ms: f64) -> bool {
+        self.trusted() || self.excess_ms + ms <= self.budget * self.elapsed_ms
+    }
+
+    /// What a round of `plan` loses against a plain step if every draft is rejected.
+    fn worst_loss(&self, plan: &Plan) -> f64 {
+        let t = &self.learned.timing;
+        (t.ms(plan.exit, plan.depth) - t.ms(plan.exit, 0)).max(0.0)
     }
 
     /// Accounts a step that took `ms` and produced `tokens` tokens: a plain step (`round`
     /// false), or a round or probe, whose excess over plain steps is counted.
     pub fn account(&mut self, ms: f64, tokens: usize, round: bool) {
-        self.learned.elapsed_ms += ms;
+        self.elapsed_ms += ms;
         if round {
             let plain = self.learned.timing.ms(self.exits[0], 0);
-            self.learned.excess_ms += ms - tokens as f64 * plain;
+            let excess = ms - tokens as f64 * plain;
+            self.excess_ms += excess;
+            self.learned.excess_ms += excess;
         }
     }
 
-    /// The next round's exit layer and depth, at most `cap` drafts.
+    /// Accounts what measuring the costs took beyond the plain steps it produced.
+    pub fn calibrated(&mut self, ms: f64) {
+        self.stats.calibration_ms = ms;
+        self.excess_ms += ms;
+    }
+
+    /// The next round's exit layer and depth, at most `cap` drafts: the chooser's best, or a
+    /// plain step where the round could lose more than the budget has left.
     pub fn plan(&mut self, cap: usize) -> Plan {
         let depths = match self.depth {
             Some(d) => d.min(cap)..=d.min(cap),
-            None if self.over_budget() => 0..=0,
+            None if !self.may_risk(self.least_loss_ms) => 0..=0,
             None => 0..=MAX_AUTO_DEPTH.min(cap),
         };
-        let plan = choose(
+        let mut plan = choose(
             |e| self.learned.acceptance.chain(e),
             |e, d| self.learned.timing.ms(e, d),
             &self.exits,
             depths,
         );
+        if plan.depth > 0 && !self.may_risk(self.worst_loss(&plan)) {
+            plan = Plan {
+                depth: 0,
+                rate: 1.0 / self.learned.timing.ms(plan.exit, 0),
+                ..plan
+            };
+        }
         self.rounds += 1;
         self.learned.acceptance.fade();
         self.rate = plan.rate;
@@ -634,12 +709,19 @@ impl Tuner {
         plan
     }
 
-    /// Shadow exit layers for a probe round, every [`PROBE_EVERY`] rounds (the first included);
-    /// `None` for other rounds. A plain step probes its own exit layer too (in place of the
-    /// farthest neighbour), so speculation can resume; a round's probe also looks one position
-    /// past its drafts.
-    pub fn probe(&mut self, exit: usize, plain: bool) -> Option<Vec<usize>> {
-        if !(self.rounds - 1).is_multiple_of(PROBE_EVERY) || self.over_budget() {
+    /// Shadow exit layers for a probe of `plan`'s round, every [`PROBE_EVERY`] rounds (the
+    /// first included) where the budget covers the shadow heads; `None` for other rounds. A
+    /// plain step probes its own exit layer too (in place of the farthest neighbour), so
+    /// speculation can resume; a round's probe also looks one position past its drafts.
+    pub fn probe(&mut self, plan: &Plan) -> Option<Vec<usize>> {
+        let (exit, plain) = (plan.exit, plan.depth == 0);
+        let rows = plan.depth + 1;
+        let heads = self.learned.costs.head_ms * MAX_SHADOW as f64 * rows as f64;
+        let risk = match plain {
+            true => heads,
+            false => heads + self.worst_loss(plan),
+        };
+        if !(self.rounds - 1).is_multiple_of(PROBE_EVERY) || !self.may_risk(risk) {
             return None;
         }
         let mut layers = probe_layers(&self.exits, exit);
@@ -707,9 +789,11 @@ pub struct AdaptiveStats {
     /// The measured costs, and the time measuring them added to the generation (0 when the
     /// model already had them): the two small calls and what the block's second row took beyond
     /// a plain step. Costs and estimates carry over from the model's earlier adaptive
-    /// generations.
+    /// generations. `None` while the first generation takes its first plain steps ([`STEPS_BEFORE_CALIBRATION`]), which
+    /// `steps_before_calibration` counts.
     pub costs: Option<Costs>,
     pub calibration_ms: f64,
+    pub steps_before_calibration: usize,
     /// Rounds that carried shadow probes, the head rows they added, and what those rows cost
     /// by the measured head cost.
     pub probes: usize,
@@ -804,58 +888,96 @@ mod tests {
         assert!((expected_tokens(a, 3) - 2.575).abs() < 1e-12);
     }
 
-    /// Speculation that loses time is held to the exploration budget: after a round that cost
-    /// more than plain steps would have, automatic plans are plain steps and nothing is probed,
-    /// until plain steps have diluted the loss below the budget; a fixed depth is never held
-    /// back, and a round that pays opens the budget at once.
+    /// Speculation not known to pay risks at most its budget, per generation: a round is tried
+    /// only if losing it whole (one token for the round's time) keeps the generation's losses
+    /// within 0.5% of its decode time so far (1.5% in the generation that measured the costs,
+    /// calibration counted), and a probe only if its shadow heads fit too; a later generation
+    /// starts again from nothing. A fixed depth, a checkpoint trained for early exit and a
+    /// model where speculation paid are not held back.
     #[test]
-    fn losing_speculation_is_held_to_the_budget() {
+    fn unproven_speculation_is_held_to_the_budget() {
         let costs = Costs {
             submit_ms: 0.1,
             layer_ms: 1.0,
             head_ms: 1.0,
             row_fraction: 0.1,
         };
-        let fresh = || {
+        let tuner = |learned, calibrated, trained| {
             Tuner::new(
                 8,
                 Setting::Auto,
                 Setting::Auto,
-                Learned::new(8, costs, true),
+                learned,
+                calibrated,
+                trained,
             )
         };
-        let mut t = fresh();
-        assert!(t.plan(12).depth > 0, "untried layers look worth drafting");
-        // One token in 20 ms where a plain step takes 9.1 ms.
-        t.account(20.0, 1, true);
-        for _ in 0..220 {
-            let plan = t.plan(12);
-            assert_eq!(plan.depth, 0);
-            assert!(t.probe(plan.exit, true).is_none());
-            t.account(9.1, 1, false);
-        }
-        // 10.9 ms lost within 0.5% of the time: after about 237 plain steps.
-        for _ in 0..30 {
-            t.account(9.1, 1, false);
-        }
-        assert!(t.plan(12).depth > 0, "explores again");
-
-        let mut fixed = Tuner::new(
-            8,
-            Setting::Auto,
-            Setting::Fixed(3),
-            Learned::new(8, costs, true),
-        );
-        fixed.account(20.0, 1, true);
-        assert_eq!(fixed.plan(12).depth, 3);
-
-        let mut paid = fresh();
-        paid.account(20.0, 1, true);
-        paid.account(12.0, 4, true);
+        let fresh = || Learned::new(8, costs, true);
+        // A plain step takes 0.1 + 8 + 1 = 9.1 ms. With every layer at the prior's 50%, the
+        // best round is one draft from layer 1: 0.1 + (1 + 1) + 1 + (7 + 1) x 1.1 = 11.9 ms,
+        // 2.8 ms lost if the draft is rejected.
+        let mut t = tuner(fresh(), false, false);
+        assert_eq!(t.plan(12).depth, 0, "nothing decoded: nothing to risk");
+        let plain = Plan {
+            exit: 1,
+            depth: 0,
+            rate: 0.0,
+        };
         assert!(
-            paid.plan(12).depth > 0,
-            "4 tokens in 12 ms beat plain steps"
+            t.probe(&plain).is_none(),
+            "two shadow heads do not fit either"
         );
+        // 2.8 ms fits in 0.5% of 62 steps (564.2 ms), not of 61 (555.1 ms).
+        for _ in 0..61 {
+            t.account(9.1, 1, false);
+        }
+        assert_eq!(t.plan(12).depth, 0);
+        t.account(9.1, 1, false);
+        let round = t.plan(12);
+        assert_eq!((round.exit, round.depth), (1, 1));
+        // The draft was rejected, and the round took 20 ms: 10.9 ms lost, so the next round
+        // waits until 0.5% of the decode time covers 10.9 + 2.8 ms.
+        t.account(20.0, 1, true);
+        let elapsed = 62.0 * 9.1 + 20.0;
+        let steps = ((13.7 / EXPLORE_BUDGET - elapsed) / 9.1).ceil() as usize;
+        for _ in 0..steps - 1 {
+            t.account(9.1, 1, false);
+        }
+        assert_eq!(t.plan(12).depth, 0);
+        t.account(9.1, 1, false);
+        assert_eq!(t.plan(12).depth, 1);
+        // The next generation knows speculation lost, and starts from nothing.
+        let (_, learned) = t.finish();
+        assert!(learned.excess_ms > 0.0);
+        let mut next = tuner(learned, false, false);
+        assert_eq!(next.plan(12).depth, 0);
+
+        // The generation that measured the costs may risk 1.5%, its calibration counted: 9.1 +
+        // 2.8 ms within 1.5% of 793 ms, 88 steps.
+        let mut first = tuner(fresh(), true, false);
+        first.calibrated(9.1);
+        for _ in 0..87 {
+            first.account(9.1, 1, false);
+        }
+        assert_eq!(first.plan(12).depth, 0);
+        first.account(9.1, 1, false);
+        assert_eq!(first.plan(12).depth, 1);
+
+        for mut trusted in [
+            tuner(fresh(), false, true),
+            Tuner::new(8, Setting::Auto, Setting::Fixed(3), fresh(), false, false),
+            tuner(
+                Learned {
+                    excess_ms: -1.0,
+                    ..fresh()
+                },
+                false,
+                false,
+            ),
+        ] {
+            assert!(trusted.plan(12).depth > 0);
+            assert!(trusted.probe(&plain).is_some());
+        }
     }
 
     /// `acceptance(exit, position)` as the chains `choose` reads.
@@ -1037,14 +1159,22 @@ mod tests {
         // A plain step probes its own exit layer too, wherever it sits among the candidates.
         let costs = costs();
         for exit in [1, 4, 7] {
+            // A checkpoint trained for early exit: probes are not held to a budget.
             let mut t = Tuner::new(
                 8,
                 Setting::Auto,
                 Setting::Auto,
                 Learned::new(8, costs, true),
+                false,
+                true,
             );
             t.rounds = 1;
-            let layers = t.probe(exit, true).unwrap();
+            let plain = Plan {
+                exit,
+                depth: 0,
+                rate: 0.0,
+            };
+            let layers = t.probe(&plain).unwrap();
             assert!(
                 layers.contains(&exit) && layers.len() <= MAX_SHADOW,
                 "{exit}: {layers:?}"

@@ -148,6 +148,10 @@ pub struct GenerateOptions {
     /// What earlier adaptive generations on this engine learned (costs are measured again if
     /// `None`; [`crate::Model`] keeps it).
     pub learned: Option<adaptive::Learned>,
+    /// The checkpoint says it was trained for early exit (generation_config.json's
+    /// `assistant_early_exit`; [`crate::Model`] sets it): automatic speculation starts at the
+    /// first decode step and is not held to a budget. Otherwise it earns that by paying.
+    pub trained_for_early_exit: bool,
     /// Draft with the full exit head even when the model has a draft vocabulary (benchmarks
     /// compare the two in one process).
     pub full_vocab_drafts: bool,
@@ -179,6 +183,7 @@ impl GenerateOptions {
             sampling: None,
             draft_confidence: None,
             learned: None,
+            trained_for_early_exit: false,
             full_vocab_drafts: false,
             cached_prefix: 0,
             reuse_prefix: false,
@@ -269,6 +274,8 @@ struct Decoder<'a, E, F> {
     done: bool,
     /// Chooses exit layer and depth per round when either is `auto`.
     tuner: Option<adaptive::Tuner>,
+    /// Plain steps taken before adaptive speculation measured its costs.
+    steps_before_calibration: usize,
     /// Leading positions whose KV entries are written in every layer.
     kv_valid: usize,
     /// What the repetition controls count, when there are any.
@@ -539,57 +546,80 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
     }
 
     /// Sets up adaptive speculation after the prefill emitted `last`, the token to run at `pos`:
-    /// with what earlier generations learned, or else with costs measured on the first two
-    /// decode steps (emitted here), the second run as a block of two rows, and two small calls
-    /// before them. The token to run next and its position, or `None` once generation is over.
+    /// with what earlier generations learned, or else with costs measured on two decode steps
+    /// (emitted here), the second run as a block of two rows, and two small calls before them.
+    /// Plain steps come first: [`adaptive::STEPS_BEFORE_CALIBRATION`] of them for an automatic
+    /// depth on a model not known to be trained for early exit, and any while the context has
+    /// no room for the block. The token to run next and its position, or `None` once generation
+    /// is over.
     async fn start_tuner(
         &mut self,
-        last: u32,
-        pos: usize,
+        mut last: u32,
+        mut pos: usize,
         exit: Setting,
         depth: Setting,
     ) -> Result<Option<(u32, usize)>> {
         let layers = self.engine.config().num_hidden_layers;
-        let (learned, measured) = match &self.options.learned {
-            Some(learned) => (learned.clone(), None),
-            None => {
-                let t0 = now_ms();
-                let [bare_ms, one_ms] = adaptive::time_layer_one(self.engine, last, pos).await?;
-                let t1 = now_ms();
-                let token = self.step(&[last], pos, 0..layers).await?;
-                let t2 = now_ms();
-                if !self.emit(token, TokenKind::Bonus) {
-                    return Ok(None);
-                }
-                let next = self.block_step(token, pos + 1).await?;
-                let shapes = adaptive::Shapes {
-                    bare_ms,
-                    one_ms,
-                    step_ms: t2 - t1,
-                    block_ms: now_ms() - t2,
-                };
-                let costs = shapes.costs(layers);
-                let learned =
-                    adaptive::Learned::new(layers, costs, self.options.one_submit_rounds());
-                (learned, Some((shapes, t1 - t0, next)))
+        let trained = self.options.trained_for_early_exit;
+        if let Some(learned) = &self.options.learned {
+            let tuner = adaptive::Tuner::new(layers, exit, depth, learned.clone(), false, trained);
+            self.tuner = Some(self.cut_off(tuner, depth));
+            return Ok(Some((last, pos)));
+        }
+        let wait = depth == Setting::Auto && !trained;
+        let (mut waited_ms, mut waited) = (0.0, 0);
+        // The block at pos + 1 writes pos + 2.
+        while (wait && waited < adaptive::STEPS_BEFORE_CALIBRATION)
+            || pos + 3 > self.engine.max_context()
+        {
+            let t0 = now_ms();
+            let token = self.step(&[last], pos, 0..layers).await?;
+            waited_ms += now_ms() - t0;
+            waited += 1;
+            self.steps_before_calibration = waited;
+            if !self.emit(token, TokenKind::Bonus) {
+                return Ok(None);
             }
+            (last, pos) = (token, pos + 1);
+        }
+        let t0 = now_ms();
+        let [bare_ms, one_ms] = adaptive::time_layer_one(self.engine, last, pos).await?;
+        let t1 = now_ms();
+        let token = self.step(&[last], pos, 0..layers).await?;
+        let t2 = now_ms();
+        if !self.emit(token, TokenKind::Bonus) {
+            return Ok(None);
+        }
+        let next = self.block_step(token, pos + 1).await?;
+        let shapes = adaptive::Shapes {
+            bare_ms,
+            one_ms,
+            step_ms: t2 - t1,
+            block_ms: now_ms() - t2,
         };
-        let mut tuner = adaptive::Tuner::new(layers, exit, depth, learned);
-        // Sampled rounds look at every draft on the host anyway, so they can stop drafting by
-        // confidence at no extra submits (on greedy CPU rounds the cut-off measured slower than
-        // one-submit rounds).
+        let learned = adaptive::Learned::new(
+            layers,
+            shapes.costs(layers),
+            self.options.one_submit_rounds(),
+        );
+        let mut tuner = adaptive::Tuner::new(layers, exit, depth, learned, true, trained);
+        tuner.stats.steps_before_calibration = waited;
+        tuner.account(waited_ms, waited, false);
+        tuner.calibrated(t1 - t0 + (shapes.block_ms - shapes.step_ms).max(0.0));
+        tuner.account(shapes.step_ms, 1, false);
+        tuner.account(shapes.block_ms, 1, false);
+        self.tuner = Some(self.cut_off(tuner, depth));
+        Ok(self.emit(next, TokenKind::Bonus).then_some((next, pos + 2)))
+    }
+
+    /// Sampled rounds look at every draft on the host anyway, so with an automatic depth they
+    /// can stop drafting by confidence at no extra submits (on greedy CPU rounds the cut-off
+    /// measured slower than one-submit rounds).
+    fn cut_off(&self, mut tuner: adaptive::Tuner, depth: Setting) -> adaptive::Tuner {
         tuner.cut_off = depth == Setting::Auto
             && self.options.draft_confidence.is_none()
             && self.options.sampling.is_some();
-        let Some((shapes, small_ms, next)) = measured else {
-            self.tuner = Some(tuner);
-            return Ok(Some((last, pos)));
-        };
-        tuner.stats.calibration_ms = small_ms + (shapes.block_ms - shapes.step_ms).max(0.0);
-        tuner.account(shapes.step_ms, 1, false);
-        tuner.account(shapes.block_ms, 1, false);
-        self.tuner = Some(tuner);
-        Ok(self.emit(next, TokenKind::Bonus).then_some((next, pos + 2)))
+        tuner
     }
 
     /// A plain step of `token` at `pos` run as a block of two rows, the second a copy whose KV
@@ -630,7 +660,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             let (exit, depth, probe) = match &mut self.tuner {
                 Some(tuner) => {
                     let plan = tuner.plan(cap);
-                    let probe = tuner.probe(plan.exit, plan.depth == 0);
+                    let probe = tuner.probe(&plan);
                     (plan.exit, plan.depth, probe)
                 }
                 None => (
@@ -913,6 +943,7 @@ pub async fn generate<E: Engine>(
         first_token_at: None,
         done: false,
         tuner: None,
+        steps_before_calibration: 0,
         kv_valid: options.cached_prefix,
         history: options.penalties.active().then(|| History::new(prompt)),
     };
@@ -934,7 +965,16 @@ pub async fn generate<E: Engine>(
     // never sees.
     let kv_valid = d.kv_valid.min(prompt.len() + tokens.len());
     let (adaptive, learned) = d.tuner.map(adaptive::Tuner::finish).unzip();
-    stats.adaptive = adaptive;
+    // A generation that ended before measuring costs still says what auto did.
+    stats.adaptive = adaptive.or_else(|| {
+        options
+            .strategy
+            .adaptive()
+            .then(|| adaptive::AdaptiveStats {
+                steps_before_calibration: d.steps_before_calibration,
+                ..Default::default()
+            })
+    });
     let n = tokens.len();
     let first = d.first_token_at.unwrap_or(end);
     stats.generated_tokens = n;

@@ -301,7 +301,8 @@ impl Model {
         common.min(prompt.len().saturating_sub(1))
     }
 
-    /// `options` with what earlier adaptive generations of the same kind learned, if anything.
+    /// `options` with what earlier adaptive generations of the same kind learned, if anything,
+    /// and whether the checkpoint says it was trained for early exit.
     fn with_learned(&self, options: &GenerateOptions) -> GenerateOptions {
         let key = learned_key(options);
         let kept = self.learned.iter().find(|(k, _)| *k == key);
@@ -310,6 +311,8 @@ impl Model {
                 .learned
                 .clone()
                 .or_else(|| kept.map(|(_, l)| l.clone())),
+            trained_for_early_exit: options.trained_for_early_exit
+                || self.checkpoint_exit_layer.is_some(),
             ..options.clone()
         }
     }

@@ -193,6 +193,8 @@ fn eight_bit_activations_match_the_reference_and_stay_near_transformers() {
         let plain = greedy(&mut fast, &input, n);
         for (exit_layer, num_speculations) in [(Auto, Auto), (Fixed(2), Fixed(3))] {
             let options = GenerateOptions {
+                // Auto speculates from the first step, as on a checkpoint trained for early exit.
+                trained_for_early_exit: true,
                 ignore_eos: true,
                 ..GenerateOptions::greedy(
                     Strategy::SelfSpeculative {

@@ -107,6 +107,8 @@ fn penalized_greedy_decoding_matches_the_independent_loop() {
                 });
                 for strategy in strategies {
                     let options = GenerateOptions {
+                        // Auto speculates from the first step, as on a checkpoint trained for early exit.
+                        trained_for_early_exit: true,
                         ignore_eos: true,
                         penalties,
                         ..GenerateOptions::greedy(strategy, n)
@@ -197,6 +199,8 @@ fn penalized_sampling_keeps_the_penalized_distribution() {
         let samples: Vec<u32> = (0..2000)
             .map(|seed| {
                 let options = GenerateOptions {
+                    // Auto speculates from the first step, as on a checkpoint trained for early exit.
+                    trained_for_early_exit: true,
                     sampling: Some(SamplingParams { seed, ..params }),
                     ignore_eos: true,
                     penalties: strong,

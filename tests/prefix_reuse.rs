@@ -28,6 +28,8 @@ fn a_continued_conversation_computes_only_what_is_new() {
                 for p in &r.prompts[..2] {
                     let greedy = &p.greedy.tokens;
                     let options = GenerateOptions {
+                        // Auto speculates from the first step, as on a checkpoint trained for early exit.
+                        trained_for_early_exit: true,
                         ignore_eos: true,
                         reuse_prefix: true,
                         ..GenerateOptions::greedy(strategy, 4)

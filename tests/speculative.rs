@@ -94,6 +94,8 @@ fn greedy_auto_equals_hugging_face_greedy() {
                     [(Auto, Auto), (Auto, Fixed(3)), (Fixed(1), Auto)]
                 {
                     let options = GenerateOptions {
+                        // Auto speculates from the first step, as on a checkpoint trained for early exit.
+                        trained_for_early_exit: true,
                         ignore_eos: true,
                         ..GenerateOptions::greedy(
                             Strategy::SelfSpeculative {
@@ -277,6 +279,52 @@ fn the_draft_head_scores_only_the_draft_vocabulary() {
     }
 }
 
+/// On a model not known to be trained for early exit (the fixture), auto's first generation
+/// decodes as autoregression does for its first 100 steps and then measures costs; a shorter
+/// one never measures, and says so; a generation that starts with measured costs speculates
+/// from its first step only where the budget allows, and every one of them gives the
+/// autoregressive tokens.
+#[test]
+fn auto_takes_plain_steps_before_measuring_costs() {
+    use Setting::Auto;
+    let mut model = load("llama32_tiny", cpu());
+    let prompt = &reference("llama32_tiny").prompts[0].input_ids;
+    let options = |strategy, n| GenerateOptions {
+        ignore_eos: true,
+        ..GenerateOptions::greedy(strategy, n)
+    };
+    let auto = Strategy::SelfSpeculative {
+        exit_layer: Auto,
+        num_speculations: Auto,
+    };
+    let plain = run(&mut model, prompt, &options(Strategy::Autoregressive, 110)).tokens;
+    let short = run(&mut model, prompt, &options(auto, 40));
+    assert_eq!(short.tokens, plain[..40]);
+    assert!(short.learned.is_none());
+    let a = short.stats.adaptive.expect("adaptive stats");
+    // The prefill gives the first token, 39 plain steps the rest.
+    assert_eq!((a.steps_before_calibration, a.costs), (39, None));
+    assert_eq!(short.stats.rounds, 0);
+
+    let long = run(&mut model, prompt, &options(auto, 110));
+    assert_eq!(long.tokens, plain);
+    let a = long.stats.adaptive.expect("adaptive stats");
+    assert_eq!(a.steps_before_calibration, 100);
+    assert!(a.costs.is_some() && a.calibration_ms > 0.0, "{a:?}");
+
+    let next = run(
+        &mut model,
+        prompt,
+        &GenerateOptions {
+            learned: long.learned,
+            ..options(auto, 100)
+        },
+    );
+    assert_eq!(next.tokens, plain[..100]);
+    let a = next.stats.adaptive.expect("adaptive stats");
+    assert_eq!((a.steps_before_calibration, a.calibration_ms), (0, 0.0));
+}
+
 /// Drafting over a reduced vocabulary never changes greedy output: fixed and `auto` exit
 /// layers, on the CPU and the GPU, against Hugging Face's greedy tokens.
 #[test]
@@ -300,6 +348,8 @@ fn greedy_output_with_a_draft_vocabulary_equals_hugging_face_greedy() {
                         },
                     ] {
                         let options = GenerateOptions {
+                            // Auto speculates from the first step, as on a checkpoint trained for early exit.
+                            trained_for_early_exit: true,
                             ignore_eos: true,
                             ..GenerateOptions::greedy(strategy, p.greedy.tokens.len())
                         };
@@ -454,6 +504,8 @@ fn speculative_sampling_keeps_the_full_models_distribution() {
         (0..runs)
             .map(|seed| {
                 let options = GenerateOptions {
+                    // Auto speculates from the first step, as on a checkpoint trained for early exit.
+                    trained_for_early_exit: true,
                     sampling: Some(SamplingParams { seed, ..params }),
                     ignore_eos: true,
                     ..GenerateOptions::greedy(strategy, 3)

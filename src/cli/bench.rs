@@ -196,6 +196,7 @@ struct Adaptive {
     probes: usize,
     shadow_ms: f64,
     cut_offs: usize,
+    steps_before_calibration: usize,
     elapsed_ms: f64,
     /// The last run's estimates (after a short round, after a streak) and the measured costs.
     acceptance: Vec<Vec<f64>>,
@@ -214,6 +215,7 @@ impl Adaptive {
         self.probes += a.probes;
         self.shadow_ms += a.shadow_ms;
         self.cut_offs += a.cut_offs;
+        self.steps_before_calibration += a.steps_before_calibration;
         self.elapsed_ms += elapsed_ms;
         self.acceptance.clone_from(&a.acceptance);
         self.acceptance_in_streak
@@ -262,6 +264,12 @@ impl Adaptive {
                 c.layer_ms,
                 c.head_ms,
                 100.0 * c.row_fraction
+            );
+        }
+        if self.steps_before_calibration > 0 {
+            println!(
+                "  plain steps before measuring costs (the model's first generations): {}",
+                self.steps_before_calibration
             );
         }
         println!(

@@ -97,12 +97,15 @@ export interface Stats {
   stop_reason: "max_new_tokens" | "eos" | "stop_string" | "cancelled";
   /** With exitLayer or numSpeculations "auto": rounds per exit layer and per depth (0: a plain
    *  step), acceptance estimates per exit layer and draft position (after a round that accepted
-   *  fewer than 2 drafts, and after a streak), the measured costs and what probing cost. */
+   *  fewer than 2 drafts, and after a streak), the measured costs (null while a model's first
+   *  generation takes plain steps until measuring them fits its budget: steps_before_calibration)
+   *  and what probing cost. */
   adaptive?: {
     exit_layers: Record<string, number>; depths: Record<string, number>;
     acceptance: number[][]; acceptance_in_streak: number[][];
     costs: { submit_ms: number; layer_ms: number; head_ms: number; row_fraction: number } | null;
-    calibration_ms: number; probes: number; shadow_rows: number; shadow_ms: number; cut_offs: number;
+    calibration_ms: number; steps_before_calibration: number;
+    probes: number; shadow_rows: number; shadow_ms: number; cut_offs: number;
   };
 }
 /** OpenAI's request fields (defaults as OpenAI's: temperature 1, max_tokens 16 for completions and
