@@ -592,7 +592,7 @@ pub struct Tuner {
     /// generation that measured the costs, else [`EXPLORE_BUDGET`].
     budget: f64,
     /// The least any round can lose against a plain step (one draft, rejected, from the cheapest
-    /// exit layer), by the measured costs: while even that does not fit the budget, planning
+    /// candidate exit layer), by the measured costs: while even that does not fit the budget, planning
     /// skips the chooser.
     least_loss_ms: f64,
     pub stats: AdaptiveStats,
@@ -610,16 +610,18 @@ impl Tuner {
         trained: bool,
     ) -> Self {
         let costs = learned.costs;
-        let least_loss_ms = (1..layers)
-            .map(|e| costs.round_ms(layers, e, 1, true) - costs.step_ms(layers))
+        let exits: Vec<usize> = match exit {
+            Setting::Auto => (1..layers).collect(),
+            Setting::Fixed(e) => vec![e],
+        };
+        let least_loss_ms = exits
+            .iter()
+            .map(|&e| costs.round_ms(layers, e, 1, true) - costs.step_ms(layers))
             .fold(f64::INFINITY, f64::min)
             .max(0.0);
         Tuner {
             layers,
-            exits: match exit {
-                Setting::Auto => (1..layers).collect(),
-                Setting::Fixed(e) => vec![e],
-            },
+            exits,
             depth: depth.fixed(),
             trained,
             learned,
@@ -789,8 +791,8 @@ pub struct AdaptiveStats {
     /// The measured costs, and the time measuring them added to the generation (0 when the
     /// model already had them): the two small calls and what the block's second row took beyond
     /// a plain step. Costs and estimates carry over from the model's earlier adaptive
-    /// generations. `None` while the first generation takes its first plain steps ([`STEPS_BEFORE_CALIBRATION`]), which
-    /// `steps_before_calibration` counts.
+    /// generations. `None` while the first generation takes its first plain steps
+    /// ([`STEPS_BEFORE_CALIBRATION`]), which `steps_before_calibration` counts.
     pub costs: Option<Costs>,
     pub calibration_ms: f64,
     pub steps_before_calibration: usize,

@@ -567,16 +567,15 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             return Ok(Some((last, pos)));
         }
         let wait = depth == Setting::Auto && !trained;
-        let (mut waited_ms, mut waited) = (0.0, 0);
+        let mut waited_ms = 0.0;
         // The block at pos + 1 writes pos + 2.
-        while (wait && waited < adaptive::STEPS_BEFORE_CALIBRATION)
+        while (wait && self.steps_before_calibration < adaptive::STEPS_BEFORE_CALIBRATION)
             || pos + 3 > self.engine.max_context()
         {
             let t0 = now_ms();
             let token = self.step(&[last], pos, 0..layers).await?;
             waited_ms += now_ms() - t0;
-            waited += 1;
-            self.steps_before_calibration = waited;
+            self.steps_before_calibration += 1;
             if !self.emit(token, TokenKind::Bonus) {
                 return Ok(None);
             }
@@ -603,8 +602,7 @@ impl<E: Engine, F: FnMut(u32, TokenKind) -> Flow> Decoder<'_, E, F> {
             self.options.one_submit_rounds(),
         );
         let mut tuner = adaptive::Tuner::new(layers, exit, depth, learned, true, trained);
-        tuner.stats.steps_before_calibration = waited;
-        tuner.account(waited_ms, waited, false);
+        tuner.account(waited_ms, self.steps_before_calibration, false);
         tuner.calibrated(t1 - t0 + (shapes.block_ms - shapes.step_ms).max(0.0));
         tuner.account(shapes.step_ms, 1, false);
         tuner.account(shapes.block_ms, 1, false);
@@ -966,15 +964,16 @@ pub async fn generate<E: Engine>(
     let kv_valid = d.kv_valid.min(prompt.len() + tokens.len());
     let (adaptive, learned) = d.tuner.map(adaptive::Tuner::finish).unzip();
     // A generation that ended before measuring costs still says what auto did.
-    stats.adaptive = adaptive.or_else(|| {
-        options
-            .strategy
-            .adaptive()
-            .then(|| adaptive::AdaptiveStats {
-                steps_before_calibration: d.steps_before_calibration,
-                ..Default::default()
-            })
-    });
+    stats.adaptive = adaptive
+        .or_else(|| {
+            (options.strategy)
+                .adaptive()
+                .then(adaptive::AdaptiveStats::default)
+        })
+        .map(|a| adaptive::AdaptiveStats {
+            steps_before_calibration: d.steps_before_calibration,
+            ..a
+        });
     let n = tokens.len();
     let first = d.first_token_at.unwrap_or(end);
     stats.generated_tokens = n;
